@@ -1,0 +1,1 @@
+"""tuneloop dataset service: upload, validate, report, split, version (port 8001)."""

@@ -1,0 +1,63 @@
+"""Settings base: one pydantic-settings class per service, env prefix per service.
+
+Settings are passed to ``create_app(settings)``; nothing reads the environment at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class ServiceSettings(BaseSettings):
+    """Common settings for every tuneloop service.
+
+    Subclasses set ``env_prefix`` (``DATASET_``, ``TRAINER_``...). Every field is read from
+    ``<PREFIX><FIELD>`` first, then from ``TUNELOOP_<FIELD>`` (one place for what all services
+    share: ``TUNELOOP_DATA_DIR``, ``TUNELOOP_ARTIFACT_URL``...), then the default.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="TUNELOOP_", extra="ignore")
+
+    service_name: str = Field("service", description="Name used in logs and metric prefixes.")
+    host: str = Field("127.0.0.1", description="Interface to bind.")
+    port: int = Field(8000, description="TCP port to bind.")
+    data_dir: Path = Field(Path("var"), description="Local state folder (DB, logs, artifacts).")
+    artifact_url: str | None = Field(
+        None,
+        description="fsspec URL of the artifact store (default: <data_dir>/artifacts). "
+        "Shared by all services: s3://bucket/prefix, file:///mnt/shared, ...",
+    )
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL (default: sqlite:///<data_dir>/<service>.db)."
+    )
+    log_level: str = Field("INFO", description="Python log level.")
+    log_json: bool = Field(True, description="Emit one JSON object per log line.")
+    http_timeout_s: float = Field(30.0, description="Timeout for calls to peer services.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        shared = EnvSettingsSource(settings_cls, env_prefix="TUNELOOP_")
+        return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
+
+    def resolved_artifact_url(self) -> str:
+        return self.artifact_url or str((self.data_dir / "artifacts").resolve())
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / f'{self.service_name}.db').resolve()}"

@@ -1,0 +1,119 @@
+"""Run the four services locally as processes (``make up`` / ``make down`` / ``tuneloop up``).
+
+Pids go to ``var/run/<service>.pid``, logs to ``var/logs/<service>.log``; ``up`` waits for each
+service's ``/health`` and fails with the log tail if one does not come up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+SERVICES = [  # start order: dependencies first
+    ("dataset", "tuneloop_dataset", 8001),
+    ("trainer", "tuneloop_trainer", 8002),
+    ("inference", "tuneloop_inference", 8003),
+    ("gateway", "tuneloop_gateway", 8000),
+]
+
+
+def _paths(var: Path, name: str) -> tuple[Path, Path]:
+    return var / "run" / f"{name}.pid", var / "logs" / f"{name}.log"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except OSError:
+        return False
+
+
+def _pid(pidfile: Path) -> int | None:
+    try:
+        pid = int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def up(var: Path, only: list[str] | None = None, timeout: float = 180.0) -> int:
+    var = var.resolve()
+    (var / "run").mkdir(parents=True, exist_ok=True)
+    (var / "logs").mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "TUNELOOP_DATA_DIR": str(var)}
+    for name, module, port in SERVICES:
+        if only and name not in only:
+            continue
+        pidfile, logfile = _paths(var, name)
+        if _pid(pidfile):
+            print(f"{name:10s} already running (pid {_pid(pidfile)})")
+            continue
+        port = int(os.environ.get(f"{name.upper()}_PORT", port))
+        with open(logfile, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", module, "--port", str(port)], env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        pidfile.write_text(str(proc.pid))
+        url = f"http://127.0.0.1:{port}/health"
+        deadline = time.monotonic() + timeout
+        while True:
+            if proc.poll() is not None:
+                print(f"{name} exited ({proc.returncode}); log tail:\n" + logfile.read_text()[-3000:])
+                return 1
+            try:
+                if httpx.get(url, timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                print(f"{name} not healthy after {timeout}s; log: {logfile}")
+                return 1
+            time.sleep(0.3)
+        print(f"{name:10s} up on :{port} (pid {proc.pid}, log {logfile})")
+    return 0
+
+
+def down(var: Path) -> int:
+    for name, _, _ in reversed(SERVICES):
+        pidfile, _ = _paths(var.resolve(), name)
+        pid = _pid(pidfile)
+        if pid:
+            os.killpg(pid, signal.SIGTERM)
+            for _ in range(100):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+            else:
+                os.killpg(pid, signal.SIGKILL)
+            print(f"{name:10s} stopped")
+        pidfile.unlink(missing_ok=True)
+    return 0
+
+
+def status(var: Path) -> int:
+    for name, _, port in SERVICES:
+        pid = _pid(_paths(var.resolve(), name)[0])
+        print(f"{name:10s} {'running pid ' + str(pid) if pid else 'stopped'} :{port}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tuneloop.stack")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--var", default=os.environ.get("TUNELOOP_DATA_DIR", "var"))
+    p.add_argument("services", nargs="*")
+    a = p.parse_args(argv)
+    var = Path(a.var)
+    return {"up": lambda: up(var, a.services or None), "down": lambda: down(var),
+            "status": lambda: status(var)}[a.action]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""pytest plugin with session fixtures shared by every test directory (loaded via pytest.ini).
+
+- ``tiny_base_dir``: a tiny Llama base, pretrained briefly on ticket text (LoRA can learn on it)
+- ``tiny_random_dir``: a tiny Llama base with purely random weights (fast; for plumbing tests)
+- ``ticket_rows``: 300 rows of the built-in support-ticket task
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def tiny_random_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-random") / "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from .models import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-base") / "model", hidden=96,
+                            pretrain_steps=150)
+
+
+@pytest.fixture(scope="session")
+def ticket_rows() -> list[dict[str, str]]:
+    from ..examples.support_tickets import generate
+
+    return generate(300, seed=1)
