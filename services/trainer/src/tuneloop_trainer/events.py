@@ -1,0 +1,64 @@
+"""The job process -> service event channel: one JSON object per line in ``jobs/<id>/events.jsonl``.
+
+The job process appends (and flushes) whole lines; the service tails the file from a byte
+offset it stores in its DB, so a restart neither loses nor repeats events. The same file
+works for the local executor and for Kubernetes Jobs (the artifact volume is shared).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+
+class EventWriter:
+    """Append-only JSONL event log written by the job process."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+
+    def emit(self, type_: str, **data: Any) -> None:
+        line = json.dumps({"type": type_, "ts": time.time(), "data": data}, default=_jsonable)
+        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(line + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def warning(self, code: str, message: str, **data: Any) -> None:
+        self.emit("warning", code=code, message=message, **data)
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return float(value)
+    except Exception:
+        return str(value)
+
+
+def read_new_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """Complete lines after ``offset`` -> (events, new offset). A partial last line waits."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return [], offset
+    events = []
+    for raw in chunk[: end + 1].splitlines():
+        if not raw.strip():
+            continue
+        try:
+            events.append(json.loads(raw))
+        except json.JSONDecodeError:
+            events.append({"type": "warning", "ts": time.time(),
+                           "data": {"code": "bad_event_line", "message": raw[:200].decode("utf-8", "replace")}})
+    return events, offset + end + 1

@@ -1,0 +1,1 @@
+"""Exports: merged 16-bit model, merged-vs-adapter verification, optional GGUF."""

@@ -1,0 +1,95 @@
+"""Job process entrypoint: ``python -m tuneloop_trainer.run_job <job-id> [--store URL]``.
+
+Reads ``jobs/<id>/spec.json`` from the artifact store, trains, exports, writes
+``jobs/<id>/result.json`` and exits 0; on failure writes an ``error`` event (code + message)
+and exits non-zero. Events go to ``jobs/<id>/events.jsonl``. The same entrypoint runs under the
+local executor (a child process of the service) and in a Kubernetes Job. Needs only the
+artifact store: no database, no service settings (so the GPU image stays small).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from tuneloop.storage import ArtifactStore
+
+EXIT_OK, EXIT_FAILED, EXIT_OOM = 0, 1, 3
+
+
+def default_store_url() -> str:
+    for var in ("TRAINER_ARTIFACT_URL", "TUNELOOP_ARTIFACT_URL"):
+        if os.environ.get(var):
+            return os.environ[var]
+    data = os.environ.get("TRAINER_DATA_DIR") or os.environ.get("TUNELOOP_DATA_DIR") or "var"
+    return str((Path(data) / "artifacts").resolve())
+
+
+def watch_parent(parent_pid: int) -> None:
+    """Exit when the supervising service dies (a local job never outlives its supervisor)."""
+
+    def loop() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(EXIT_FAILED)
+            time.sleep(1.0)
+
+    threading.Thread(target=loop, daemon=True, name="parent-watch").start()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tuneloop_trainer.run_job")
+    p.add_argument("job_id")
+    p.add_argument("--store", default=None, help="artifact store URL (default from env)")
+    p.add_argument("--parent-pid", type=int, default=None)
+    a = p.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if a.parent_pid:
+        watch_parent(a.parent_pid)
+    from tuneloop.ids import require_id
+
+    job_id = require_id(a.job_id, "job", "job")
+    store = ArtifactStore(a.store or default_store_url())
+    from .events import EventWriter
+
+    ev = EventWriter(store.local_path(f"jobs/{job_id}/events.jsonl"))
+    if store.exists(f"jobs/{job_id}/result.json"):
+        ev.emit("info", message="result already written; nothing to do")
+        return EXIT_OK
+    spec = json.loads(store.read_bytes(f"jobs/{job_id}/spec.json"))
+    ev.emit("process_start", pid=os.getpid(), host=os.uname().nodename)
+    from . import training
+
+    try:
+        with tempfile.TemporaryDirectory(prefix=f"tuneloop-{job_id}-") as tmp:
+            result = training.run(spec, store, ev, Path(tmp))
+        store.write_bytes(f"jobs/{job_id}/result.json", training.dumps(result).encode())
+        ev.emit("done", model_id=result["model_id"])
+        return EXIT_OK
+    except training.JobError as exc:
+        ev.emit("error", code=exc.code, message=str(exc))
+        return EXIT_FAILED
+    except Exception as exc:  # every failure leaves its reason in the events
+        code, rc = _classify(exc)
+        ev.emit("error", code=code, message=f"{type(exc).__name__}: {exc}"[:2000],
+                traceback=traceback.format_exc()[-4000:])
+        return rc
+
+
+def _classify(exc: BaseException) -> tuple[str, int]:
+    name = type(exc).__name__
+    if name == "OutOfMemoryError" or "out of memory" in str(exc).lower():
+        return "out_of_memory", EXIT_OOM
+    return "training_error", EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,472 @@
+"""The training pipeline one job process runs: data -> LoRA SFT -> adapter -> merged 16-bit -> checks.
+
+Rows come from the dataset service's ``datasets/<id>/hf`` (``messages`` + ``line``) and become a
+conversational prompt/completion dataset (prompt = all messages but the last, completion = the
+last assistant message), so TRL's ``completion_only_loss`` trains on the response tokens only and
+the base model's chat template renders every row. Checkpoints go to ``jobs/<id>/checkpoints``
+each epoch (or every N steps); a restarted job resumes from the last one; the best checkpoint by
+eval loss is what gets exported.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+from tuneloop.storage import ArtifactStore
+
+from .events import EventWriter
+from .hparams import ExportOptions, Hyperparameters
+
+MIN_ROWS, SAFE_ROWS = 200, 1000  # the article: <200 rarely works, 1000+ is a safer minimum
+
+
+class JobError(RuntimeError):
+    """A failure with a stable code, reported as the job's error."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------------- data
+def to_prompt_completion(ds: Any) -> Any:
+    """``messages`` rows -> conversational ``prompt``/``completion`` rows (other columns dropped)."""
+
+    def split(row: dict[str, Any]) -> dict[str, Any]:
+        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
+
+    return ds.map(split, remove_columns=ds.column_names)
+
+
+def load_splits(store: ArtifactStore, key: str, workdir: Path) -> tuple[Any, Any]:
+    from datasets import load_from_disk
+
+    if not store.exists(key):
+        raise JobError("dataset_missing", f"dataset artifact {key} not found in the store")
+    dd = load_from_disk(str(store.get_dir(key, workdir / "dataset")))
+    if "train" not in dd or "eval" not in dd:
+        raise JobError("dataset_invalid", f"{key} must have 'train' and 'eval' splits")
+    for name in ("train", "eval"):
+        if "messages" not in dd[name].column_names:
+            raise JobError("dataset_invalid", f"{key} split {name} has no 'messages' column")
+    if len(dd["train"]) == 0 or len(dd["eval"]) == 0:
+        raise JobError("dataset_invalid", f"{key}: train and eval splits must not be empty")
+    return to_prompt_completion(dd["train"]), to_prompt_completion(dd["eval"])
+
+
+def data_warnings(ev: EventWriter, n_train: int, hp: Hyperparameters) -> None:
+    """The article's mistakes, as warning events before any GPU time is spent."""
+    if n_train < MIN_ROWS:
+        ev.warning("too_few_rows", f"only {n_train} training rows: under {MIN_ROWS} examples rarely "
+                   f"produces meaningful specialisation; {SAFE_ROWS}+ is a safer minimum",
+                   rows=n_train)
+    elif n_train < SAFE_ROWS:
+        ev.warning("few_rows", f"{n_train} training rows: {SAFE_ROWS}+ is a safer minimum",
+                   rows=n_train)
+    if hp.num_train_epochs > 3 and n_train < SAFE_ROWS:
+        ev.warning("many_epochs_small_dataset", f"{hp.num_train_epochs:g} epochs on {n_train} rows "
+                   "invites overfitting: watch the eval loss (early stopping is on)"
+                   if hp.early_stopping_patience else
+                   f"{hp.num_train_epochs:g} epochs on {n_train} rows with early stopping off "
+                   "invites overfitting", epochs=hp.num_train_epochs, rows=n_train)
+
+
+def length_report(tokenizer: Any, ds: Any, max_len: int) -> dict[str, int]:
+    """Rendered token lengths against ``max_seq_length`` (truncated rows lose their answer)."""
+    longest = over = 0
+    for row in ds:
+        ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
+        n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
+        longest = max(longest, n)
+        over += n > max_len
+    return {"longest": longest, "truncated": over}
+
+
+# ----------------------------------------------------------------------------- callback
+def _peak_memory() -> dict[str, int]:
+    out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            out["peak_gpu_bytes"] = int(torch.cuda.max_memory_allocated())
+    except Exception:  # pragma: no cover
+        pass
+    return out
+
+
+def make_callback(ev: EventWriter, ckpt_key: str):
+    from transformers import TrainerCallback
+
+    class EventCallback(TrainerCallback):
+        """Loss, eval loss, lr, epoch, step/total, tokens/s, ETA, peak memory -> events."""
+
+        def __init__(self) -> None:
+            self.t_last = time.monotonic()
+            self.step_last = 0
+            self.tokens_last: float | None = None
+            self.step_time: float | None = None
+            self.tokens_per_s: float | None = None
+            self.last_train_loss: float | None = None
+            self.prev: tuple[float, float] | None = None  # (train loss, eval loss) at last eval
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t_last, self.step_last = time.monotonic(), state.global_step
+            ev.emit("train_begin", step=state.global_step, total_steps=state.max_steps,
+                    epochs=args.num_train_epochs)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            logs = dict(logs or {})
+            now = time.monotonic()
+            if "loss" in logs:
+                steps = state.global_step - self.step_last
+                if steps > 0:
+                    self.step_time = (now - self.t_last) / steps
+                tokens = logs.get("num_tokens")
+                if tokens is not None and self.tokens_last is not None and now > self.t_last:
+                    self.tokens_per_s = (tokens - self.tokens_last) / (now - self.t_last)
+                self.tokens_last = tokens
+                self.t_last, self.step_last = now, state.global_step
+                self.last_train_loss = float(logs["loss"])
+                eta = (state.max_steps - state.global_step) * self.step_time if self.step_time else None
+                ev.emit("metrics", step=state.global_step, total_steps=state.max_steps,
+                        epoch=state.epoch, loss=logs["loss"], learning_rate=logs.get("learning_rate"),
+                        grad_norm=logs.get("grad_norm"), tokens_per_s=self.tokens_per_s,
+                        step_time_s=self.step_time, eta_s=eta, num_tokens=tokens,
+                        **_peak_memory())
+            if "eval_loss" in logs:
+                eval_loss = float(logs["eval_loss"])
+                ev.emit("eval", step=state.global_step, total_steps=state.max_steps,
+                        epoch=state.epoch, eval_loss=eval_loss, train_loss=self.last_train_loss)
+                if self.prev and self.last_train_loss is not None:
+                    p_train, p_eval = self.prev
+                    if eval_loss > p_eval and self.last_train_loss < p_train:
+                        ev.warning("overfitting", f"eval loss rose {p_eval:.4f} -> {eval_loss:.4f} "
+                                   f"while train loss fell {p_train:.4f} -> "
+                                   f"{self.last_train_loss:.4f}: the model is overfitting",
+                                   step=state.global_step, epoch=state.epoch)
+                if self.last_train_loss is not None:
+                    self.prev = (self.last_train_loss, eval_loss)
+
+        def on_save(self, args, state, control, **kw):
+            name = f"checkpoint-{state.global_step}"
+            ev.emit("checkpoint", step=state.global_step, epoch=state.epoch,
+                    key=f"{ckpt_key}/{name}", name=name,
+                    eval_loss=_last_eval(state.log_history),
+                    train_loss=self.last_train_loss)
+
+    return EventCallback()
+
+
+def _last_eval(history: list[dict[str, Any]]) -> float | None:
+    for entry in reversed(history):
+        if "eval_loss" in entry:
+            return float(entry["eval_loss"])
+    return None
+
+
+# ----------------------------------------------------------------------------- training
+def fused_loss_available(model: Any) -> bool:
+    """TRL 1.15's fused LM-head loss needs its Triton kernel and a GPU tensor."""
+    from trl.trainer import utils as trl_utils
+
+    device = next(model.parameters()).device.type
+    return getattr(trl_utils, "_ChunkedLogProbFunction", None) is not None and device in ("cuda", "xpu")
+
+
+def make_trainer_class():
+    """SFTTrainer that falls back to the model's own loss where TRL's Triton kernel cannot run.
+
+    TRL 1.15 always computes the loss through a Triton kernel (GPU only). On CPU the loss is the
+    model's causal-LM loss on the same collated batch: TRL's collator already set the prompt
+    positions of ``labels`` to -100 (``completion_only_loss``), so only response tokens count.
+    """
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class TuneloopSFTTrainer(SFTTrainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if fused_loss_available(model):
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            mode = "train" if self.model.training else "eval"
+            inputs["use_cache"] = False
+            out = Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            if mode == "train" and "attention_mask" in inputs:
+                self._total_train_tokens += int(inputs["attention_mask"].sum().item())
+            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+            return out
+
+    return TuneloopSFTTrainer
+
+
+def sft_config(hp: Hyperparameters, out_dir: Path, precision: dict[str, bool], n_train: int) -> Any:
+    from trl import SFTConfig
+
+    strategy = hp.eval_strategy
+    return SFTConfig(
+        output_dir=str(out_dir),
+        per_device_train_batch_size=hp.per_device_train_batch_size,
+        per_device_eval_batch_size=hp.per_device_train_batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        warmup_steps=hp.warmup_steps,
+        num_train_epochs=hp.num_train_epochs,
+        max_steps=hp.max_steps,
+        learning_rate=hp.learning_rate,
+        logging_steps=hp.logging_steps,
+        eval_strategy=strategy,
+        save_strategy=strategy,
+        eval_steps=hp.eval_steps if strategy == "steps" else None,
+        save_steps=hp.eval_steps if strategy == "steps" else None,
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        save_total_limit=max(2, hp.early_stopping_patience + 1),
+        restore_callback_states_from_checkpoint=True,
+        completion_only_loss=True,
+        max_length=hp.max_seq_length,
+        packing=hp.packing,
+        seed=hp.seed,
+        report_to=[],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        **precision,
+    )
+
+
+def last_checkpoint(ckpt_dir: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not ckpt_dir.is_dir():
+        return None
+    return get_last_checkpoint(str(ckpt_dir))
+
+
+def free_memory() -> None:
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover
+        pass
+
+
+def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Path) -> dict[str, Any]:
+    """Run one job to its result record (written by the caller to ``jobs/<id>/result.json``)."""
+    from .backends import get_backend
+
+    job_id, mv_id = spec["job_id"], spec["model_id"]
+    hp = Hyperparameters(**spec.get("hyperparameters", {}))
+    ex = ExportOptions(**spec.get("export", {}))
+    backend = get_backend(spec.get("backend", "auto"))  # imports unsloth first when chosen
+    from transformers import EarlyStoppingCallback
+
+    import torch
+
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    ev.emit("info", message=f"backend {backend.name} on {device}", backend=backend.name,
+            device=device, load_in_4bit=backend.uses_4bit(hp))
+    train, eval_ = load_splits(store, spec["dataset_key"], workdir)
+    data_warnings(ev, len(train), hp)
+    model, tokenizer = backend.load(spec["base_model"], hp)
+    lengths = length_report(tokenizer, train, hp.max_seq_length)
+    if lengths["truncated"]:
+        ev.warning("rows_truncated", f"{lengths['truncated']} of {len(train)} rows are longer than "
+                   f"max_seq_length={hp.max_seq_length} and are truncated", **lengths)
+
+    ckpt_key = f"jobs/{job_id}/checkpoints"
+    ckpt_dir = store.local_path(ckpt_key)
+    callbacks = [make_callback(ev, ckpt_key)]
+    if hp.early_stopping_patience:
+        callbacks.append(EarlyStoppingCallback(hp.early_stopping_patience, hp.early_stopping_threshold))
+    trainer = make_trainer_class()(model=model, args=sft_config(hp, ckpt_dir, backend.precision(), len(train)),
+                         train_dataset=train, eval_dataset=eval_, processing_class=tokenizer,
+                         callbacks=callbacks)
+    resume = last_checkpoint(ckpt_dir)
+    if resume:
+        ev.emit("resumed", checkpoint=Path(resume).name, key=f"{ckpt_key}/{Path(resume).name}")
+    t0 = time.monotonic()
+    result = trainer.train(resume_from_checkpoint=resume)
+    train_s = time.monotonic() - t0
+    state = trainer.state
+    best = state.best_model_checkpoint
+    stopped_early = state.global_step < state.max_steps
+    metrics = {
+        "best_eval_loss": state.best_metric,
+        "best_checkpoint": Path(best).name if best else None,
+        "final_train_loss": _last_train_loss(state.log_history),
+        "final_eval_loss": _last_eval(state.log_history),
+        "first_train_loss": _first_train_loss(state.log_history),
+        "train_runtime_s": round(train_s, 3),
+        "global_step": state.global_step,
+        "max_steps": state.max_steps,
+        "epochs_completed": state.epoch,
+        "stopped_early": stopped_early,
+        "train_rows": len(train),
+        "eval_rows": len(eval_),
+        "num_tokens": _num_tokens(state.log_history),
+        "trainer_training_loss": getattr(result, "training_loss", None),
+        **_peak_memory(),
+    }
+    ev.emit("train_end", **metrics)
+
+    # ---- adapter (the best checkpoint's weights are loaded by load_best_model_at_end) ----
+    adapter_key, merged_key = f"models/{mv_id}/adapter", f"models/{mv_id}/merged"
+    adapter_stage = store.staging_dir(adapter_key)
+    trainer.model.save_pretrained(str(adapter_stage))
+    tokenizer.save_pretrained(str(adapter_stage))
+    eval_prompts = [row["prompt"] for row in eval_.select(range(min(ex.verify_prompts, len(eval_))))]
+    model_for_merge = trainer.model
+    del trainer
+    free_memory()
+
+    # ---- merged 16-bit ----
+    t0 = time.monotonic()
+    merged_stage = store.staging_dir(merged_key)
+    backend.merge(model_for_merge, tokenizer, spec["base_model"], adapter_stage, merged_stage,
+                  ex.merged_dtype)
+    del model_for_merge, model
+    free_memory()
+    merge_s = time.monotonic() - t0
+    ev.emit("export", kind="merged", message=f"merged 16-bit ({ex.merged_dtype}) written",
+            seconds=round(merge_s, 3))
+
+    checks: list[dict[str, Any]] = []
+    reference = prompt_ids = None
+    if ex.verify or ex.gguf:
+        from .export import verify
+
+        prompt_ids = verify.render_prompts(tokenizer, eval_prompts)
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        reference = verify.adapter_outputs(spec["base_model"], adapter_stage, prompt_ids,
+                                           ex.verify_max_new_tokens, ex.merged_dtype, eos, pad)
+    if ex.verify:
+        cmp = verify.compare(reference, verify.merged_outputs(merged_stage, prompt_ids,
+                                                              ex.verify_max_new_tokens, eos, pad))
+        checks.append({"kind": "merged_vs_adapter_greedy", "passed": cmp["passed"],
+                       "detail": cmp["detail"], "prompts": cmp["prompts"], "tokens": cmp["tokens"],
+                       "first_divergence": cmp["first_divergence"]})
+        ev.emit("export_check", **checks[-1])
+        if not cmp["passed"]:
+            raise JobError("export_verification_failed",
+                           f"merged model does not reproduce the adapter: {cmp['detail']}")
+
+    # ---- publish (immutable, atomic; a resumed job that already published keeps it) ----
+    _publish(store, adapter_stage, adapter_key)
+    _publish(store, merged_stage, merged_key)
+    artifacts: dict[str, Any] = {
+        "adapter": {"key": adapter_key, "bytes": store.size(adapter_key)},
+        "merged": {"key": merged_key, "bytes": store.size(merged_key), "dtype": ex.merged_dtype},
+        "checkpoints": {"key": ckpt_key},
+        "gguf": [],
+    }
+    if ex.gguf:
+        from .export import gguf
+
+        gguf_key = f"models/{mv_id}/gguf"
+        gguf_stage = store.staging_dir(gguf_key)
+        results = gguf.export_all(store.local_path(merged_key), gguf_stage, list(ex.gguf),
+                                  reference, prompt_ids, ex.verify_max_new_tokens, ex.gguf_min_match)
+        for r in results:
+            checks.append(r["check"])
+            ev.emit("export_check", **r["check"])
+            if "error" in r or not r["check"]["passed"]:
+                ev.warning("gguf_export_failed", f"GGUF {r['quant']} export failed: "
+                           f"{r['check']['detail']}", quant=r["quant"])
+                artifacts["gguf"].append({"quant": r["quant"], "error": r["check"]["detail"]})
+            else:
+                artifacts["gguf"].append({"quant": r["quant"], "key": f"{gguf_key}/{r['file']}",
+                                          "bytes": r["bytes"]})
+        if any(p.is_file() for p in gguf_stage.iterdir()):
+            _publish(store, gguf_stage, gguf_key)
+    if ex.push_to_hub:
+        checks.append(_push(store.local_path(merged_key), ex.push_to_hub, ev))
+    return {"model_id": mv_id, "job_id": job_id, "backend": backend.name, "metrics": metrics,
+            "artifacts": artifacts, "export_checks": checks, "base_revision": base_revision(spec["base_model"]),
+            "length_report": lengths, "merge_seconds": round(merge_s, 3)}
+
+
+def _publish(store: ArtifactStore, stage: Path, key: str) -> None:
+    import shutil
+
+    if store.exists(key):
+        shutil.rmtree(stage, ignore_errors=True)
+        return
+    store.put_dir(stage, key, move=True)
+
+
+def _push(merged: Path, repo: str, ev: EventWriter) -> dict[str, Any]:
+    import os
+
+    if not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
+        detail = "push_to_hub skipped: no HF_TOKEN"
+        ok = False
+    elif os.environ.get("HF_HUB_OFFLINE") in ("1", "true"):
+        detail, ok = "push_to_hub skipped: HF_HUB_OFFLINE is set (no network)", False
+    else:
+        try:
+            from huggingface_hub import HfApi
+
+            HfApi().upload_folder(folder_path=str(merged), repo_id=repo, repo_type="model")
+            detail, ok = f"pushed to {repo}", True
+        except Exception as exc:
+            detail, ok = f"push_to_hub failed: {exc}", False
+    if not ok:
+        ev.warning("push_to_hub_failed", detail)
+    return {"kind": "push_to_hub", "passed": ok, "detail": detail}
+
+
+def base_revision(base_model: str) -> dict[str, Any]:
+    """Identify the base: Hub commit when cached from the Hub, else a hash of config + weights index."""
+    import hashlib
+
+    p = Path(base_model)
+    if p.is_dir():
+        h = hashlib.sha256()
+        for name in sorted(x.name for x in p.iterdir() if x.suffix in (".json", ".safetensors")):
+            f = p / name
+            h.update(name.encode())
+            h.update(str(f.stat().st_size).encode())
+            if f.suffix == ".json" or f.stat().st_size < 64 << 20:
+                h.update(f.read_bytes())
+        return {"kind": "local", "path": str(p.resolve()), "sha256": h.hexdigest()}
+    try:
+        from huggingface_hub import snapshot_download
+
+        snap = Path(snapshot_download(base_model, local_files_only=True))
+        return {"kind": "hub", "repo": base_model, "revision": snap.name}
+    except Exception:
+        return {"kind": "hub", "repo": base_model, "revision": None}
+
+
+def _last_train_loss(history: list[dict[str, Any]]) -> float | None:
+    for entry in reversed(history):
+        if "loss" in entry:
+            return float(entry["loss"])
+    return None
+
+
+def _first_train_loss(history: list[dict[str, Any]]) -> float | None:
+    for entry in history:
+        if "loss" in entry:
+            return float(entry["loss"])
+    return None
+
+
+def _num_tokens(history: list[dict[str, Any]]) -> float | None:
+    for entry in reversed(history):
+        if "num_tokens" in entry:
+            return float(entry["num_tokens"])
+    return None
+
+
+def dumps(obj: Any) -> str:
+    return json.dumps(obj, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
