@@ -1,0 +1,1 @@
+"""tuneloop gateway: the one public entry (keys, routing, evaluation, gated promotion; port 8000)."""

@@ -1,0 +1,92 @@
+"""Eval runs: ``POST /v1/evals`` (JSON, or multipart with an eval ``file`` + ``config``),
+``GET /v1/evals``, ``GET /v1/evals/{id}``, ``GET /v1/evals/{id}/samples``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from tuneloop.errors import InvalidRequest, Unprocessable, UnsupportedMediaType
+
+from ..auth import require_admin
+from ..proxy import check_length, read_body
+from ..schemas import EvalCreate
+
+router = APIRouter(prefix="/v1/evals", tags=["evals"], dependencies=[Depends(require_admin)])
+
+
+def _parse_jsonl(data: bytes) -> list[dict[str, Any]]:
+    rows = []
+    for n, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as exc:
+            raise Unprocessable(f"eval file line {n}: invalid JSON ({exc.msg})",
+                                code="eval_file_invalid", details={"line": n}) from exc
+        if not isinstance(row, dict):
+            raise Unprocessable(f"eval file line {n}: not a JSON object", code="eval_file_invalid",
+                                details={"line": n})
+        rows.append({**row, "line": n})
+    return rows
+
+
+async def _spec_from_request(request: Request) -> tuple[EvalCreate, dict | None]:
+    s = request.app.state.settings
+    ctype = request.headers.get("content-type", "")
+    try:
+        if ctype.startswith("multipart/form-data"):
+            check_length(request, s.max_upload_bytes)
+            form = await request.form()
+            upload, raw = form.get("file"), form.get("config") or "{}"
+            if upload is None or isinstance(upload, str):
+                raise InvalidRequest("multipart evals need a 'file' part (JSONL)", param="file")
+            data = await upload.read()
+            config = json.loads(raw)
+            if not isinstance(config, dict):
+                raise InvalidRequest("'config' must be a JSON object", param="config")
+            config["rows"] = _parse_jsonl(data)
+            return EvalCreate.model_validate(config), {"file": upload.filename,
+                                                       "rows": len(config["rows"])}
+        if ctype and not ctype.startswith("application/json"):
+            raise UnsupportedMediaType("send JSON or multipart/form-data", code="unsupported_media_type")
+        body = await read_body(request, s.max_upload_bytes)
+        return EvalCreate.model_validate_json(body or b"{}"), None
+    except ValidationError as exc:
+        raise RequestValidationError(exc.errors(include_url=False, include_context=False)) from exc
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"'config' is not valid JSON: {exc.msg}", param="config") from exc
+
+
+@router.post("", summary="Start an eval run (202), or wait for the report")
+async def create_eval(request: Request) -> JSONResponse:
+    spec, source = await _spec_from_request(request)
+    service = request.app.state.evals
+    run_id = await service.create(spec, source=source)
+    if spec.wait:
+        return JSONResponse(await service.wait(run_id), status_code=200)
+    return JSONResponse(await service.get(run_id), status_code=202)
+
+
+@router.get("", summary="List eval runs (newest first)")
+async def list_evals(request: Request, limit: int = Query(20, ge=1, le=100),
+                     offset: int = Query(0, ge=0)) -> dict:
+    return await request.app.state.evals.list(limit, offset)
+
+
+@router.get("/{eval_id}", summary="An eval run and its report")
+async def get_eval(eval_id: str, request: Request) -> dict:
+    return await request.app.state.evals.get(eval_id)
+
+
+@router.get("/{eval_id}/samples", summary="Per-example outputs side by side")
+async def get_samples(eval_id: str, request: Request,
+                      suite: Literal["task", "general"] | None = None,
+                      offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> dict:
+    return await request.app.state.evals.samples(eval_id, suite, offset, limit)

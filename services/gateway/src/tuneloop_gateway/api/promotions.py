@@ -1,0 +1,76 @@
+"""Promotion API: decisions (with evidence), manual promote, rollback, gate a job now, and the
+trainer's callback ``POST /internal/training-events``."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from tuneloop.errors import Conflict
+from tuneloop.ids import require_id
+
+from ..auth import require_admin
+from ..schemas import GateRequest, PromoteRequest, RollbackRequest
+
+router = APIRouter(prefix="/v1/promotions", tags=["promotions"], dependencies=[Depends(require_admin)])
+callbacks = APIRouter(tags=["internal"])
+
+
+@router.get("", summary="Promotion decisions, newest first")
+async def list_promotions(request: Request, model_id: str | None = None, job_id: str | None = None,
+                          limit: int = Query(50, ge=1, le=200)) -> dict:
+    data = await run_in_threadpool(request.app.state.promotions.list, model_id=model_id,
+                                   job_id=job_id, limit=limit)
+    return {"object": "list", "data": data, "has_more": len(data) == limit}
+
+
+@router.get("/gate", summary="The gate's thresholds")
+async def gate_config(request: Request) -> dict:
+    s = request.app.state.settings
+    return {"alias": s.promotion_alias, "auto_promote": s.auto_promote,
+            **request.app.state.promotions.gate.__dict__}
+
+
+@router.post("/gate", summary="Gate a succeeded training job now (waits for the decision)")
+async def gate_job(body: GateRequest, request: Request) -> dict:
+    require_id(body.job_id, "job", "job")
+    decision = await request.app.state.promotions.gate_job(body.job_id)
+    if decision is None:
+        raise Conflict(f"job '{body.job_id}' has not succeeded with a model", code="job_not_succeeded",
+                       param="job_id")
+    return decision
+
+
+@router.post("", status_code=201, summary="Manual promotion of a served model or model version")
+async def promote(body: PromoteRequest, request: Request) -> dict:
+    return await request.app.state.promotions.promote(body)
+
+
+@router.post("/rollback", status_code=201, summary="Roll the alias back to its previous model")
+async def rollback(body: RollbackRequest, request: Request) -> dict:
+    return await request.app.state.promotions.rollback(body)
+
+
+@router.get("/{promotion_id}", summary="One decision with its evidence")
+async def get_promotion(promotion_id: str, request: Request) -> dict:
+    return await run_in_threadpool(request.app.state.promotions.get, promotion_id)
+
+
+class TrainingEvent(BaseModel):
+    event: str
+    job_id: str
+    model_id: str | None = None
+
+
+@callbacks.post("/internal/training-events", summary="Trainer callback: a job finished")
+async def training_event(body: TrainingEvent, request: Request) -> JSONResponse:
+    """Queue the job for gating. The body is only a hint: the gate re-reads the job from the
+    trainer, so this endpoint needs no key and cannot be used to promote anything."""
+    require_id(body.job_id, "job", "job")
+    state = request.app.state
+    queued = False
+    if body.event.endswith("succeeded") and state.settings.auto_promote:
+        queued = state.promotions.notify(body.job_id)
+    return JSONResponse({"accepted": True, "queued": queued}, status_code=202)

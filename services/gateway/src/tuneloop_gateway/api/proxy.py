@@ -1,0 +1,123 @@
+"""Routing: the OpenAI inference surface to inference, the rest to dataset and trainer.
+
+| path | upstream | scope |
+|---|---|---|
+| `/v1/chat/completions`, `/v1/completions`, `/v1/models`, `/v1/models/{name}` | inference | inference |
+| `/v1/models/mv-...` (lineage + promotion decisions) | trainer + gateway | inference |
+| `/v1/datasets*` | dataset | admin |
+| `/v1/jobs*`, `/v1/files*`, `/v1/fine_tuning/*` | trainer | admin |
+"""
+
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+
+from tuneloop.ids import is_valid_id
+
+from ..auth import require_admin, require_inference
+from ..proxy import forward, read_body
+
+router = APIRouter(tags=["proxy"])
+ALL = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def _ups(request: Request, name: str):
+    return request.app.state.upstreams[name]
+
+
+@router.post("/v1/chat/completions", dependencies=[Depends(require_inference)])
+async def chat_completions(request: Request) -> Response:
+    """OpenAI chat completions (streaming passes through untouched)."""
+    s = request.app.state.settings
+    return await forward(request, _ups(request, "inference"), "/v1/chat/completions",
+                         limit=s.max_request_bytes)
+
+
+@router.post("/v1/completions", dependencies=[Depends(require_inference)])
+async def completions(request: Request) -> Response:
+    """OpenAI legacy completions."""
+    s = request.app.state.settings
+    return await forward(request, _ups(request, "inference"), "/v1/completions",
+                         limit=s.max_request_bytes)
+
+
+@router.get("/v1/models", dependencies=[Depends(require_inference)])
+async def list_models(request: Request) -> Response:
+    """Served models and aliases (from inference)."""
+    s = request.app.state.settings
+    return await forward(request, _ups(request, "inference"), "/v1/models", limit=s.max_request_bytes)
+
+
+@router.get("/v1/models/{model_id:path}", dependencies=[Depends(require_inference)])
+async def get_model(model_id: str, request: Request) -> Response:
+    """A model version's lineage (``mv-...``: trainer + promotion decisions) or a served model."""
+    s = request.app.state.settings
+    if not is_valid_id(model_id, "mv"):
+        return await forward(request, _ups(request, "inference"), f"/v1/models/{model_id}",
+                             limit=s.max_request_bytes)
+    resp = await forward(request, _ups(request, "trainer"), f"/v1/models/{model_id}",
+                         limit=s.max_request_bytes)
+    if resp.status_code != 200:
+        return resp
+    lineage = json.loads(resp.body)
+    lineage["promotions"] = await run_in_threadpool(request.app.state.promotions.for_model, model_id)
+    return JSONResponse(lineage)
+
+
+@router.api_route("/v1/datasets", methods=ALL, dependencies=[Depends(require_admin)])
+@router.api_route("/v1/datasets/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
+async def datasets(request: Request, rest: str = "") -> Response:
+    """The dataset service (uploads streamed, bounded by max_upload_bytes)."""
+    s = request.app.state.settings
+    path = "/v1/datasets" + (f"/{rest}" if rest else "")
+    upload = request.method in ("POST", "PUT")
+    return await forward(request, _ups(request, "dataset"), path, limit=s.max_upload_bytes,
+                         stream_body=upload, timeout=s.upload_timeout_s if upload else None)
+
+
+@router.api_route("/v1/files", methods=ALL, dependencies=[Depends(require_admin)])
+@router.api_route("/v1/files/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
+async def files(request: Request, rest: str = "") -> Response:
+    """OpenAI files API (training files), served by the trainer."""
+    s = request.app.state.settings
+    path = "/v1/files" + (f"/{rest}" if rest else "")
+    upload = request.method == "POST"
+    return await forward(request, _ups(request, "trainer"), path, limit=s.max_upload_bytes,
+                         stream_body=upload, timeout=s.upload_timeout_s if upload else None)
+
+
+@router.api_route("/v1/fine_tuning/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
+async def fine_tuning(request: Request, rest: str) -> Response:
+    """OpenAI fine-tuning jobs API, served by the trainer."""
+    s = request.app.state.settings
+    return await forward(request, _ups(request, "trainer"), f"/v1/fine_tuning/{rest}",
+                         limit=s.max_request_bytes)
+
+
+@router.api_route("/v1/jobs", methods=ALL, dependencies=[Depends(require_admin)])
+@router.api_route("/v1/jobs/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
+async def jobs(request: Request, rest: str = "") -> Response:
+    """Native training jobs; creation gets the gateway's callback_url unless one is given."""
+    s = request.app.state.settings
+    path = "/v1/jobs" + (f"/{rest}" if rest else "")
+    body = await read_body(request, s.max_request_bytes)
+    if request.method == "POST" and not rest and body:
+        body = _with_callback(body, s.callback_url())
+    return await forward(request, _ups(request, "trainer"), path, limit=s.max_request_bytes,
+                         body=body)
+
+
+def _with_callback(body: bytes, url: str) -> bytes:
+    """Add ``callback_url`` to a JSON job request that has none (else leave it untouched)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        return body
+    if isinstance(parsed, dict) and not parsed.get("callback_url"):
+        parsed["callback_url"] = url
+        return json.dumps(parsed).encode()
+    return body

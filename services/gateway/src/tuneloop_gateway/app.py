@@ -1,0 +1,81 @@
+"""Gateway app factory: ``create_app(settings) -> FastAPI``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from tuneloop.app import build_service_app
+from tuneloop.db import Database
+from tuneloop.metrics import ServiceMetrics
+from tuneloop.storage import ArtifactStore
+
+from .api import evals, keys, promotions, proxy
+from .auth import KeyStore, RateLimiter, bootstrap_admin_key
+from .evals.service import EvalService
+from .metrics import GatewayMetrics
+from .peers import DatasetPeer, InferencePeer, TrainerPeer
+from .promotion import PromotionService
+from .proxy import Upstream
+from .settings import GatewaySettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+VERSION_TABLE = "alembic_version_gateway"
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    metrics = ServiceMetrics(settings.service_name)
+    gw_metrics = GatewayMetrics(metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        s = settings
+        db = Database(s.resolved_database_url())
+        db.migrate(MIGRATIONS, version_table=VERSION_TABLE)
+        app.state.db = db
+        app.state.store = ArtifactStore(s.resolved_artifact_url())
+        app.state.keys = KeyStore(db, ttl=s.key_cache_ttl_s)
+        app.state.limiter = RateLimiter()
+        app.state.bootstrap_key = bootstrap_admin_key(app.state.keys, s)
+        c, t = s.connect_timeout_s, s.http_timeout_s
+        app.state.upstreams = {
+            "inference": Upstream.open("inference", s.inference_url, connect=c,
+                                       read=s.inference_timeout_s, api_key=s.inference_api_key),
+            "trainer": Upstream.open("trainer", s.trainer_url, connect=c, read=t),
+            "dataset": Upstream.open("dataset", s.dataset_url, connect=c, read=t),
+        }
+        dataset = DatasetPeer(s.dataset_url, timeout=t)
+        trainer = TrainerPeer(s.trainer_url, timeout=t)
+        inference = InferencePeer(s.inference_url, timeout=t, api_key=s.inference_admin_key,
+                                  deploy_timeout=s.deploy_timeout_s)
+        app.state.evals = EvalService(s, db, app.state.store, dataset, gw_metrics)
+        app.state.evals.recover()
+        app.state.promotions = PromotionService(s, db, trainer, inference, app.state.evals, gw_metrics)
+        app.state.promotions.start()
+        try:
+            yield
+        finally:
+            await app.state.promotions.aclose()
+            await app.state.evals.aclose()
+            for ups in app.state.upstreams.values():
+                await ups.client.aclose()
+            for peer in (dataset, trainer, inference):
+                await peer.aclose()
+            db.dispose()
+
+    async def ready(app: FastAPI) -> dict:
+        return {"database": app.state.db.ping()}
+
+    app = build_service_app(settings, title="tuneloop gateway", lifespan=lifespan,
+                            ready_check=ready, metrics=metrics)
+    app.state.gw_metrics = gw_metrics
+    app.include_router(keys.router)
+    app.include_router(evals.router)
+    app.include_router(promotions.router)
+    app.include_router(promotions.callbacks)
+    app.include_router(proxy.router)
+    return app

@@ -1,0 +1,229 @@
+"""API keys (stored hashed), scopes, per-key rate limits, and the first-start admin key.
+
+Keys are 256-bit random strings (``tlk-...``); only their SHA-256 is stored, which is enough for
+high-entropy secrets (no slow KDF needed; the same choice as GitHub/Stripe tokens). Two scopes:
+``inference`` (chat, completions, models) and ``admin`` (everything; implies inference).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Request
+from sqlalchemy import select
+
+from tuneloop.db import Database
+from tuneloop.errors import Forbidden, InvalidRequest, NotFound, RateLimited, Unauthorized
+from tuneloop.ids import new_id
+
+from .db import ApiKey
+from .settings import GatewaySettings
+
+log = logging.getLogger("tuneloop.gateway.auth")
+
+SCOPES = ("inference", "admin")
+KEY_PREFIX = "tlk-"
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key's id, name, scopes and rate limit."""
+
+    key_id: str
+    name: str
+    scopes: tuple[str, ...]
+    rate_limit_rpm: int | None
+
+    def allows(self, scope: str) -> bool:
+        return "admin" in self.scopes or scope in self.scopes
+
+
+def key_view(row: ApiKey) -> dict:
+    return {"id": row.id, "object": "api_key", "name": row.name, "prefix": row.prefix,
+            "scopes": list(row.scopes), "rate_limit_rpm": row.rate_limit_rpm,
+            "created_at": row.created_at, "revoked_at": row.revoked_at}
+
+
+class KeyStore:
+    """Create, list, revoke and verify keys; verified keys are cached for ``ttl`` seconds."""
+
+    def __init__(self, db: Database, ttl: float = 30.0) -> None:
+        self.db = db
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self._lock = threading.Lock()
+
+    def create(self, name: str, scopes: list[str], rate_limit_rpm: int | None = None,
+               key: str | None = None) -> tuple[str, dict]:
+        """Store a new key (generated unless given) and return ``(key, view)``."""
+        bad = [s for s in scopes if s not in SCOPES]
+        if not scopes or bad:
+            raise InvalidRequest(f"scopes must be a non-empty subset of {list(SCOPES)}",
+                                 code="invalid_scope", param="scopes")
+        if rate_limit_rpm is not None and rate_limit_rpm < 1:
+            raise InvalidRequest("rate_limit_rpm must be >= 1", param="rate_limit_rpm")
+        key = key or generate_key()
+        if len(key) < 20:
+            raise InvalidRequest("keys must be at least 20 characters", code="key_too_short")
+        row = ApiKey(id=new_id("key"), name=name[:200], prefix=key[:12], key_hash=hash_key(key),
+                     scopes=sorted(set(scopes)), rate_limit_rpm=rate_limit_rpm,
+                     created_at=int(time.time()), revoked_at=None)
+        with self.db.session() as s:
+            if s.scalar(select(ApiKey).where(ApiKey.key_hash == row.key_hash)) is not None:
+                raise InvalidRequest("this key already exists", code="key_exists")
+            s.add(row)
+        return key, key_view(row)
+
+    def list(self, include_revoked: bool = False) -> list[dict]:
+        with self.db.session() as s:
+            q = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
+            if not include_revoked:
+                q = q.where(ApiKey.revoked_at.is_(None))
+            return [key_view(r) for r in s.scalars(q)]
+
+    def revoke(self, key_id: str) -> dict:
+        with self.db.session() as s:
+            row = s.get(ApiKey, key_id)
+            if row is None:
+                raise NotFound(f"api key '{key_id[:80]}' not found", code="api_key_not_found")
+            if row.revoked_at is None:
+                row.revoked_at = int(time.time())
+            view = key_view(row)
+        with self._lock:
+            self._cache.clear()
+        return view
+
+    def has_active_admin(self) -> bool:
+        return any("admin" in k["scopes"] for k in self.list())
+
+    def count(self) -> int:
+        with self.db.session() as s:
+            return len(list(s.scalars(select(ApiKey.id))))
+
+    def verify(self, key: str) -> Principal | None:
+        """The principal for ``key``, or None if unknown or revoked."""
+        digest = hash_key(key)
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit and hit[0] > now:
+            return hit[1]
+        with self.db.session() as s:
+            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
+            principal = None
+            if row is not None and row.revoked_at is None:
+                principal = Principal(row.id, row.name, tuple(row.scopes), row.rate_limit_rpm)
+        with self._lock:
+            if len(self._cache) > 10_000:
+                self._cache.clear()
+            self._cache[digest] = (now + self.ttl, principal)
+        return principal
+
+
+class RateLimiter:
+    """Token bucket per key: capacity = rpm, refilled at rpm/60 per second (per process)."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key_id: str, rpm: int) -> float:
+        """Take one token; return 0 if allowed, else seconds until one is available."""
+        now = time.monotonic()
+        rate = rpm / 60.0
+        with self._lock:
+            tokens, last = self._buckets.get(key_id, (float(rpm), now))
+            tokens = min(float(rpm), tokens + (now - last) * rate)
+            if tokens >= 1.0:
+                self._buckets[key_id] = (tokens - 1.0, now)
+                return 0.0
+            self._buckets[key_id] = (tokens, now)
+            return (1.0 - tokens) / rate
+
+
+def bootstrap_admin_key(keys: KeyStore, settings: GatewaySettings) -> str | None:
+    """On first start (no key at all) install an admin key instead of running open.
+
+    Uses ``GATEWAY_BOOTSTRAP_ADMIN_KEY`` when set; otherwise generates one, prints it once and
+    writes it (mode 0600) to ``admin_key_file``. Returns the generated key, if any.
+    """
+    if keys.count() > 0:
+        return None
+    if settings.bootstrap_admin_key:
+        keys.create("bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key)
+        log.info("installed the admin key from GATEWAY_BOOTSTRAP_ADMIN_KEY")
+        return None
+    key, view = keys.create("bootstrap-admin", ["admin"])
+    path = admin_key_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(key + "\n")
+    print(f"tuneloop gateway: generated the first admin API key (shown once): {key}\n"
+          f"  also written to {path}", flush=True)
+    log.warning("generated first admin key", extra={"key_id": view["id"], "file": str(path)})
+    return key
+
+
+def admin_key_path(settings: GatewaySettings) -> Path:
+    return Path(settings.admin_key_file or (settings.data_dir / "gateway-admin-key")).resolve()
+
+
+def bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization") or ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return request.headers.get("x-api-key") or None
+
+
+def authenticate(request: Request, scope: str) -> Principal:
+    """Verify the caller's key, its scope and its rate limit (raises 401/403/429)."""
+    state = request.app.state
+    token = bearer(request)
+    if not token:
+        state.gw_metrics.auth_failures.labels("missing").inc()
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
+                           code="missing_api_key")
+    principal = state.keys.verify(token)
+    if principal is None:
+        state.gw_metrics.auth_failures.labels("invalid").inc()
+        raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
+    if not principal.allows(scope):
+        state.gw_metrics.auth_failures.labels("scope").inc()
+        raise Forbidden(f"this key lacks the '{scope}' scope (has: {', '.join(principal.scopes)})",
+                        code="insufficient_scope")
+    rpm = principal.rate_limit_rpm or state.settings.default_rate_limit_rpm
+    wait = state.limiter.check(principal.key_id, rpm)
+    if wait > 0:
+        state.gw_metrics.rate_limited.inc()
+        exc = RateLimited(f"rate limit of {rpm} requests/minute exceeded; retry in {wait:.1f}s",
+                          details={"retry_after_s": round(wait, 2), "limit_rpm": rpm})
+        raise exc
+    request.state.principal = principal
+    return principal
+
+
+def require_inference(request: Request) -> Principal:
+    """FastAPI dependency: any valid key with the inference (or admin) scope."""
+    return authenticate(request, "inference")
+
+
+def require_admin(request: Request) -> Principal:
+    """FastAPI dependency: a valid key with the admin scope."""
+    return authenticate(request, "admin")

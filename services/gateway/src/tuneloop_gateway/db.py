@@ -1,0 +1,67 @@
+"""Gateway tables (owned by this service only): API keys, eval runs, promotion decisions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import JSON, Float, Integer, String, Text
+from sqlalchemy.orm import Mapped, mapped_column
+
+from tuneloop.db import make_base
+
+Base = make_base()
+
+
+class ApiKey(Base):
+    """An API key; only its SHA-256 is stored (the key itself is shown once)."""
+
+    __tablename__ = "gateway_api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(24))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    scopes: Mapped[list[str]] = mapped_column(JSON)
+    rate_limit_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class EvalRun(Base):
+    """One evaluation run: its request (keys redacted), status and full report."""
+
+    __tablename__ = "gateway_eval_runs"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    name: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    samples: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class Promotion(Base):
+    """A promotion decision (automatic gate, manual promote or rollback) with its evidence."""
+
+    __tablename__ = "gateway_promotions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(20))  # gate | manual | rollback
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    # pending | evaluating | promoted | rejected | failed | done
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, unique=True)
+    model_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    alias: Mapped[str] = mapped_column(String(200))
+    candidate: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    previous: Mapped[str | None] = mapped_column(String(300), nullable=True)
+    eval_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    reasons: Mapped[list[str]] = mapped_column(JSON)
+    evidence: Mapped[dict[str, Any]] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -1,0 +1,1 @@
+"""Evaluation engine: run targets concurrently, score outputs, build the report."""

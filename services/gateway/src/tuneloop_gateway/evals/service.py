@@ -1,0 +1,239 @@
+"""Eval runs: resolve the examples, run the targets, score, store the report.
+
+Runs are persisted (``gateway_eval_runs``) before they start and when they end; a run that
+was in flight when the process stopped is marked failed (``interrupted``) at the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from typing import Any
+
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from tuneloop.clients.base import ServiceError
+from tuneloop.db import Database
+from tuneloop.errors import InvalidRequest, NotFound, Unprocessable
+from tuneloop.ids import is_valid_id, new_id
+from tuneloop.storage import ArtifactStore
+
+from ..db import EvalRun
+from ..peers import DatasetPeer
+from ..schemas import EvalCreate
+from ..settings import GatewaySettings
+from .report import build_report, detect_task, general_prompts, load_general_suite
+from .runner import Example, Target, judge_pairs, rows_to_examples, run_all
+
+log = logging.getLogger("tuneloop.gateway.evals")
+
+
+def run_view(row: EvalRun, *, full: bool = True) -> dict[str, Any]:
+    out = {"id": row.id, "object": "eval", "name": row.name, "status": row.status,
+           "created_at": row.created_at, "finished_at": row.finished_at,
+           "duration_s": row.duration_s, "config": row.config, "error": row.error}
+    if full:
+        out["report"] = row.report
+    return out
+
+
+class EvalService:
+    def __init__(self, settings: GatewaySettings, db: Database, store: ArtifactStore,
+                 dataset: DatasetPeer, metrics: Any) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.dataset = dataset
+        self.metrics = metrics
+        self.general_items = load_general_suite()
+        self._tasks: dict[str, asyncio.Task] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def recover(self) -> int:
+        """Mark runs left 'running' by a previous process as failed (interrupted)."""
+        with self.db.session() as s:
+            rows = list(s.scalars(select(EvalRun).where(EvalRun.status == "running")))
+            for r in rows:
+                r.status = "failed"
+                r.error = {"code": "interrupted", "message": "the gateway stopped during the run"}
+                r.finished_at = int(time.time())
+        return len(rows)
+
+    async def aclose(self) -> None:
+        for t in list(self._tasks.values()):
+            t.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+
+    # -- inputs ------------------------------------------------------------------------
+    def _targets(self, spec: EvalCreate) -> list[Target]:
+        default = self.settings.inference_url.rstrip("/") + "/v1"
+        return [Target(t.name, t.base_url or default, t.model,
+                       t.api_key or (None if t.base_url else self.settings.inference_api_key),
+                       t.role) for t in spec.targets]
+
+    async def _dataset_rows(self, dataset_id: str, limit: int) -> list[dict[str, Any]]:
+        """The eval split: from the artifact store's parquet, else through the rows API."""
+        if not is_valid_id(dataset_id, "ds"):
+            raise NotFound(f"dataset '{dataset_id[:80]}' not found", code="dataset_not_found",
+                           param="dataset_id")
+        key = f"datasets/{dataset_id}/eval.parquet"
+        if await run_in_threadpool(self.store.exists, key):
+            return await run_in_threadpool(self._read_parquet, key, limit)
+        try:
+            rows = await self.dataset.eval_rows(dataset_id, limit)
+        except ServiceError as exc:
+            if exc.status == 404:
+                raise NotFound(f"dataset '{dataset_id}' not found", code="dataset_not_found",
+                               param="dataset_id") from exc
+            raise
+        return rows
+
+    def _read_parquet(self, key: str, limit: int) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(io.BytesIO(self.store.read_bytes(key)))
+        return table.slice(0, limit).to_pylist()
+
+    async def resolve_examples(self, spec: EvalCreate) -> list[Example]:
+        limit = spec.max_examples or self.settings.eval_max_examples
+        rows = (await self._dataset_rows(spec.dataset_id, limit) if spec.dataset_id
+                else spec.rows[:limit])
+        if not rows:
+            raise Unprocessable("the eval set is empty", code="eval_set_empty")
+        try:
+            return rows_to_examples(rows)
+        except ValueError as exc:
+            raise Unprocessable(str(exc), code="eval_row_invalid") from exc
+
+    # -- runs --------------------------------------------------------------------------
+    async def create(self, spec: EvalCreate, *, source: dict[str, Any] | None = None) -> str:
+        """Validate, persist and start a run in the background; return its id."""
+        examples = await self.resolve_examples(spec)
+        try:
+            task = detect_task(examples, spec.metric)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc), param="metric") from exc
+        targets = self._targets(spec)
+        config = {
+            "source": source or ({"dataset_id": spec.dataset_id} if spec.dataset_id
+                                 else {"rows": len(spec.rows or [])}),
+            "targets": [t.public() for t in targets],
+            "baseline": spec.baseline or targets[0].name, "metric": spec.metric,
+            "max_tokens": spec.max_tokens or self.settings.eval_max_tokens,
+            "concurrency": spec.concurrency or self.settings.eval_concurrency,
+            "general_suite": self.settings.general_suite if spec.general_suite is None else spec.general_suite,
+            "judge": ({"model": spec.judge.model, "base_url": spec.judge.base_url,
+                       "candidate": spec.judge.candidate, "base": spec.judge.base}
+                      if spec.judge else None),
+            "n_examples": len(examples),
+        }
+        run_id = new_id("eval")
+        row = EvalRun(id=run_id, status="running", name=spec.name, config=config,
+                      created_at=int(time.time()))
+        await run_in_threadpool(self._save, row)
+        task_ = asyncio.create_task(self._execute(run_id, spec, targets, examples, task, config),
+                                    name=run_id)
+        self._tasks[run_id] = task_
+        task_.add_done_callback(lambda t: self._tasks.pop(t.get_name(), None))
+        return run_id
+
+    async def wait(self, run_id: str) -> dict[str, Any]:
+        task = self._tasks.get(run_id)
+        if task is not None:
+            await asyncio.shield(task)
+        return await self.get(run_id)
+
+    async def run(self, spec: EvalCreate, **kw: Any) -> dict[str, Any]:
+        """Create a run and wait for its report (what promotion uses)."""
+        run_id = await self.create(spec, **kw)
+        return await self.wait(run_id)
+
+    async def _execute(self, run_id: str, spec: EvalCreate, targets: list[Target],
+                       examples: list[Example], task: dict[str, Any], config: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        general = self.general_items if config["general_suite"] else []
+        try:
+            runs = await run_all(targets, examples, general_prompts(general),
+                                 max_tokens=config["max_tokens"], concurrency=config["concurrency"],
+                                 timeout=self.settings.eval_request_timeout_s)
+            for r in runs:
+                for g in r.task + r.general:
+                    self.metrics.eval_generations.labels("error" if g.error else "ok").inc()
+            judge, pair = None, None
+            if spec.judge:
+                judge, pair = await self._judge(spec, targets, runs, examples, config)
+            report, samples = await run_in_threadpool(
+                build_report, runs, examples, task, general, config["baseline"], judge, pair)
+            await run_in_threadpool(self._finish, run_id, "succeeded", report, samples, None,
+                                    time.perf_counter() - start)
+        except asyncio.CancelledError:
+            await run_in_threadpool(self._finish, run_id, "failed", None, None,
+                                    {"code": "interrupted", "message": "the gateway stopped"},
+                                    time.perf_counter() - start)
+            raise
+        except Exception as exc:  # a run must end with a stored status, never vanish
+            log.exception("eval run failed", extra={"eval_id": run_id})
+            await run_in_threadpool(self._finish, run_id, "failed", None, None,
+                                    {"code": "eval_failed", "message": f"{exc.__class__.__name__}: {exc}"},
+                                    time.perf_counter() - start)
+
+    async def _judge(self, spec: EvalCreate, targets: list[Target], runs: list, examples: list[Example],
+                     config: dict[str, Any]) -> tuple[list[dict], tuple[str, str]]:
+        j = spec.judge
+        by_name = {r.target.name: r for r in runs}
+        base = j.base or config["baseline"]
+        cand = j.candidate or next(t.name for t in targets if t.name != base)
+        if cand not in by_name or base not in by_name:
+            raise InvalidRequest("judge candidate/base must be target names")
+        default = self.settings.inference_url.rstrip("/") + "/v1"
+        judge_t = Target("judge", j.base_url or default, j.model, j.api_key)
+        res = await judge_pairs(judge_t, examples, by_name[cand].task, by_name[base].task,
+                                concurrency=config["concurrency"],
+                                timeout=self.settings.eval_request_timeout_s, limit=j.max_examples)
+        return res, (cand, base)
+
+    # -- storage -----------------------------------------------------------------------
+    def _save(self, row: EvalRun) -> None:
+        with self.db.session() as s:
+            s.add(row)
+
+    def _finish(self, run_id: str, status: str, report: dict | None, samples: list | None,
+                error: dict | None, duration: float) -> None:
+        with self.db.session() as s:
+            row = s.get(EvalRun, run_id)
+            if row is None:
+                return
+            row.status, row.report, row.samples, row.error = status, report, samples, error
+            row.finished_at = int(time.time())
+            row.duration_s = round(duration, 3)
+        self.metrics.eval_runs.labels(status).inc()
+
+    def _row(self, run_id: str) -> EvalRun:
+        with self.db.session() as s:
+            row = s.get(EvalRun, run_id)
+        if row is None:
+            raise NotFound(f"eval '{run_id[:80]}' not found", code="eval_not_found", param="id")
+        return row
+
+    async def get(self, run_id: str) -> dict[str, Any]:
+        return run_view(await run_in_threadpool(self._row, run_id))
+
+    async def samples(self, run_id: str, suite: str | None, offset: int, limit: int) -> dict[str, Any]:
+        row = await run_in_threadpool(self._row, run_id)
+        items = [s for s in row.samples or [] if suite is None or s["suite"] == suite]
+        page = items[offset:offset + limit]
+        return {"object": "list", "data": page, "has_more": offset + limit < len(items),
+                "total": len(items)}
+
+    def _list(self, limit: int, offset: int) -> list[dict[str, Any]]:
+        with self.db.session() as s:
+            q = select(EvalRun).order_by(EvalRun.created_at.desc(), EvalRun.id).offset(offset).limit(limit + 1)
+            return [run_view(r, full=False) for r in s.scalars(q)]
+
+    async def list(self, limit: int, offset: int) -> dict[str, Any]:
+        data = await run_in_threadpool(self._list, limit, offset)
+        return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}

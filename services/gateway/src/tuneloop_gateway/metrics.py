@@ -1,0 +1,35 @@
+"""Gateway Prometheus metrics (prefix ``tuneloop_gateway_``), low-cardinality labels only."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from tuneloop.metrics import LATENCY_BUCKETS, ServiceMetrics
+
+
+class GatewayMetrics:
+    def __init__(self, base: ServiceMetrics) -> None:
+        reg, name = base.registry, base.name
+        self.upstream_requests = Counter(
+            name("upstream_requests_total"), "Proxied requests by upstream service and status.",
+            ["upstream", "status"], registry=reg)
+        self.upstream_latency = Histogram(
+            name("upstream_latency_seconds"), "Upstream time to response headers.",
+            ["upstream"], buckets=LATENCY_BUCKETS, registry=reg)
+        self.upstream_errors = Counter(
+            name("upstream_errors_total"), "Upstream failures by kind (unavailable, timeout...).",
+            ["upstream", "kind"], registry=reg)
+        self.auth_failures = Counter(
+            name("auth_failures_total"), "Rejected requests by reason (missing, invalid, scope).",
+            ["reason"], registry=reg)
+        self.rate_limited = Counter(
+            name("rate_limited_total"), "Requests refused by the per-key rate limit.",
+            registry=reg)
+        self.eval_runs = Counter(
+            name("eval_runs_total"), "Evaluation runs by final status.", ["status"], registry=reg)
+        self.eval_generations = Counter(
+            name("eval_generations_total"), "Generations made by eval runs, by outcome.",
+            ["outcome"], registry=reg)
+        self.promotions = Counter(
+            name("promotion_decisions_total"), "Promotion decisions by kind and status.",
+            ["kind", "status"], registry=reg)

@@ -1,0 +1,195 @@
+"""Reverse proxy to the services behind the gateway.
+
+One ``httpx.AsyncClient`` per upstream (opened in the lifespan, explicit timeouts). Request
+bodies are bounded (``Content-Length`` checked up front, streamed bodies counted); responses
+that are event streams pass through byte for byte; upstream failures become 502/503/504 in the
+error envelope instead of hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from starlette.background import BackgroundTask
+
+from tuneloop.errors import (
+    PayloadTooLarge,
+    ServiceUnavailable,
+    UpstreamError,
+    UpstreamTimeout,
+    error_body,
+)
+
+log = logging.getLogger("tuneloop.gateway.proxy")
+
+HOP_BY_HOP = {
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "trailers", "transfer-encoding", "upgrade", "host", "content-length", "authorization",
+    "x-api-key",
+}
+# Bodies are relayed as the upstream sent them, so ask upstreams for identity encoding.
+REQUEST_DROP = HOP_BY_HOP | {"accept-encoding"}
+
+
+@dataclass
+class Upstream:
+    """A service behind the gateway: its name, client, and optional bearer key."""
+
+    name: str
+    client: httpx.AsyncClient
+    api_key: str | None = None
+
+    @classmethod
+    def open(cls, name: str, base_url: str, *, connect: float, read: float,
+             api_key: str | None = None) -> "Upstream":
+        client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(read, connect=connect, write=read, pool=connect),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=64),
+        )
+        return cls(name, client, api_key)
+
+
+def _forward_headers(request: Request, upstream: Upstream) -> dict[str, str]:
+    headers = {k: v for k, v in request.headers.items() if k.lower() not in REQUEST_DROP}
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        headers["x-request-id"] = rid
+    if upstream.api_key:
+        headers["authorization"] = f"Bearer {upstream.api_key}"
+    client = request.client.host if request.client else ""
+    prior = request.headers.get("x-forwarded-for")
+    headers["x-forwarded-for"] = f"{prior}, {client}" if prior else client
+    return headers
+
+
+def check_length(request: Request, limit: int) -> None:
+    """Refuse early when ``Content-Length`` announces more than ``limit`` bytes."""
+    raw = request.headers.get("content-length")
+    if raw is not None:
+        try:
+            size = int(raw)
+        except ValueError:
+            size = limit + 1
+        if size > limit:
+            raise PayloadTooLarge(f"request body of {raw} bytes exceeds the limit of {limit} bytes",
+                                  details={"limit_bytes": limit})
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole request body, refusing more than ``limit`` bytes (413)."""
+    check_length(request, limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the limit of {limit} bytes",
+                                  details={"limit_bytes": limit})
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _counted(request: Request, limit: int) -> AsyncIterator[bytes]:
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"upload exceeds the limit of {limit} bytes",
+                                  details={"limit_bytes": limit})
+        yield chunk
+
+
+def _envelope_or_wrap(upstream: str, status: int, body: bytes, content_type: str) -> Response | None:
+    """Upstream error bodies in our envelope pass through; anything else is wrapped."""
+    if "json" in content_type:
+        try:
+            parsed = json.loads(body)
+            if isinstance(parsed, dict) and isinstance(parsed.get("error"), dict):
+                return None
+        except ValueError:
+            pass
+    text = body[:300].decode("utf-8", "replace")
+    if status >= 500:
+        msg = f"{upstream} service failed ({status}): {text}"
+        return Response(json.dumps(error_body(msg, "upstream_error", "bad_gateway")),
+                        status_code=502, media_type="application/json")
+    detail = text
+    try:
+        parsed = json.loads(body)
+        detail = str(parsed.get("detail", parsed)) if isinstance(parsed, dict) else text
+    except ValueError:
+        pass
+    code = {401: "upstream_unauthorized", 404: "not_found", 405: "method_not_allowed",
+            422: "invalid_request"}.get(status, f"http_{status}")
+    return Response(json.dumps(error_body(f"{upstream}: {detail}", "invalid_request_error", code)),
+                    status_code=status, media_type="application/json")
+
+
+async def forward(request: Request, upstream: Upstream, path: str, *, limit: int,
+                  body: bytes | None = None, stream_body: bool = False,
+                  timeout: float | None = None) -> Response:
+    """Send ``request`` to ``upstream`` at ``path`` and relay the answer."""
+    metrics = request.app.state.gw_metrics
+    if body is None and not stream_body:
+        body = await read_body(request, limit)
+    elif stream_body:
+        check_length(request, limit)
+    content = _counted(request, limit) if stream_body else body
+    req = upstream.client.build_request(
+        request.method, path, params=request.query_params, headers=_forward_headers(request, upstream),
+        content=content, **({"timeout": timeout} if timeout else {}))
+    start = time.perf_counter()
+    try:
+        resp = await upstream.client.send(req, stream=True)
+    except PayloadTooLarge:
+        raise
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+        metrics.upstream_errors.labels(upstream.name, "unavailable").inc()
+        raise ServiceUnavailable(f"{upstream.name} service unavailable: {exc.__class__.__name__}",
+                                 code="upstream_unavailable") from exc
+    except httpx.TimeoutException as exc:
+        metrics.upstream_errors.labels(upstream.name, "timeout").inc()
+        raise UpstreamTimeout(f"{upstream.name} service timed out ({request.method} {path})",
+                              code="upstream_timeout") from exc
+    except httpx.HTTPError as exc:
+        metrics.upstream_errors.labels(upstream.name, "protocol").inc()
+        raise UpstreamError(f"{upstream.name} service failed: {exc.__class__.__name__}: {exc}",
+                            code="bad_gateway") from exc
+    metrics.upstream_latency.labels(upstream.name).observe(time.perf_counter() - start)
+    metrics.upstream_requests.labels(upstream.name, str(resp.status_code)).inc()
+    headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+    ctype = resp.headers.get("content-type", "")
+    if "text/event-stream" in ctype and resp.status_code < 400:
+        return StreamingResponse(_relay(resp, upstream.name), status_code=resp.status_code,
+                                 headers=headers, background=BackgroundTask(resp.aclose))
+    try:
+        data = await resp.aread()
+    except httpx.TimeoutException as exc:
+        raise UpstreamTimeout(f"{upstream.name} service timed out reading the answer",
+                              code="upstream_timeout") from exc
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"{upstream.name} service broke the answer: {exc}",
+                            code="bad_gateway") from exc
+    finally:
+        await resp.aclose()
+    if resp.status_code >= 400:
+        wrapped = _envelope_or_wrap(upstream.name, resp.status_code, data, ctype)
+        if wrapped is not None:
+            return wrapped
+    return Response(data, status_code=resp.status_code, headers=headers)
+
+
+async def _relay(resp: httpx.Response, name: str) -> AsyncIterator[bytes]:
+    """Pass the upstream stream through untouched; a broken upstream ends the stream."""
+    try:
+        async for chunk in resp.aiter_raw():
+            yield chunk
+    except httpx.HTTPError as exc:
+        log.warning("upstream stream broke", extra={"upstream": name, "error": repr(exc)})
