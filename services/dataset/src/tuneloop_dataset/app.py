@@ -6,33 +6,51 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import anyio
 from fastapi import FastAPI
 
 from tuneloop.app import build_service_app
 from tuneloop.db import Database
 from tuneloop.storage import ArtifactStore
 
+from .api import datasets, synthetic
+from .metrics import DatasetMetrics
+from .service import DatasetService
 from .settings import DatasetSettings
+from .synthetic import SynthService
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
 def create_app(settings: DatasetSettings | None = None) -> FastAPI:
     settings = settings or DatasetSettings()
+    metrics = DatasetMetrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database(settings.resolved_database_url())
         db.migrate(MIGRATIONS, version_table="alembic_version_dataset")
-        app.state.db = db
-        app.state.store = ArtifactStore(settings.resolved_artifact_url())
-        yield
-        db.dispose()
+        store = ArtifactStore(settings.resolved_artifact_url())
+        svc = DatasetService(settings, db, store, metrics)
+        svc.cleanup_tmp()
+        svc.refresh_gauge()
+        settings.resolved_import_root().mkdir(parents=True, exist_ok=True)
+        synth = SynthService(settings, db, metrics, svc)
+        synth.recover()
+        app.state.db, app.state.store = db, store
+        app.state.datasets, app.state.synth = svc, synth
+        app.state.ingest_limiter = anyio.CapacityLimiter(settings.max_concurrent_ingests)
+        try:
+            yield
+        finally:
+            await synth.shutdown()
+            db.dispose()
 
     async def ready(app: FastAPI) -> dict:
         return {"database": app.state.db.ping()}
 
     app = build_service_app(settings, title="tuneloop dataset service", lifespan=lifespan,
-                            ready_check=ready)
-    # routers: app.include_router(datasets.router)
+                            ready_check=ready, metrics=metrics)
+    app.include_router(datasets.router)
+    app.include_router(synthetic.router)
     return app

@@ -1,0 +1,1 @@
+"""Thin routers of the dataset service."""

@@ -1,0 +1,231 @@
+"""``/v1/datasets``: thin routes. Bodies are streamed to disk; the work runs in a thread."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.datastructures import UploadFile
+
+from tuneloop.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from tuneloop.examples.support_tickets import write_jsonl
+
+from ..schemas import ExampleRequest, JsonUpload, PushRequest, UploadOptions, check_holder, parse_model
+from ..service import DatasetService, Ingested
+from ..sources import hub_to_jsonl, name_from_filename, push_to_hub, resolve_import_path, write_rows
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+JSON_TYPES = {"application/json"}
+JSONL_TYPES = {"application/jsonl", "application/x-ndjson", "application/x-jsonlines",
+               "application/jsonlines", "text/jsonl", "text/plain", "application/octet-stream"}
+COMPRESSED_TYPES = {"application/gzip", "application/x-gzip", "application/zip",
+                    "application/x-bzip2", "application/x-xz", "application/zstd"}
+_CHUNK = 1 << 16
+
+
+def _svc(request: Request) -> DatasetService:
+    return request.app.state.datasets
+
+
+def _respond(result: Ingested) -> JSONResponse:
+    return JSONResponse(result.dataset, status_code=201 if result.created else 200)
+
+
+async def run_ingest(request: Request, *args: Any) -> Ingested:
+    """Run one ingest in a worker thread, at most DATASET_MAX_CONCURRENT_INGESTS at once."""
+    async with request.app.state.ingest_limiter:
+        return await anyio.to_thread.run_sync(_svc(request).ingest, *args)
+
+
+def _check_length(request: Request, limit: int) -> None:
+    length = request.headers.get("content-length")
+    if length and length.isdigit() and int(length) > limit:
+        raise PayloadTooLarge(f"request body is larger than {limit} bytes")
+
+
+@router.post("", summary="Upload a JSONL dataset (multipart, raw JSONL or JSON body)")
+async def create_dataset(request: Request) -> JSONResponse:
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    settings = request.app.state.settings
+    if ctype == "multipart/form-data":
+        _check_length(request, settings.max_upload_bytes * 2)
+        return await _multipart(request)
+    if ctype in JSON_TYPES:
+        _check_length(request, settings.max_json_body_bytes)
+        return await _json(request)
+    if ctype in JSONL_TYPES:
+        _check_length(request, settings.max_upload_bytes)
+        return await _raw(request)
+    if ctype in COMPRESSED_TYPES:
+        raise UnsupportedMediaType(f"content type {ctype!r} is compressed; upload plain JSONL",
+                                   code="compressed_upload")
+    raise UnsupportedMediaType(
+        f"unsupported content type {ctype or '(none)'!r}: use multipart/form-data (field 'file'), "
+        "application/jsonl (raw JSONL body) or application/json ({\"rows\": [...]} or "
+        "{\"source\": {...}})", param="content-type")
+
+
+async def _multipart(request: Request) -> JSONResponse:
+    form = await request.form(max_files=2, max_fields=20)
+    try:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise InvalidRequest("multipart upload needs a file field named 'file'",
+                                 code="missing_file", param="file")
+        eval_upload = form.get("eval_file")
+        if eval_upload is not None and not isinstance(eval_upload, UploadFile):
+            raise InvalidRequest("'eval_file' must be a file", code="invalid_request", param="eval_file")
+        for f in (upload, eval_upload):
+            if f is not None and (f.content_type or "").lower() in COMPRESSED_TYPES:
+                raise UnsupportedMediaType(f"'{f.filename}' is compressed ({f.content_type}); "
+                                           "upload plain JSONL", code="compressed_upload")
+        fields = {k: v for k, v in form.multi_items() if k not in ("file", "eval_file")}
+        opts = parse_model(UploadOptions, fields)
+        source = {"kind": "upload", "filename": name_from_filename(upload.filename)}
+        if opts.name is None and source["filename"]:
+            opts.name = source["filename"]
+        result = await run_ingest(request, upload.file, opts, source,
+                                  eval_upload.file if eval_upload else None)
+        return _respond(result)
+    finally:
+        await form.close()
+
+
+async def _raw(request: Request) -> JSONResponse:
+    """Raw JSONL body (curl --data-binary @file.jsonl); options as query parameters."""
+    settings = request.app.state.settings
+    opts = parse_model(UploadOptions, dict(request.query_params))
+    with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
+        path = Path(tmp) / "body.jsonl"
+        size = 0
+        with open(path, "wb") as fh:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise PayloadTooLarge(f"upload is larger than {settings.max_upload_bytes} bytes")
+                fh.write(chunk)
+        with open(path, "rb") as src:
+            return _respond(await run_ingest(request, src, opts, {"kind": "upload"}))
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise PayloadTooLarge(f"JSON body is larger than {limit} bytes "
+                                  "(use a multipart or raw JSONL upload for big files)")
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
+
+
+async def _json(request: Request) -> JSONResponse:
+    settings = request.app.state.settings
+    body = parse_model(JsonUpload, await _read_json(request, settings.max_json_body_bytes))
+    opts = body.options()
+    with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
+        eval_path = None
+        if body.eval_rows is not None:
+            eval_path = Path(tmp) / "eval.jsonl"
+            write_rows(body.eval_rows, eval_path)
+        if body.rows is not None:
+            path = Path(tmp) / "rows.jsonl"
+            write_rows(body.rows, path)
+            source: dict[str, Any] = {"kind": "rows"}
+        elif body.source.path is not None:
+            path = resolve_import_path(settings, body.source.path)
+            source = {"kind": "path", "path": str(path)}
+        else:
+            path = Path(tmp) / "hub.jsonl"
+            await anyio.to_thread.run_sync(hub_to_jsonl, settings, body.source, path)
+            source = {"kind": "hf_dataset", "hf_dataset": body.source.hf_dataset,
+                      "split": body.source.split}
+        if opts.name is None:
+            opts.name = name_from_filename(path.name) if source["kind"] == "path" else None
+        with open(path, "rb") as src, (open(eval_path, "rb") if eval_path else _null()) as ev:
+            return _respond(await run_ingest(request, src, opts, source, ev))
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@router.post("/examples/support-tickets", summary="Generate and store the built-in example task")
+async def create_example(request: Request) -> JSONResponse:
+    raw = await _read_json(request, 1 << 16) if await request.body() else {}
+    body = parse_model(ExampleRequest, raw)
+    opts = body.options()
+    opts.name = opts.name or f"support-tickets-{body.n}-seed{body.example_seed}"
+    with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
+        path = Path(tmp) / "tickets.jsonl"
+        await anyio.to_thread.run_sync(write_jsonl, str(path), body.n, body.example_seed)
+        source = {"kind": "example", "example": "support-tickets", "n": body.n,
+                  "seed": body.example_seed}
+        with open(path, "rb") as src:
+            return _respond(await run_ingest(request, src, opts, source))
+
+
+@router.get("", summary="List dataset versions (newest first)")
+async def list_datasets(request: Request, limit: int = Query(20, ge=1, le=100),
+                        offset: int = Query(0, ge=0)) -> dict:
+    return await anyio.to_thread.run_sync(_svc(request).list, limit, offset)
+
+
+@router.get("/{dataset_id}", summary="One dataset version")
+async def get_dataset(request: Request, dataset_id: str) -> dict:
+    return await anyio.to_thread.run_sync(_svc(request).get, dataset_id)
+
+
+@router.get("/{dataset_id}/rows", summary="A page of a split's rows")
+async def get_rows(request: Request, dataset_id: str,
+                   split: Literal["train", "eval"] = Query("train"),
+                   offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict:
+    return await anyio.to_thread.run_sync(_svc(request).rows, dataset_id, split, offset, limit)
+
+
+@router.get("/{dataset_id}/report", summary="The quality report (?format=text: readable summary)",
+            response_model=None)
+async def get_report(request: Request, dataset_id: str,
+                     format: Literal["json", "text"] = Query("json")) -> Any:
+    svc = _svc(request)
+    if format == "text":
+        return PlainTextResponse(await anyio.to_thread.run_sync(svc.report_text, dataset_id))
+    return await anyio.to_thread.run_sync(svc.report, dataset_id)
+
+
+@router.delete("/{dataset_id}", summary="Delete a version (409 dataset_in_use while leased)")
+async def delete_dataset(request: Request, dataset_id: str) -> dict:
+    return await anyio.to_thread.run_sync(_svc(request).delete, dataset_id)
+
+
+@router.put("/{dataset_id}/leases/{holder}", summary="Mark a version as used by a job")
+async def put_lease(request: Request, dataset_id: str, holder: str) -> dict:
+    return await anyio.to_thread.run_sync(_svc(request).lease, dataset_id, check_holder(holder))
+
+
+@router.delete("/{dataset_id}/leases/{holder}", summary="Release a lease")
+async def delete_lease(request: Request, dataset_id: str, holder: str) -> dict:
+    return await anyio.to_thread.run_sync(_svc(request).unlease, dataset_id, check_holder(holder))
+
+
+@router.post("/{dataset_id}/push", summary="Push a version to the Hugging Face Hub (optional)")
+async def push(request: Request, dataset_id: str) -> dict:
+    svc = _svc(request)
+    body = parse_model(PushRequest, await _read_json(request, 1 << 16))
+    svc.get(dataset_id)
+    hf_dir = svc.store.get_dir(f"datasets/{dataset_id}/hf", svc.tmp_root / f"push-{dataset_id}")
+    url = await anyio.to_thread.run_sync(push_to_hub, request.app.state.settings, hf_dir,
+                                         body.repo_id, body.private)
+    return {"object": "dataset.push", "dataset_id": dataset_id, "repo_id": body.repo_id, "url": url}

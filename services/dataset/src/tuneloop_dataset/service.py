@@ -1,0 +1,418 @@
+"""Dataset domain logic: ingest (validate, split, report, store, version), read, lease, delete.
+
+Never imports FastAPI. Everything here is synchronous and CPU/IO bound; the API runs it in a
+worker thread.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import shutil
+import tempfile
+import threading
+from collections import Counter
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from tuneloop.db import Database
+from tuneloop.errors import Conflict, InvalidRequest, NotFound, TuneloopError, Unprocessable
+from tuneloop.ids import content_id, require_id
+from tuneloop.storage import ArtifactStore
+
+from .db import DatasetRow, LeaseRow
+from .metrics import DatasetMetrics
+from .parsing import ParseResult, StreamValidator, UploadRejected, row_digest, canonical
+from .quality import ReportBuilder, text_summary
+from .schemas import UploadOptions
+from .settings import DatasetSettings
+from .storage_io import SplitWriter, artifact_keys, iter_jsonl, read_rows, write_hf
+
+log = logging.getLogger("tuneloop.dataset")
+
+
+class DatasetInvalid(Unprocessable):
+    code = "dataset_invalid"
+
+
+def eval_rule(n: int) -> int:
+    """Default held-out size: 10% clamped to the article's 100..200 rows, but never more
+    than 20% of the data (small sets keep most rows for training); at least 1 when n >= 2."""
+    if n < 2:
+        return 0
+    size = min(200, max(100, round(0.1 * n)), int(0.2 * n))
+    return max(1, size)
+
+
+def resolve_eval_size(n: int, opts: UploadOptions) -> tuple[int, str]:
+    if opts.eval_size is not None:
+        if opts.eval_size >= n and opts.eval_size > 0:
+            raise InvalidRequest(f"eval_size={opts.eval_size} must be smaller than the {n} valid rows",
+                                 code="invalid_eval_size", param="eval_size")
+        return opts.eval_size, "eval_size"
+    if opts.eval_fraction is not None:
+        size = round(n * opts.eval_fraction)
+        return (min(max(size, 1), n - 1) if n >= 2 else 0), "eval_fraction"
+    return eval_rule(n), "default (10% clamped to 100..200, at most 20%)"
+
+
+def split_key(seed: int, messages: list[dict[str, str]]) -> bytes:
+    """Order-free split key: identical rows get the same key, so they land in the same split."""
+    return hashlib.blake2b(row_digest(canonical(messages)), digest_size=8,
+                           key=str(seed).encode()).digest()
+
+
+@dataclass
+class Ingested:
+    dataset: dict[str, Any]
+    created: bool
+
+
+class DatasetService:
+    def __init__(self, settings: DatasetSettings, db: Database, store: ArtifactStore,
+                 metrics: DatasetMetrics) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = store
+        self.metrics = metrics
+        self.tmp_root = (settings.data_dir / "tmp" / "dataset").resolve()
+        self.tmp_root.mkdir(parents=True, exist_ok=True)
+        self._tokenizers: dict[str, Any] = {}
+        self._tok_lock = threading.Lock()
+
+    # -- helpers -----------------------------------------------------------------------
+    def work_dir(self) -> Path:
+        return Path(tempfile.mkdtemp(prefix="ingest-", dir=self.tmp_root))
+
+    def validator(self) -> StreamValidator:
+        s = self.settings
+        return StreamValidator(max_line_bytes=s.max_line_bytes, max_errors=s.max_errors_reported,
+                               max_bytes=s.max_upload_bytes)
+
+    def load_tokenizer(self, name: str | None, *, explicit: bool) -> tuple[Any, str | None]:
+        """(tokenizer, note). An explicit bad name is a 400; a bad default only a note."""
+        if not name:
+            return None, "no tokenizer given (option `tokenizer` or DATASET_DEFAULT_TOKENIZER): token statistics skipped"
+        with self._tok_lock:
+            if name in self._tokenizers:
+                return self._tokenizers[name], None
+            try:
+                from transformers import AutoTokenizer
+
+                tok = AutoTokenizer.from_pretrained(name, local_files_only=not self.settings.hub_enabled)
+            except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
+                if explicit:
+                    raise InvalidRequest(f"cannot load tokenizer {name[:200]!r}: {str(exc)[:300]}",
+                                         code="tokenizer_not_found", param="tokenizer") from exc
+                return None, f"default tokenizer {name!r} could not be loaded: token statistics skipped"
+            self._tokenizers[name] = tok
+            return tok, None
+
+    # -- ingest ------------------------------------------------------------------------
+    def parse(self, src: IO[bytes], out_path: Path, which: str) -> ParseResult:
+        t0 = time.perf_counter()
+        try:
+            with open(out_path, "w", encoding="utf-8") as out:
+                res = self.validator().run(src, out)
+        except UploadRejected as exc:
+            self.metrics.uploads.labels("rejected").inc()
+            param = "eval_file" if which == "eval_file" else "file"
+            raise TuneloopError(exc.message, code=exc.code, status=exc.status, param=param) from exc
+        finally:
+            self.metrics.validation_seconds.observe(time.perf_counter() - t0)
+        self.metrics.rows_validated.labels("valid").inc(res.valid)
+        self.metrics.rows_validated.labels("invalid").inc(res.invalid)
+        if which == "eval_file":
+            for e in res.errors:
+                e["file"] = "eval_file"
+        return res
+
+    def ingest(self, src: IO[bytes], opts: UploadOptions, source: dict[str, Any],
+               eval_src: IO[bytes] | None = None) -> Ingested:
+        """Validate, split, report and store one upload; return the (new or existing) version."""
+        work = self.work_dir()
+        try:
+            return self._ingest(work, src, opts, source, eval_src)
+        except TuneloopError as exc:
+            if exc.status < 500 and exc.code not in ("compressed_upload", "unsupported_encoding",
+                                                     "unsupported_format", "empty_file"):
+                self.metrics.uploads.labels("rejected").inc()
+            raise
+        except Exception:
+            self.metrics.uploads.labels("error").inc()
+            raise
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+
+    def _ingest(self, work: Path, src: IO[bytes], opts: UploadOptions, source: dict[str, Any],
+                eval_src: IO[bytes] | None) -> Ingested:
+        main = self.parse(src, work / "rows.jsonl", "file")
+        ev = self.parse(eval_src, work / "eval.jsonl", "eval_file") if eval_src else None
+        self._check_parse(main, ev, opts)
+        n = main.valid
+        if ev is not None:
+            eval_n, method = ev.valid, "eval_file"
+        else:
+            eval_n, method = resolve_eval_size(n, opts)
+        split_opts = {"seed": opts.seed, "eval_size": opts.eval_size,
+                      "eval_fraction": opts.eval_fraction, "eval_file": ev is not None}
+        digest = hashlib.sha256(
+            ("tuneloop-dataset-v1\n" + main.sha256 + "\n" + (ev.sha256 if ev else "-") + "\n"
+             + json.dumps(split_opts, sort_keys=True)).encode()).hexdigest()
+        ds_id = content_id("ds", digest)
+        existing = self._get_row(ds_id)
+        if existing is not None:
+            self.metrics.uploads.labels("existing").inc()
+            return Ingested(self._to_api(existing), False)
+
+        tokenizer_name = opts.tokenizer or self.settings.default_tokenizer
+        tok, note = self.load_tokenizer(tokenizer_name, explicit=bool(opts.tokenizer))
+        eval_lines = self._choose_eval(work / "rows.jsonl", eval_n, opts.seed) if ev is None else None
+        stage = self.store.staging_dir(f"datasets/{ds_id}")
+        try:
+            report = self._build(work, stage, main, ev, eval_lines, opts, tok, tokenizer_name, note,
+                                 {"method": method, "seed": opts.seed})
+            row = DatasetRow(
+                id=ds_id, name=opts.name or source.get("filename") or "dataset", status="ready",
+                format=self._format(main, ev), created_at=int(time.time()),
+                counts=self._counts(main, ev, report), warnings=report["warnings"],
+                options=opts.model_dump(exclude={"name"}), source=source,
+                content_sha256=digest, bytes=main.bytes_read + (ev.bytes_read if ev else 0))
+            created = self._publish(row, stage)
+        finally:
+            if stage.exists():
+                shutil.rmtree(stage, ignore_errors=True)
+        if not created:
+            self.metrics.uploads.labels("existing").inc()
+            return Ingested(self._to_api(self._get_row(ds_id)), False)
+        self.metrics.uploads.labels("created").inc()
+        self.refresh_gauge()
+        log.info("dataset stored", extra={"dataset_id": ds_id, "rows": n})
+        return Ingested(self._to_api(row), True)
+
+    def _check_parse(self, main: ParseResult, ev: ParseResult | None, opts: UploadOptions) -> None:
+        parts = [main] + ([ev] if ev else [])
+        invalid = sum(p.invalid for p in parts)
+        details = {
+            "errors": (main.errors + (ev.errors if ev else []))[: self.settings.max_errors_reported],
+            "errors_total": invalid,
+            "errors_truncated": invalid > self.settings.max_errors_reported,
+            "error_codes": dict(main.error_codes + (ev.error_codes if ev else Counter())),
+            "counts": {"total_lines": main.total_lines, "blank_lines": main.blank_lines,
+                       "valid": main.valid, "invalid": main.invalid},
+        }
+        if ev:
+            details["eval_counts"] = {"total_lines": ev.total_lines, "valid": ev.valid,
+                                      "invalid": ev.invalid}
+        if main.valid == 0 and main.invalid == 0:
+            raise DatasetInvalid("the file contains no rows (only blank lines)", code="no_rows",
+                                 param="file", details=details)
+        if ev is not None and ev.valid == 0 and ev.invalid == 0:
+            raise DatasetInvalid("the eval file contains no rows (only blank lines)",
+                                 code="no_rows", param="eval_file", details=details)
+        if invalid and opts.on_invalid == "reject":
+            first = details["errors"][0]
+            raise DatasetInvalid(
+                f"{invalid} invalid rows (first: line {first['line']}"
+                f"{', field ' + first['field'] if first['field'] else ''}: {first['message'][:200]}); "
+                "fix them or upload with on_invalid=skip", details=details, param="file")
+        if main.valid == 0 or (ev is not None and ev.valid == 0):
+            raise DatasetInvalid("no valid rows left after skipping invalid ones",
+                                 code="no_valid_rows", param="file", details=details)
+
+    def _choose_eval(self, rows_path: Path, eval_n: int, seed: int) -> set[int]:
+        if eval_n <= 0:
+            return set()
+        keys = [(split_key(seed, msgs), line) for line, msgs in iter_jsonl(rows_path)]
+        keys.sort()
+        return {line for _, line in keys[:eval_n]}
+
+    def _build(self, work: Path, stage: Path, main: ParseResult, ev: ParseResult | None,
+               eval_lines: set[int] | None, opts: UploadOptions, tok: Any,
+               tokenizer_name: str | None, note: str | None,
+               split_info: dict[str, Any]) -> dict[str, Any]:
+        s = self.settings
+        builder = ReportBuilder(
+            tokenizer=tok, tokenizer_name=tokenizer_name, tokenizer_note=note,
+            max_seq_length=opts.max_seq_length or s.default_max_seq_length,
+            near_threshold=s.near_dup_threshold, num_perm=s.near_dup_num_perm,
+            near_max_rows=s.near_dup_max_rows, short_chars=s.short_output_chars,
+            preview_rows=s.preview_rows, expected_rows=main.valid + (ev.valid if ev else 0))
+        writer = SplitWriter(stage)
+        try:
+            for line, msgs in iter_jsonl(work / "rows.jsonl"):
+                split = "eval" if eval_lines is not None and line in eval_lines else "train"
+                writer.add(split, line, msgs)
+                builder.add(line, msgs, split)
+            if ev is not None:
+                for line, msgs in iter_jsonl(work / "eval.jsonl"):
+                    writer.add("eval", line, msgs)
+                    builder.add(-line, msgs, "eval")  # negative: a line of the eval file
+        finally:
+            writer.close()
+        write_hf(stage, work)
+        empty_outputs = sum(
+            1 for p in [main] + ([ev] if ev else []) for e in p.errors
+            if e["code"] == "empty_field" and (e["field"] == "output" or str(e["field"]).endswith(".content")))
+        parse_counts = {"total_lines": main.total_lines, "blank_lines": main.blank_lines,
+                        "valid": main.valid, "invalid": main.invalid,
+                        "errors_total": main.errors_total, "empty_outputs": empty_outputs}
+        if ev is not None:
+            parse_counts["eval_file"] = {"total_lines": ev.total_lines, "valid": ev.valid,
+                                         "invalid": ev.invalid}
+        split_info.update(train=writer.counts["train"], eval=writer.counts["eval"])
+        report = builder.finish(parse=parse_counts, split=split_info)
+        if main.bom:
+            report["warnings"].append({"code": "utf8_bom_stripped",
+                                       "message": "the file started with a UTF-8 BOM; it was ignored"})
+        report["errors"] = (main.errors + (ev.errors if ev else []))[: s.max_errors_reported]
+        report["format"] = self._format(main, ev)
+        report["line_endings"] = "crlf" if main.crlf else "lf"
+        with open(stage / "report.json", "w", encoding="utf-8") as fh:
+            json.dump(report, fh, ensure_ascii=False)
+        return report
+
+    def _publish(self, row: DatasetRow, stage: Path) -> bool:
+        """Insert the row and move the artifacts into place in one unit: the unique id makes
+        the loser of a race for identical content fall back to the winner's version."""
+        key = f"datasets/{row.id}"
+        try:
+            with self.db.session() as s:
+                s.add(row)
+                s.flush()  # takes the write lock / unique index: losers fail here
+                if self.store.exists(key):  # left by a crash between rename and commit
+                    self.store.delete(key)
+                self.store.put_dir(stage, key, move=True)
+        except IntegrityError:
+            return False
+        return True
+
+    @staticmethod
+    def _format(main: ParseResult, ev: ParseResult | None) -> str | None:
+        fmts = set(main.formats) | (set(ev.formats) if ev else set())
+        return next(iter(fmts)) if len(fmts) == 1 else ("mixed" if fmts else None)
+
+    @staticmethod
+    def _counts(main: ParseResult, ev: ParseResult | None, report: dict[str, Any]) -> dict[str, int]:
+        return {"total": main.total_lines - main.blank_lines + (ev.total_lines - ev.blank_lines if ev else 0),
+                "valid": main.valid + (ev.valid if ev else 0),
+                "invalid": main.invalid + (ev.invalid if ev else 0),
+                "train": report["split"]["train"], "eval": report["split"]["eval"]}
+
+    # -- reads -------------------------------------------------------------------------
+    def _get_row(self, ds_id: str) -> DatasetRow | None:
+        with self.db.session() as s:
+            return s.get(DatasetRow, ds_id)
+
+    def _require(self, ds_id: str) -> DatasetRow:
+        require_id(ds_id, "ds", "dataset")
+        row = self._get_row(ds_id)
+        if row is None:
+            raise NotFound(f"dataset '{ds_id}' not found", code="dataset_not_found", param="id")
+        return row
+
+    def _holders(self, ds_id: str) -> list[str]:
+        with self.db.session() as s:
+            return list(s.scalars(select(LeaseRow.holder).where(LeaseRow.dataset_id == ds_id)
+                                  .order_by(LeaseRow.created_at, LeaseRow.holder)))
+
+    def _to_api(self, row: DatasetRow) -> dict[str, Any]:
+        return {"id": row.id, "object": "dataset", "name": row.name, "status": row.status,
+                "created_at": row.created_at, "counts": row.counts, "format": row.format,
+                "warnings": row.warnings, "options": row.options, "source": row.source,
+                "bytes": row.bytes, "artifacts": artifact_keys(row.id),
+                "artifact_url": self.store.uri(f"datasets/{row.id}"),
+                "in_use_by": self._holders(row.id)}
+
+    def get(self, ds_id: str) -> dict[str, Any]:
+        return self._to_api(self._require(ds_id))
+
+    def list(self, limit: int, offset: int) -> dict[str, Any]:
+        with self.db.session() as s:
+            rows = list(s.scalars(select(DatasetRow).order_by(DatasetRow.created_at.desc(),
+                                                              DatasetRow.id)
+                                  .offset(offset).limit(limit + 1)))
+        return {"object": "list", "data": [self._to_api(r) for r in rows[:limit]],
+                "has_more": len(rows) > limit}
+
+    def rows(self, ds_id: str, split: str, offset: int, limit: int) -> dict[str, Any]:
+        self._require(ds_id)
+        data, total = read_rows(self.store, artifact_keys(ds_id)[f"{split}_parquet"], offset, limit)
+        return {"object": "list", "data": data, "has_more": offset + len(data) < total,
+                "total": total, "split": split, "offset": offset, "limit": limit}
+
+    def report(self, ds_id: str) -> dict[str, Any]:
+        self._require(ds_id)
+        report = json.loads(self.store.read_bytes(artifact_keys(ds_id)["report"]))
+        report["dataset_id"] = ds_id
+        return report
+
+    def report_text(self, ds_id: str) -> str:
+        return text_summary(self.get(ds_id), self.report(ds_id))
+
+    # -- leases and delete -------------------------------------------------------------
+    def lease(self, ds_id: str, holder: str) -> dict[str, Any]:
+        self._require(ds_id)
+        try:
+            with self.db.session() as s:
+                if s.get(LeaseRow, (ds_id, holder)) is None:
+                    s.add(LeaseRow(dataset_id=ds_id, holder=holder, created_at=int(time.time())))
+        except IntegrityError:
+            # concurrent PUT of the same lease (idempotent) or the dataset vanished meanwhile
+            self._require(ds_id)
+        return {"object": "dataset.lease", "dataset_id": ds_id, "holder": holder,
+                "in_use_by": self._holders(ds_id)}
+
+    def unlease(self, ds_id: str, holder: str) -> dict[str, Any]:
+        self._require(ds_id)
+        with self.db.session() as s:
+            lease = s.get(LeaseRow, (ds_id, holder))
+            if lease is None:
+                raise NotFound(f"dataset '{ds_id}' has no lease held by '{holder}'",
+                               code="lease_not_found", param="holder")
+            s.delete(lease)
+        return {"object": "dataset.lease", "dataset_id": ds_id, "holder": holder,
+                "deleted": True, "in_use_by": self._holders(ds_id)}
+
+    def delete(self, ds_id: str) -> dict[str, Any]:
+        self._require(ds_id)
+        key = f"datasets/{ds_id}"
+        trash = f"trash/{ds_id}-{uuid.uuid4().hex[:8]}"
+        with self.db.session() as s:
+            row = s.get(DatasetRow, ds_id)
+            if row is None:
+                raise NotFound(f"dataset '{ds_id}' not found", code="dataset_not_found", param="id")
+            holders = list(s.scalars(select(LeaseRow.holder).where(LeaseRow.dataset_id == ds_id)))
+            if holders:
+                raise Conflict(f"dataset '{ds_id}' is in use by {', '.join(sorted(holders))}",
+                               code="dataset_in_use", param="id", details={"in_use_by": sorted(holders)})
+            s.delete(row)
+            s.flush()
+            if self.store.exists(key):
+                self.store.fs.makedirs(self.store.path("trash"), exist_ok=True)
+                self.store.fs.mv(self.store.path(key), self.store.path(trash), recursive=True)
+        with contextlib.suppress(Exception):
+            self.store.delete(trash)
+        self.refresh_gauge()
+        return {"id": ds_id, "object": "dataset.deleted", "deleted": True}
+
+    def refresh_gauge(self) -> None:
+        with self.db.session() as s:
+            self.metrics.datasets_stored.set(s.scalar(select(func.count()).select_from(DatasetRow)) or 0)
+
+    def cleanup_tmp(self) -> None:
+        """Remove work folders left by a crash (called at startup)."""
+        for p in self.tmp_root.glob("ingest-*"):
+            shutil.rmtree(p, ignore_errors=True)
+        root = Path(self.store.root) / "datasets" if self.store.is_local else None
+        if root and root.exists():
+            for p in root.glob(".tmp-*"):
+                shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,116 @@
+"""Writing and reading a version's artifacts: parquet splits, the HF DatasetDict, rows pages."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tuneloop.storage import ArtifactStore
+
+SCHEMA = pa.schema([
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("line", pa.int64()),
+])
+ROW_GROUP = 1000
+SPLITS = ("train", "eval")
+
+
+def artifact_keys(ds_id: str) -> dict[str, str]:
+    base = f"datasets/{ds_id}"
+    return {"hf": f"{base}/hf", "train_parquet": f"{base}/train.parquet",
+            "eval_parquet": f"{base}/eval.parquet", "report": f"{base}/report.json"}
+
+
+class SplitWriter:
+    """Streams rows into ``<dir>/<split>.parquet`` in row groups (bounded memory)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.out_dir = out_dir
+        self.writers = {s: pq.ParquetWriter(out_dir / f"{s}.parquet", SCHEMA) for s in SPLITS}
+        self.buffers: dict[str, list[dict[str, Any]]] = {s: [] for s in SPLITS}
+        self.counts = {s: 0 for s in SPLITS}
+
+    def add(self, split: str, line: int, messages: list[dict[str, str]]) -> None:
+        buf = self.buffers[split]
+        buf.append({"messages": messages, "line": line})
+        self.counts[split] += 1
+        if len(buf) >= ROW_GROUP:
+            self._flush(split)
+
+    def _flush(self, split: str) -> None:
+        if self.buffers[split]:
+            self.writers[split].write_table(pa.Table.from_pylist(self.buffers[split], schema=SCHEMA))
+            self.buffers[split] = []
+
+    def close(self) -> None:
+        for s in SPLITS:
+            self._flush(s)
+            self.writers[s].close()
+
+
+def write_hf(stage: Path, work: Path) -> None:
+    """``stage/hf``: a ``DatasetDict`` (train/eval) built from the parquet files (memory-mapped)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    parts = {}
+    for s in SPLITS:
+        path = stage / f"{s}.parquet"
+        if pq.ParquetFile(path).metadata.num_rows:
+            parts[s] = datasets.Dataset.from_parquet(str(path), cache_dir=str(work / "hf-cache"),
+                                                     keep_in_memory=False)
+            parts[s] = parts[s].cast(features())
+        else:
+            parts[s] = datasets.Dataset(pq.read_table(path), info=None).cast(features())
+    datasets.DatasetDict(parts).save_to_disk(str(stage / "hf"))
+
+
+def features():
+    import datasets
+
+    return datasets.Features({
+        "messages": datasets.List({"role": datasets.Value("string"),
+                                   "content": datasets.Value("string")}),
+        "line": datasets.Value("int64"),
+    })
+
+
+def iter_jsonl(path: Path) -> Iterator[tuple[int, list[dict[str, str]]]]:
+    """Rows of a normalised ``{"messages", "line"}`` JSONL file."""
+    with open(path, encoding="utf-8") as fh:
+        for raw in fh:
+            row = json.loads(raw)
+            yield row["line"], row["messages"]
+
+
+def read_rows(store: ArtifactStore, key: str, offset: int, limit: int) -> tuple[list[dict], int]:
+    """A page of rows from a stored parquet split, reading only the row groups it needs."""
+    with store.open(key, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        total = pf.metadata.num_rows
+        out: list[dict] = []
+        start = 0
+        for rg in range(pf.num_row_groups):
+            n = pf.metadata.row_group(rg).num_rows
+            end = start + n
+            if end > offset and start < offset + limit:
+                table = pf.read_row_group(rg)
+                lo = max(0, offset - start)
+                hi = min(n, offset + limit - start)
+                out.extend(table.slice(lo, hi - lo).to_pylist())
+            start = end
+            if start >= offset + limit:
+                break
+        return out, total
+
+
+def iter_stored(store: ArtifactStore, key: str) -> Iterable[dict[str, Any]]:
+    with store.open(key, "rb") as fh:
+        pf = pq.ParquetFile(fh)
+        for rg in range(pf.num_row_groups):
+            yield from pf.read_row_group(rg).to_pylist()

@@ -1,0 +1,429 @@
+"""Synthetic data: ask an OpenAI-compatible teacher for new examples, keep a reviewed draft.
+
+The article's advice: prompt a strong model with examples of the task, generate many
+completions, then review and curate the best. A job runs in the background of the service;
+its state (progress, parse failures, generated rows, review decisions) is in the database,
+so a restart loses nothing: a job that was running when the service stopped is marked
+``failed`` with code ``interrupted`` and the rows it already generated stay reviewable.
+The teacher's API key is kept in memory only, never stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+from datasketch import MinHash, MinHashLSH
+from sqlalchemy import func, select
+
+from tuneloop.db import Database
+from tuneloop.errors import Conflict, InvalidRequest, NotFound, Unprocessable
+from tuneloop.ids import new_id, require_id
+
+from .db import SynthJobRow, SynthRowRow
+from .metrics import DatasetMetrics
+from .parsing import RowError, canonical, normalize_row, row_digest
+from .quality import json_parses, shingles
+from .schemas import PublishRequest, ReviewRequest, SynthRequest
+from .service import DatasetService, Ingested
+from .settings import DatasetSettings
+
+log = logging.getLogger("tuneloop.dataset.synthetic")
+
+SYSTEM_EXAMPLES = (
+    "You write new training examples for fine-tuning a model on one task. Reply with exactly "
+    "one JSON object with the string keys \"instruction\", \"input\" and \"output\", and nothing "
+    "else. The example must be new: different from the examples shown.")
+FINISHED = ("succeeded", "failed", "cancelled")
+_FAILURE_CAP = 100
+
+
+def extract_json_object(text: str) -> dict[str, Any] | None:
+    """The first JSON object in ``text`` (models wrap JSON in prose or code fences)."""
+    decoder = json.JSONDecoder()
+    start = text.find("{")
+    while start != -1:
+        try:
+            obj, _ = decoder.raw_decode(text, start)
+            if isinstance(obj, dict):
+                return obj
+        except ValueError:
+            pass
+        start = text.find("{", start + 1)
+    return None
+
+
+def _seed_rows(seeds: list[Any]) -> list[list[dict[str, str]]]:
+    out = []
+    for i, row in enumerate(seeds):
+        try:
+            out.append(normalize_row(row)[0])
+        except RowError as exc:
+            raise InvalidRequest(f"seed_examples[{i}]: {exc.message}", code="invalid_seed_example",
+                                 param=f"seed_examples[{i}]" + (f".{exc.field}" if exc.field else "")
+                                 ) from exc
+    return out
+
+
+class SynthService:
+    def __init__(self, settings: DatasetSettings, db: Database, metrics: DatasetMetrics,
+                 datasets: DatasetService) -> None:
+        self.settings = settings
+        self.db = db
+        self.metrics = metrics
+        self.datasets = datasets
+        self._keys: dict[str, str | None] = {}
+        self._tasks: dict[str, asyncio.Task] = {}
+        self._cancel: set[str] = set()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def recover(self) -> int:
+        """At startup: jobs left queued/running by a stopped process are marked failed."""
+        now = int(time.time())
+        with self.db.session() as s:
+            rows = list(s.scalars(select(SynthJobRow).where(SynthJobRow.status.in_(("queued", "running")))))
+            for job in rows:
+                job.status, job.finished_at = "failed", now
+                job.error = {"code": "interrupted", "message":
+                             "the dataset service stopped while this job was running; the rows "
+                             "generated before are kept in the draft and can be reviewed"}
+        return len(rows)
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        for task in list(self._tasks.values()):
+            try:
+                await task
+            except BaseException:  # noqa: BLE001 - finishing every task is all that matters
+                pass
+
+    # -- API ---------------------------------------------------------------------------
+    def create(self, req: SynthRequest) -> dict[str, Any]:
+        if req.n > self.settings.synth_max_examples:
+            raise InvalidRequest(f"n must be at most {self.settings.synth_max_examples}",
+                                 code="invalid_request", param="n")
+        seeds = _seed_rows(req.seed_examples)
+        expect_json = req.expect_json_output
+        if expect_json is None:
+            expect_json = bool(seeds) and all(json_parses(m[-1]["content"]) for m in seeds)
+        spec = req.model_dump()
+        spec["teacher"].pop("api_key", None)
+        spec["expect_json_output"] = expect_json
+        job_id = new_id("syn")
+        now = int(time.time())
+        with self.db.session() as s:
+            s.add(SynthJobRow(id=job_id, status="queued", created_at=now, spec=spec,
+                              progress=_progress(), failures=[], error=None))
+        self._keys[job_id] = req.teacher.api_key
+        self._tasks[job_id] = asyncio.get_running_loop().create_task(self._run(job_id))
+        return self.get(job_id)
+
+    def _require(self, job_id: str) -> SynthJobRow:
+        require_id(job_id, "syn", "synthetic_job")
+        with self.db.session() as s:
+            job = s.get(SynthJobRow, job_id)
+        if job is None:
+            raise NotFound(f"synthetic job '{job_id}' not found", code="synthetic_job_not_found",
+                           param="id")
+        return job
+
+    def _to_api(self, job: SynthJobRow) -> dict[str, Any]:
+        with self.db.session() as s:
+            counts = dict(s.execute(select(SynthRowRow.status, func.count())
+                                    .where(SynthRowRow.job_id == job.id)
+                                    .group_by(SynthRowRow.status)).all())
+        return {"id": job.id, "object": "synthetic_job", "status": job.status,
+                "created_at": job.created_at, "started_at": job.started_at,
+                "finished_at": job.finished_at, "spec": job.spec, "progress": job.progress,
+                "failures": job.failures, "error": job.error, "dataset_id": job.dataset_id,
+                "rows": {k: counts.get(k, 0) for k in ("pending", "accepted", "rejected")}}
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        return self._to_api(self._require(job_id))
+
+    def list(self, limit: int, offset: int) -> dict[str, Any]:
+        with self.db.session() as s:
+            jobs = list(s.scalars(select(SynthJobRow).order_by(SynthJobRow.created_at.desc(),
+                                                               SynthJobRow.id)
+                                  .offset(offset).limit(limit + 1)))
+        return {"object": "list", "data": [self._to_api(j) for j in jobs[:limit]],
+                "has_more": len(jobs) > limit}
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self._require(job_id)
+        if job.status in FINISHED:
+            raise Conflict(f"synthetic job '{job_id}' is already {job.status}",
+                           code="job_finished", param="id")
+        self._cancel.add(job_id)
+        task = self._tasks.get(job_id)
+        if task is None:  # not running in this process: finish it here
+            self._finish(job_id, "cancelled", None)
+        return self.get(job_id)
+
+    def rows(self, job_id: str, status: str | None, offset: int, limit: int) -> dict[str, Any]:
+        self._require(job_id)
+        with self.db.session() as s:
+            q = select(SynthRowRow).where(SynthRowRow.job_id == job_id)
+            if status:
+                q = q.where(SynthRowRow.status == status)
+            rows = list(s.scalars(q.order_by(SynthRowRow.idx).offset(offset).limit(limit + 1)))
+        return {"object": "list", "has_more": len(rows) > limit,
+                "data": [{"id": r.id, "index": r.idx, "messages": r.messages, "status": r.status}
+                         for r in rows[:limit]]}
+
+    def review(self, job_id: str, req: ReviewRequest) -> dict[str, Any]:
+        self._require(job_id)
+        both = set(req.accept) & set(req.reject)
+        if both:
+            raise InvalidRequest(f"rows both accepted and rejected: {sorted(both)[:20]}",
+                                 code="conflicting_review", param="accept")
+        with self.db.session() as s:
+            rows = {r.id: r for r in s.scalars(select(SynthRowRow).where(SynthRowRow.job_id == job_id))}
+            unknown = sorted((set(req.accept) | set(req.reject)) - set(rows))
+            if unknown:
+                raise InvalidRequest(f"unknown row ids for job {job_id}: {unknown[:20]}",
+                                     code="unknown_rows", param="accept",
+                                     details={"unknown": unknown[:100]})
+            for rid in req.accept:
+                rows[rid].status = "accepted"
+            for rid in req.reject:
+                rows[rid].status = "rejected"
+            if req.accept_all_pending:
+                for r in rows.values():
+                    if r.status == "pending":
+                        r.status = "accepted"
+        return self.get(job_id)
+
+    def publish_rows(self, job_id: str) -> list[list[dict[str, str]]]:
+        job = self._require(job_id)
+        if job.status not in FINISHED:
+            raise Conflict(f"synthetic job '{job_id}' is still {job.status}; publish after it ends",
+                           code="job_running", param="id")
+        with self.db.session() as s:
+            rows = [r.messages for r in s.scalars(
+                select(SynthRowRow).where(SynthRowRow.job_id == job_id,
+                                          SynthRowRow.status == "accepted").order_by(SynthRowRow.idx))]
+        if not rows:
+            raise Unprocessable(f"synthetic job '{job_id}' has no accepted rows; review first",
+                                code="no_accepted_rows", param="id")
+        return rows
+
+    def publish(self, job_id: str, opts: PublishRequest) -> Ingested:
+        """Accepted rows -> a new dataset version (through the normal validator)."""
+        rows = self.publish_rows(job_id)
+        with tempfile.TemporaryDirectory(dir=self.datasets.tmp_root) as tmp:
+            path = Path(tmp) / "accepted.jsonl"
+            with open(path, "w", encoding="utf-8") as fh:
+                for msgs in rows:
+                    fh.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
+            if opts.name is None:
+                opts.name = f"synthetic-{job_id}"
+            with open(path, "rb") as src:
+                result = self.datasets.ingest(src, opts, {"kind": "synthetic", "job_id": job_id})
+        with self.db.session() as s:
+            s.get(SynthJobRow, job_id).dataset_id = result.dataset["id"]
+        return result
+
+    # -- the job -----------------------------------------------------------------------
+    def _update(self, job_id: str, **fields: Any) -> None:
+        with self.db.session() as s:
+            job = s.get(SynthJobRow, job_id)
+            for k, v in fields.items():
+                setattr(job, k, v)
+
+    def _finish(self, job_id: str, status: str, error: dict[str, Any] | None) -> None:
+        self._update(job_id, status=status, error=error, finished_at=int(time.time()))
+
+    async def _run(self, job_id: str) -> None:
+        try:
+            await self._generate(job_id)
+        except asyncio.CancelledError:
+            await anyio.to_thread.run_sync(self._finish, job_id, "failed", {
+                "code": "interrupted", "message": "the dataset service stopped during the job; "
+                "rows generated before are kept in the draft"})
+            raise
+        except Exception as exc:  # noqa: BLE001 - a job failure is recorded, never lost
+            log.exception("synthetic job failed", extra={"job_id": job_id})
+            await anyio.to_thread.run_sync(self._finish, job_id, "failed",
+                                           {"code": "internal_error", "message": str(exc)[:500]})
+        finally:
+            self._tasks.pop(job_id, None)
+            self._keys.pop(job_id, None)
+            self._cancel.discard(job_id)
+
+    async def _generate(self, job_id: str) -> None:
+        job = await anyio.to_thread.run_sync(self._require, job_id)
+        spec = job.spec
+        seeds = _seed_rows(spec["seed_examples"])
+        teacher = spec["teacher"]
+        key = self._keys.get(job_id)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        url = teacher["base_url"].rstrip("/") + "/chat/completions"
+        mode, n = spec["mode"], spec["n"]
+        inputs = spec.get("inputs") or []
+        if mode == "completions":  # each input is answered once
+            max_requests = min(spec.get("max_requests") or len(inputs), len(inputs))
+        else:
+            max_requests = spec.get("max_requests") or 3 * n
+        rng = random.Random(job_id)
+        progress = _progress(requested=n)
+        failures: list[dict[str, Any]] = []
+        seen = {row_digest(canonical(m)) for m in seeds}
+        lsh = MinHashLSH(threshold=self.settings.near_dup_threshold,
+                         num_perm=self.settings.near_dup_num_perm)
+        kept_mh: dict[int, MinHash] = {}
+        await anyio.to_thread.run_sync(lambda: self._update(job_id, status="running",
+                                                            started_at=int(time.time())))
+        consecutive_errors = 0
+        timeout = httpx.Timeout(self.settings.synth_request_timeout_s, connect=10)
+        async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
+            for i in range(max_requests):
+                if progress["kept"] >= n or job_id in self._cancel:
+                    break
+                inp = inputs[i] if mode == "completions" else None
+                body = {"model": teacher["model"], "messages": self._prompt(spec, seeds, inp, rng),
+                        "temperature": spec["temperature"], "max_tokens": spec["max_tokens"]}
+                progress["requests"] += 1
+                try:
+                    resp = await http.post(url, json=body)
+                except httpx.HTTPError as exc:
+                    consecutive_errors += 1
+                    self.metrics.synth_requests.labels("transport_error").inc()
+                    _fail(failures, progress, i, "teacher_unreachable", f"{type(exc).__name__}: {exc}")
+                    if consecutive_errors >= 3:
+                        await self._save(job_id, progress, failures)
+                        await anyio.to_thread.run_sync(self._finish, job_id, "failed", {
+                            "code": "teacher_unreachable",
+                            "message": f"3 teacher requests in a row failed: {str(exc)[:300]}"})
+                        return
+                    continue
+                if resp.status_code >= 400:
+                    self.metrics.synth_requests.labels("http_error").inc()
+                    await self._save(job_id, progress, failures)
+                    await anyio.to_thread.run_sync(self._finish, job_id, "failed", {
+                        "code": "teacher_error",
+                        "message": f"teacher answered {resp.status_code}: {resp.text[:300]}"})
+                    return
+                consecutive_errors = 0
+                self.metrics.synth_requests.labels("ok").inc()
+                text = _content(resp)
+                outcome = self._accept(spec, text, inp, seen, lsh, kept_mh, progress, failures, i)
+                if outcome is not None:
+                    msgs, digest = outcome
+                    await anyio.to_thread.run_sync(self._store_row, job_id, progress["kept"], msgs, digest)
+                    progress["kept"] += 1
+                    self.metrics.synth_rows.labels("kept").inc()
+                await self._save(job_id, progress, failures)
+        status = "cancelled" if job_id in self._cancel else "succeeded"
+        if progress["kept"] < n and status == "succeeded":
+            progress["shortfall"] = n - progress["kept"]
+            await self._save(job_id, progress, failures)
+        await anyio.to_thread.run_sync(self._finish, job_id, status, None)
+
+    def _prompt(self, spec: dict[str, Any], seeds: list[list[dict[str, str]]], inp: str | None,
+                rng: random.Random) -> list[dict[str, str]]:
+        shown = rng.sample(seeds, min(len(seeds), 5)) if seeds else []
+        if spec["mode"] == "completions":
+            msgs: list[dict[str, str]] = []
+            for s in shown:  # few-shot turns
+                msgs += s[:-1] + [s[-1]]
+            msgs.append({"role": "user", "content": f"{spec['instruction']}\n\n{inp}"})
+            return msgs
+        examples = "\n".join(json.dumps(_as_article(s, spec["instruction"]), ensure_ascii=False)
+                             for s in shown)
+        user = (f"Task: {spec['instruction']}\n\nExamples (one JSON object per line):\n{examples}\n\n"
+                "Write one new example as a single JSON object.")
+        return [{"role": "system", "content": SYSTEM_EXAMPLES}, {"role": "user", "content": user}]
+
+    def _accept(self, spec: dict[str, Any], text: str, inp: str | None, seen: set[bytes],
+                lsh: MinHashLSH, kept_mh: dict[int, MinHash], progress: dict[str, Any],
+                failures: list[dict[str, Any]], i: int) -> tuple[list[dict[str, str]], bytes] | None:
+        """Parse, validate and deduplicate one teacher answer; count what happened."""
+        if spec["mode"] == "completions":
+            row: Any = {"instruction": spec["instruction"], "input": inp, "output": text.strip()}
+        else:
+            row = extract_json_object(text)
+            if row is None:
+                self.metrics.synth_rows.labels("parse_failure").inc()
+                return _fail(failures, progress, i, "no_json_object",
+                             "the answer contains no JSON object", text)
+            if "instruction" not in row and "messages" not in row:
+                row["instruction"] = spec["instruction"]
+        try:
+            msgs, _ = normalize_row(row)
+        except RowError as exc:
+            self.metrics.synth_rows.labels("invalid").inc()
+            return _fail(failures, progress, i, exc.code,
+                         f"{exc.field + ': ' if exc.field else ''}{exc.message}", text)
+        if spec["expect_json_output"] and not json_parses(msgs[-1]["content"]):
+            self.metrics.synth_rows.labels("invalid").inc()
+            return _fail(failures, progress, i, "output_not_json",
+                         "the answer's output is not valid JSON (the seed outputs are)", text)
+        digest = row_digest(canonical(msgs))
+        if digest in seen:
+            progress["duplicates"] += 1
+            self.metrics.synth_rows.labels("duplicate").inc()
+            return None
+        mh = MinHash(num_perm=self.settings.near_dup_num_perm, seed=1)
+        mh.update_batch(list(shingles(msgs)))
+        if any(kept_mh[h].jaccard(mh) >= self.settings.near_dup_threshold for h in lsh.query(mh)):
+            progress["near_duplicates"] += 1
+            self.metrics.synth_rows.labels("near_duplicate").inc()
+            return None
+        seen.add(digest)
+        key = len(kept_mh)
+        kept_mh[key] = mh
+        lsh.insert(key, mh)
+        return msgs, digest
+
+    def _store_row(self, job_id: str, idx: int, msgs: list[dict[str, str]], digest: bytes) -> None:
+        with self.db.session() as s:
+            s.add(SynthRowRow(job_id=job_id, idx=idx, messages=msgs, digest=digest.hex(),
+                              status="pending", created_at=int(time.time())))
+
+    async def _save(self, job_id: str, progress: dict[str, Any], failures: list[dict[str, Any]]) -> None:
+        await anyio.to_thread.run_sync(lambda: self._update(job_id, progress=dict(progress),
+                                                            failures=list(failures)))
+
+
+def _progress(requested: int = 0) -> dict[str, Any]:
+    return {"requested": requested, "requests": 0, "kept": 0, "parse_failures": 0, "invalid": 0,
+            "duplicates": 0, "near_duplicates": 0, "errors": 0}
+
+
+def _fail(failures: list[dict[str, Any]], progress: dict[str, Any], i: int, code: str,
+          message: str, raw: str | None = None) -> None:
+    if code == "no_json_object":
+        progress["parse_failures"] += 1
+    elif code in ("teacher_unreachable",):
+        progress["errors"] += 1
+    else:
+        progress["invalid"] += 1
+    if len(failures) < _FAILURE_CAP:
+        item = {"request": i, "code": code, "message": message[:300]}
+        if raw is not None:
+            item["raw"] = raw[:300]
+        failures.append(item)
+    return None
+
+
+def _content(resp: httpx.Response) -> str:
+    try:
+        return resp.json()["choices"][0]["message"]["content"] or ""
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+
+
+def _as_article(messages: list[dict[str, str]], instruction: str) -> dict[str, str]:
+    user = next(m["content"] for m in messages if m["role"] == "user")
+    inp = user[len(instruction):].lstrip("\n") if user.startswith(instruction) else user
+    return {"instruction": instruction, "input": inp, "output": messages[-1]["content"]}
