@@ -1,0 +1,117 @@
+"""Real OpenAI-compatible engines for tests, and tiny model variants built locally.
+
+- :class:`TransformersServe`: ``transformers serve <model_dir>`` on a free port (the real CPU
+  engine that speaks the OpenAI API; the served model name is the folder path).
+- :func:`build_tuned_copy`: a copy of a tiny base fully fine-tuned for a few steps on chat rows
+  (answer tokens only), so it really is better at the task than its base.
+- :func:`build_damaged_copy`: a copy with its weights corrupted (the "deliberately damaged"
+  candidate a gate must refuse).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .process import ServiceProcess, free_port
+
+
+class TransformersServe(ServiceProcess):
+    """``transformers serve`` pinned to one local model folder."""
+
+    def __init__(self, model_dir: str | Path, *, log_path: Path | None = None,
+                 startup_timeout: float = 180.0) -> None:
+        super().__init__("transformers", log_path=log_path, startup_timeout=startup_timeout)
+        self.model_dir = str(model_dir)
+        self.model = self.model_dir
+        self.base_url = f"{self.url}/v1"
+
+    def start(self) -> "TransformersServe":
+        exe = Path(sys.executable).with_name("transformers")
+        cmd = [str(exe), "serve", self.model_dir, "--host", "127.0.0.1", "--port", str(self.port),
+               "--device", "cpu", "--log-level", "warning"]
+        if self.log_path:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            self._log = open(self.log_path, "ab")
+        env = {**self.env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log or subprocess.DEVNULL,
+                                     stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
+                                     start_new_session=True)
+        self.wait_ready()
+        return self
+
+
+def _messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    if "messages" in row:
+        return row["messages"]
+    content = row["instruction"] + ("\n\n" + row["input"] if row.get("input") else "")
+    return [{"role": "user", "content": content}, {"role": "assistant", "content": row["output"]}]
+
+
+def build_tuned_copy(base_dir: str | Path, out_dir: str | Path, rows: list[dict[str, Any]], *,
+                     steps: int = 150, batch: int = 8, lr: float = 2e-3, seed: int = 0) -> Path:
+    """Fully fine-tune a copy of a tiny model on ``rows`` (loss on the answer tokens only)."""
+    import random
+
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    encoded = []
+    for row in rows:
+        msgs = _messages(row)
+        prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+        full = prompt + msgs[-1]["content"] + tok.eos_token
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        ids = tok(full, add_special_tokens=False)["input_ids"][:384]
+        labels = [-100] * len(p_ids) + ids[len(p_ids):]
+        encoded.append((ids, labels[:len(ids)]))
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for _ in range(steps):
+        chunk = rng.sample(encoded, min(batch, len(encoded)))
+        width = max(len(i) for i, _ in chunk)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in chunk])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in chunk])
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in chunk])
+        loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    model.eval()
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    for extra in ("generation_config.json",):
+        if (Path(base_dir) / extra).exists():
+            shutil.copy(Path(base_dir) / extra, out / extra)
+    return out
+
+
+def build_damaged_copy(model_dir: str | Path, out_dir: str | Path, *, noise: float = 2.0,
+                       seed: int = 0) -> Path:
+    """A copy whose weights are corrupted with Gaussian noise (outputs turn to garbage)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * noise * (p.std() + 1e-3))
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+    if (Path(model_dir) / "generation_config.json").exists():
+        shutil.copy(Path(model_dir) / "generation_config.json", out / "generation_config.json")
+    return out
+
+
+__all__ = ["TransformersServe", "build_tuned_copy", "build_damaged_copy", "free_port"]
