@@ -1,0 +1,214 @@
+"""Upload -> report -> version through the API (lifespan runs; real SQLite, real files)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import datasets
+import pyarrow.parquet as pq
+
+from tuneloop.examples.support_tickets import INSTRUCTION, generate
+
+
+def test_upload_report_version_and_storage(client, upload, jsonl, settings):
+    rows = generate(300, seed=1)
+    r = upload(jsonl(rows), name="tickets")
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["id"].startswith("ds-") and len(ds["id"]) == 19
+    assert ds["object"] == "dataset" and ds["status"] == "ready" and ds["format"] == "instruction"
+    assert ds["counts"] == {"total": 300, "valid": 300, "invalid": 0, "train": 240, "eval": 60}
+    assert ds["artifacts"]["hf"] == f"datasets/{ds['id']}/hf"
+    assert ds["in_use_by"] == []
+    codes = [w["code"] for w in ds["warnings"]]
+    assert "below_safe_minimum" in codes
+
+    # storage: load_from_disk and parquet, columns messages + line
+    root = Path(settings.resolved_artifact_url())
+    dd = datasets.load_from_disk(str(root / ds["artifacts"]["hf"]))
+    assert set(dd) == {"train", "eval"} and len(dd["train"]) == 240 and len(dd["eval"]) == 60
+    assert dd["train"].column_names == ["messages", "line"]
+    first = dd["train"][0]
+    assert first["line"] == 1
+    assert first["messages"] == [
+        {"role": "user", "content": INSTRUCTION + "\n\n" + rows[0]["input"]},
+        {"role": "assistant", "content": rows[0]["output"]}]
+    table = pq.read_table(root / ds["artifacts"]["eval_parquet"])
+    assert table.num_rows == 60 and table.column_names == ["messages", "line"]
+    lines = set(dd["train"]["line"]) | set(dd["eval"]["line"])
+    assert lines == set(range(1, 301))
+
+    # identical content -> the same version, 200
+    again = upload(jsonl(rows), name="other-name")
+    assert again.status_code == 200 and again.json()["id"] == ds["id"]
+    assert again.json()["name"] == "tickets"
+    # same rows, another split seed -> another version, another split
+    other = upload(jsonl(rows), seed=7)
+    assert other.status_code == 201 and other.json()["id"] != ds["id"]
+
+    listing = client.get("/v1/datasets").json()
+    assert listing["object"] == "list" and {d["id"] for d in listing["data"]} == {ds["id"], other.json()["id"]}
+    assert client.get(f"/v1/datasets/{ds['id']}").json()["counts"] == ds["counts"]
+
+
+def test_rows_pagination(client, jsonl, upload):
+    ds = upload(jsonl(generate(250, seed=2)), eval_size=50).json()
+    seen = []
+    offset = 0
+    while True:
+        page = client.get(f"/v1/datasets/{ds['id']}/rows",
+                          params={"split": "train", "offset": offset, "limit": 64}).json()
+        assert page["total"] == 200
+        seen += [r["line"] for r in page["data"]]
+        offset += len(page["data"])
+        if not page["has_more"]:
+            break
+    assert len(seen) == 200 and seen == sorted(seen)
+    ev = client.get(f"/v1/datasets/{ds['id']}/rows", params={"split": "eval", "limit": 1000}).json()
+    assert len(ev["data"]) == 50 and not ev["has_more"]
+    assert not set(seen) & {r["line"] for r in ev["data"]}
+
+
+def test_split_is_deterministic_and_options(client, jsonl, upload):
+    rows = generate(120, seed=5)
+    a = upload(jsonl(rows), eval_fraction=0.25).json()
+    assert a["counts"]["eval"] == 30
+    eval_a = client.get(f"/v1/datasets/{a['id']}/rows", params={"split": "eval", "limit": 100}).json()
+    # the split depends on content + seed only, not on row order
+    b = upload(jsonl(list(reversed(rows))), eval_fraction=0.25).json()
+    eval_b = client.get(f"/v1/datasets/{b['id']}/rows", params={"split": "eval", "limit": 100}).json()
+    assert a["id"] != b["id"]
+    key = lambda page: sorted(json.dumps(r["messages"]) for r in page["data"])  # noqa: E731
+    assert key(eval_a) == key(eval_b)
+    c = upload(jsonl(rows), eval_size=10).json()
+    assert c["counts"]["eval"] == 10 and c["counts"]["train"] == 110
+
+
+def test_default_eval_rule():
+    from tuneloop_dataset.service import eval_rule
+
+    assert [eval_rule(n) for n in (1, 2, 10, 300, 500, 1000, 1500, 2000, 10000)] == \
+        [0, 1, 2, 60, 100, 100, 150, 200, 200]
+
+
+def test_own_eval_file_and_leakage(client, jsonl):
+    rows = generate(60, seed=6)
+    ev = rows[:5] + generate(10, seed=99)
+    r = client.post("/v1/datasets", files={"file": ("t.jsonl", jsonl(rows), "application/jsonl"),
+                                           "eval_file": ("e.jsonl", jsonl(ev), "application/jsonl")})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["counts"]["train"] == 60 and ds["counts"]["eval"] == 15
+    report = client.get(f"/v1/datasets/{ds['id']}/report").json()
+    assert report["split"]["method"] == "eval_file"
+    assert report["leakage"]["exact"]["rows"] == 5
+    assert "train_eval_leakage" in [w["code"] for w in report["warnings"]]
+
+
+def test_quality_report_findings(client, jsonl):
+    base = generate(40, seed=8)
+    near = dict(base[1], input=base[1]["input"] + " Thanks again.")
+    rows = base + [base[0], base[0], near,
+                   {"instruction": "Say hi", "output": "k"},
+                   {"instruction": "Give JSON", "output": '{"summary": "x", "urgency": '}]
+    r = client.post("/v1/datasets", json={"rows": rows, "eval_size": 2})
+    assert r.status_code == 201, r.text
+    rep = client.get(f"/v1/datasets/{r.json()['id']}/report").json()
+    assert rep["duplicates"]["exact"]["rows"] == 2
+    assert rep["duplicates"]["exact"]["examples"][0] == [1, 41, 42]
+    assert rep["duplicates"]["near"]["rows"] >= 1
+    assert [2, 43] in rep["duplicates"]["near"]["examples"]
+    assert rep["outputs"]["very_short"]["rows"] == 1 and rep["outputs"]["very_short"]["lines"] == [44]
+    assert rep["outputs"]["json_like_invalid"] == {"rows": 1, "lines": [45]}
+    assert rep["outputs"]["json"] == 43
+    assert rep["tokens"] is None and "token statistics skipped" in rep["tokens_note"]
+    codes = {w["code"] for w in rep["warnings"]}
+    assert {"too_few_examples", "exact_duplicates", "near_duplicates", "short_outputs",
+            "invalid_json_outputs"} <= codes
+    assert rep["preview"][0]["messages"][0]["role"] == "user"
+
+
+def test_token_stats_with_tokenizer(client, jsonl, upload, tiny_random_dir):
+    rows = generate(50, seed=13)
+    rows[3] = dict(rows[3], input=rows[3]["input"] + " and more words" * 60)
+    r = upload(jsonl(rows), tokenizer=str(tiny_random_dir), max_seq_length=256)
+    assert r.status_code == 201, r.text
+    rep = client.get(f"/v1/datasets/{r.json()['id']}/report").json()
+    t = rep["tokens"]
+    assert t["rows"] == 50 and t["max_seq_length"] == 256
+    assert t["min"] <= t["p50"] <= t["p95"] <= t["max"]
+    assert t["truncated"]["rows"] == 1 and t["truncated"]["lines"] == [4]
+    assert sum(t["histogram"]["counts"]) == 50
+    assert rep["preview"][0]["text"].startswith("<|im_start|>user\n")
+    assert "truncated_rows" in [w["code"] for w in rep["warnings"]]
+    text = client.get(f"/v1/datasets/{r.json()['id']}/report", params={"format": "text"})
+    assert text.status_code == 200 and text.headers["content-type"].startswith("text/plain")
+    assert "truncated at 256: 1" in text.text and "Preview (as training sees it)" in text.text
+
+
+def test_chat_form_skip_policy_and_mixed(client):
+    chat = [{"messages": [{"role": "system", "content": "Be brief."},
+                          {"role": "user", "content": f"question {i}"},
+                          {"role": "assistant", "content": f"answer {i}"}]} for i in range(20)]
+    rows = chat + [{"messages": [{"role": "user", "content": "x"}]}, {"instruction": "a", "output": "b"}]
+    r = client.post("/v1/datasets", json={"rows": rows, "on_invalid": "skip"})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["format"] == "mixed"
+    assert ds["counts"]["valid"] == 21 and ds["counts"]["invalid"] == 1
+    rep = client.get(f"/v1/datasets/{ds['id']}/report").json()
+    assert rep["errors"] == [{"line": 21, "field": "messages[0].role", "code": "last_not_assistant",
+                              "message": rep["errors"][0]["message"]}]
+    assert "invalid_rows_skipped" in [w["code"] for w in rep["warnings"]]
+
+
+def test_import_from_local_path_and_raw_body(client, settings, jsonl):
+    root = settings.resolved_import_root()
+    (root / "sub").mkdir()
+    (root / "sub" / "tickets.jsonl").write_bytes(jsonl(generate(30, seed=14)))
+    r = client.post("/v1/datasets", json={"source": {"path": "sub/tickets.jsonl"}})
+    assert r.status_code == 201, r.text
+    assert r.json()["source"]["kind"] == "path" and r.json()["name"] == "tickets.jsonl"
+    raw = client.post("/v1/datasets?name=raw&eval_size=5", content=jsonl(generate(30, seed=14)),
+                      headers={"content-type": "application/x-ndjson"})
+    assert raw.status_code == 201 and raw.json()["id"] != r.json()["id"]  # other split options
+    assert raw.json()["name"] == "raw"
+    assert raw.json()["counts"]["eval"] == 5
+
+
+def test_example_endpoint(client):
+    r = client.post("/v1/datasets/examples/support-tickets", json={"n": 120, "example_seed": 3})
+    assert r.status_code == 201, r.text
+    assert r.json()["counts"]["valid"] == 120 and r.json()["name"] == "support-tickets-120-seed3"
+    again = client.post("/v1/datasets/examples/support-tickets", json={"n": 120, "example_seed": 3})
+    assert again.status_code == 200 and again.json()["id"] == r.json()["id"]
+
+
+def test_leases_and_delete(client, jsonl, upload, settings):
+    ds = upload(jsonl(generate(20, seed=15))).json()["id"]
+    r = client.put(f"/v1/datasets/{ds}/leases/job-1")
+    assert r.status_code == 200 and r.json()["in_use_by"] == ["job-1"]
+    assert client.put(f"/v1/datasets/{ds}/leases/job-1").json()["in_use_by"] == ["job-1"]
+    client.put(f"/v1/datasets/{ds}/leases/eval-2")
+    assert sorted(client.get(f"/v1/datasets/{ds}").json()["in_use_by"]) == ["eval-2", "job-1"]
+    assert client.delete(f"/v1/datasets/{ds}").status_code == 409
+    client.delete(f"/v1/datasets/{ds}/leases/job-1")
+    client.delete(f"/v1/datasets/{ds}/leases/eval-2")
+    d = client.delete(f"/v1/datasets/{ds}")
+    assert d.status_code == 200 and d.json()["deleted"] is True
+    assert client.get(f"/v1/datasets/{ds}").status_code == 404
+    assert not (Path(settings.resolved_artifact_url()) / "datasets" / ds).exists()
+    # re-uploading after delete recreates it
+    assert upload(jsonl(generate(20, seed=15))).status_code == 201
+
+
+def test_metrics(client, jsonl, upload):
+    upload(jsonl(generate(20, seed=16)))
+    upload(b"{bad\n")
+    text = client.get("/metrics").text
+    assert 'tuneloop_dataset_uploads_total{result="created"} 1.0' in text
+    assert 'tuneloop_dataset_uploads_total{result="rejected"} 1.0' in text
+    assert 'tuneloop_dataset_rows_validated_total{result="valid"} 20.0' in text
+    assert "tuneloop_dataset_datasets_stored 1.0" in text
+    assert "tuneloop_dataset_validation_seconds_count 2.0" in text
