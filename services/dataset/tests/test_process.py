@@ -1,0 +1,86 @@
+"""The real service process on a real port: the curl flow, concurrent identical uploads, restart."""
+
+from __future__ import annotations
+
+import concurrent.futures
+from pathlib import Path
+
+import datasets
+import httpx
+import pytest
+
+from tuneloop.examples.support_tickets import write_jsonl
+from tuneloop.testing import ServiceProcess
+
+
+@pytest.fixture
+def service(tmp_path: Path):
+    env = {"DATASET_DATA_DIR": str(tmp_path / "var"), "DATASET_LOG_JSON": "true",
+           "HF_HUB_OFFLINE": "1"}
+    proc = ServiceProcess("tuneloop_dataset", env=env, log_path=tmp_path / "dataset.log")
+    with proc:
+        yield proc
+
+
+def test_flow_concurrency_and_restart(service: ServiceProcess, tmp_path: Path):
+    data = tmp_path / "tickets.jsonl"
+    write_jsonl(str(data), 300, seed=21)
+    url = service.url
+    assert httpx.get(f"{url}/ready").json()["status"] == "ready"
+
+    # concurrent uploads of identical content: one version, one 201, no corruption
+    def post() -> httpx.Response:
+        with open(data, "rb") as fh:
+            return httpx.post(f"{url}/v1/datasets", files={"file": ("tickets.jsonl", fh, "application/jsonl")},
+                              data={"name": "tickets"}, timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        results = list(pool.map(lambda _: post(), range(6)))
+    assert sorted(r.status_code for r in results) == [200] * 5 + [201], [r.text for r in results]
+    ids = {r.json()["id"] for r in results}
+    assert len(ids) == 1
+    ds = ids.pop()
+    store = tmp_path / "var" / "artifacts" / "datasets"
+    assert [p.name for p in store.iterdir()] == [ds]
+    dd = datasets.load_from_disk(str(store / ds / "hf"))
+    assert len(dd["train"]) + len(dd["eval"]) == 300
+
+    # report (JSON + text), rows, lease, refused delete
+    report = httpx.get(f"{url}/v1/datasets/{ds}/report").json()
+    assert report["counts"]["valid"] == 300
+    text = httpx.get(f"{url}/v1/datasets/{ds}/report", params={"format": "text"}).text
+    assert f"Dataset {ds} (tickets)" in text
+    rows = httpx.get(f"{url}/v1/datasets/{ds}/rows", params={"split": "eval", "limit": 5}).json()
+    assert len(rows["data"]) == 5
+    assert httpx.put(f"{url}/v1/datasets/{ds}/leases/job-42").status_code == 200
+    assert httpx.delete(f"{url}/v1/datasets/{ds}").json()["error"]["code"] == "dataset_in_use"
+
+    # import from the import root (default <data_dir>/imports)
+    imports = tmp_path / "var" / "imports"
+    write_jsonl(str(imports / "more.jsonl"), 50, seed=22)
+    imp = httpx.post(f"{url}/v1/datasets", json={"source": {"path": "more.jsonl"}}, timeout=60)
+    assert imp.status_code == 201, imp.text
+
+    # restart: everything is still there
+    service.restart()
+    after = httpx.get(f"{url}/v1/datasets/{ds}").json()
+    assert after["in_use_by"] == ["job-42"] and after["counts"]["valid"] == 300
+    assert httpx.get(f"{url}/v1/datasets/{ds}/report").json() == report
+    assert httpx.get(f"{url}/v1/datasets/{ds}/rows", params={"split": "eval", "limit": 5}).json() == rows
+    listing = httpx.get(f"{url}/v1/datasets").json()
+    assert {d["id"] for d in listing["data"]} == {ds, imp.json()["id"]}
+    again = post()
+    assert again.status_code == 200 and again.json()["id"] == ds
+    metrics = httpx.get(f"{url}/metrics").text
+    assert "tuneloop_dataset_datasets_stored 2.0" in metrics
+
+
+def test_kill_during_nothing_leaves_no_temp_files(service: ServiceProcess, tmp_path: Path):
+    """A hard kill then a start cleans leftovers (work folders, staging dirs)."""
+    leftovers = tmp_path / "var" / "tmp" / "dataset" / "ingest-crashed"
+    leftovers.mkdir(parents=True)
+    staging = tmp_path / "var" / "artifacts" / "datasets" / ".tmp-abc-ds-1"
+    staging.mkdir(parents=True)
+    service.kill()
+    service.start()
+    assert not leftovers.exists() and not staging.exists()
