@@ -1,0 +1,1 @@
+"""Routers: ``openai`` (the OpenAI-compatible surface) and ``admin`` (deployments, aliases)."""

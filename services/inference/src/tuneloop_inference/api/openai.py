@@ -1,0 +1,321 @@
+"""OpenAI-compatible routes: validate, resolve alias -> version -> engine, pass through.
+
+Bodies go to the engine as JSON with ``model`` rewritten to the served version id; answers
+come back byte for byte (streams chunk by chunk, unbuffered, as SSE). Only what the engine
+cannot do is translated here: ``n > 1`` on an engine without ``n`` is fanned out (non-streaming)
+or rejected with 400 (streaming).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from typing import Any
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from tuneloop.errors import (InvalidRequest, NotFound, ServiceUnavailable, TuneloopError,
+                             Unauthorized, UpstreamError, UpstreamTimeout, error_body)
+
+from ..engines import Engine
+
+router = APIRouter(tags=["openai"])
+
+_ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
+
+
+def _check_key(request: Request) -> None:
+    key = request.app.state.settings.api_key
+    if not key:
+        return
+    auth = request.headers.get("authorization", "")
+    if not hmac.compare_digest(auth.removeprefix("Bearer ").strip(), key):
+        raise Unauthorized("invalid or missing API key")
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> dict[str, Any]:
+    """Ready versions (by served id) and aliases on this replica."""
+    _check_key(request)
+    return {"object": "list", "data": request.app.state.controller.list_models(),
+            "has_more": False}
+
+
+@router.get("/v1/models/{model:path}")
+async def get_model(model: str, request: Request) -> dict[str, Any]:
+    _check_key(request)
+    for item in request.app.state.controller.list_models():
+        if item["id"] == model:
+            return item
+    raise NotFound(f"The model '{model[:200]}' does not exist", code="model_not_found",
+                   param="model")
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _proxy(request, "chat")
+
+
+@router.post("/v1/completions")
+async def completions(request: Request) -> Response:
+    return await _proxy(request, "completions")
+
+
+# ---------------------------------------------------------------------------- validation
+def _num(body: dict, key: str, lo: float, hi: float, *, integer: bool = False) -> None:
+    value = body.get(key)
+    if value is None:
+        return
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if isinstance(value, bool) or not ok_type or not lo <= value <= hi:
+        kind = "an integer" if integer else "a number"
+        raise InvalidRequest(f"{key}: must be {kind} in [{lo:g}, {hi:g}], got {value!r}"[:300],
+                             param=key, code="invalid_value")
+
+
+def validate(endpoint: str, body: Any) -> dict[str, Any]:
+    """OpenAI parameter checks (400 with ``param``) before anything reaches an engine."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("model: required (a served version id or an alias)", param="model")
+    if endpoint == "chat":
+        messages = body.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise InvalidRequest("messages: must be a non-empty list", param="messages")
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in _ROLES:
+                raise InvalidRequest(f"messages[{i}].role: must be one of {sorted(_ROLES)}",
+                                     param=f"messages.{i}.role")
+            if not isinstance(m.get("content"), (str, list, type(None))):
+                raise InvalidRequest(f"messages[{i}].content: must be a string or a list",
+                                     param=f"messages.{i}.content")
+        if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
+            body["max_tokens"] = body.pop("max_completion_tokens")
+        _num(body, "max_tokens", 1, 1_000_000, integer=True)
+    else:
+        prompt = body.get("prompt")
+        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+            body["prompt"] = prompt = prompt[0]
+        if not isinstance(prompt, str):
+            raise InvalidRequest("prompt: must be a string (lists of several prompts are not "
+                                 "supported; send one request per prompt)", param="prompt")
+        _num(body, "max_tokens", 1, 1_000_000, integer=True)
+    _num(body, "temperature", 0, 2)
+    _num(body, "top_p", 0, 1)
+    _num(body, "n", 1, 16, integer=True)
+    _num(body, "presence_penalty", -2, 2)
+    _num(body, "frequency_penalty", -2, 2)
+    _num(body, "seed", -(2**63), 2**63 - 1, integer=True)
+    stop = body.get("stop")
+    if stop is not None and not (isinstance(stop, str) or (
+            isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) and x
+                                                              for x in stop))):
+        raise InvalidRequest("stop: a string or a list of up to 4 non-empty strings",
+                             param="stop", code="invalid_value")
+    if "stream" in body and not isinstance(body["stream"], (bool, type(None))):
+        raise InvalidRequest("stream: must be a boolean", param="stream")
+    return body
+
+
+# ---------------------------------------------------------------------------- proxy
+async def _proxy(request: Request, endpoint: str) -> Response:
+    _check_key(request)
+    raw = await request.body()
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json")
+    body = validate(endpoint, body)
+    requested = body["model"]
+    state = request.app.state
+    engine, served = state.controller.resolve(requested)
+    engine.adapt_body(endpoint, body)
+    body["model"] = served
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    ctx = _Ctx(state.metrics, requested, served, endpoint, request.state.request_id)
+    n = body.get("n") or 1
+    if n > 1 and not engine.supports_n:
+        if body.get("stream"):
+            raise InvalidRequest(f"n: {engine.kind} engine generates one choice per request; "
+                                 "n > 1 is only supported without streaming here", param="n",
+                                 code="unsupported_parameter")
+        return await _fan_out(engine, path, body, n, ctx)
+    if body.get("stream"):
+        return await _stream(engine, path, body, ctx)
+    return await _plain(engine, path, body, ctx)
+
+
+class _Ctx:
+    """Per-request bookkeeping for metrics."""
+
+    def __init__(self, metrics: Any, requested: str, served: str, endpoint: str,
+                 rid: str | None) -> None:
+        self.metrics, self.requested, self.served, self.endpoint = metrics, requested, served, endpoint
+        self.headers = {"content-type": "application/json", "x-request-id": rid or ""}
+        self.t0 = time.perf_counter()
+        metrics.in_flight.inc()
+
+    def done(self, status: int, stream: bool, usage: dict | None = None) -> None:
+        m = self.metrics
+        m.in_flight.dec()
+        m.requests.labels(self.requested, self.served, self.endpoint, str(status)).inc()
+        m.latency.labels(self.served, "true" if stream else "false").observe(
+            time.perf_counter() - self.t0)
+        if usage:
+            m.tokens.labels(self.served).inc(usage.get("completion_tokens") or 0)
+            m.prompt_tokens.labels(self.served).inc(usage.get("prompt_tokens") or 0)
+
+
+def _engine_error(resp_status: int, content: bytes, engine: Engine) -> TuneloopError:
+    """Map an engine's error answer (vLLM envelope or FastAPI ``detail``) into ours."""
+    message = content.decode("utf-8", "replace")[:500]
+    try:
+        data = json.loads(content)
+        err = data.get("error") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            message = str(err.get("message") or message)
+        elif isinstance(err, str):
+            message = err
+        elif isinstance(data, dict) and "detail" in data:
+            message = str(data["detail"]) if not isinstance(data["detail"], list) else \
+                "; ".join(str(d.get("msg", d)) for d in data["detail"])
+        elif isinstance(data, dict) and "message" in data:
+            message = str(data["message"])
+    except ValueError:
+        pass
+    if resp_status in (400, 422):
+        return InvalidRequest(f"rejected by the {engine.kind} engine: {message}",
+                              code="invalid_request")
+    if resp_status == 404:
+        return NotFound(message, code="model_not_found", param="model")
+    if resp_status == 503:
+        return ServiceUnavailable(f"{engine.kind} engine unavailable: {message}",
+                                  code="engine_unavailable")
+    return UpstreamError(f"{engine.kind} engine answered {resp_status}: {message}",
+                         code="engine_error")
+
+
+def _transport_error(exc: Exception, engine: Engine) -> TuneloopError:
+    if isinstance(exc, httpx.TimeoutException):
+        return UpstreamTimeout(f"{engine.kind} engine timed out", code="engine_timeout")
+    return UpstreamError(f"{engine.kind} engine unreachable: {exc.__class__.__name__}",
+                         code="engine_unreachable")
+
+
+async def _plain(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
+    engine.acquire()
+    status = 502
+    try:
+        assert engine.client is not None
+        resp = await engine.client.post(path, content=json.dumps(body), headers=ctx.headers)
+        status = resp.status_code
+        if status != 200:
+            raise _engine_error(status, resp.content, engine)
+        usage = None
+        try:
+            usage = json.loads(resp.content).get("usage")
+        except (ValueError, AttributeError):
+            pass
+        ctx.done(200, False, usage)
+        status = 0
+        return Response(resp.content, media_type="application/json")
+    except (httpx.HTTPError, AssertionError) as exc:
+        raise _transport_error(exc, engine) from exc
+    finally:
+        engine.release()
+        if status:
+            ctx.done(status, False)
+
+
+async def _fan_out(engine: Engine, path: str, body: dict, n: int, ctx: _Ctx) -> Response:
+    """``n`` choices from an engine without ``n``: n concurrent requests, merged in order."""
+    single = {k: v for k, v in body.items() if k != "n"}
+    engine.acquire()
+    status = 502
+    try:
+        assert engine.client is not None
+        payload = json.dumps(single)
+        resps = await asyncio.gather(*(engine.client.post(path, content=payload,
+                                                          headers=ctx.headers)
+                                       for _ in range(n)))
+        bad = next((r for r in resps if r.status_code != 200), None)
+        if bad is not None:
+            status = bad.status_code
+            raise _engine_error(bad.status_code, bad.content, engine)
+        parts = [r.json() for r in resps]
+        merged = parts[0]
+        merged["choices"] = [{**p["choices"][0], "index": i} for i, p in enumerate(parts)]
+        usages = [p.get("usage") or {} for p in parts]
+        completion = sum(u.get("completion_tokens", 0) for u in usages)
+        prompt = usages[0].get("prompt_tokens", 0)
+        merged["usage"] = {"prompt_tokens": prompt, "completion_tokens": completion,
+                           "total_tokens": prompt + completion}
+        ctx.done(200, False, merged["usage"])
+        status = 0
+        return JSONResponse(merged)
+    except (httpx.HTTPError, AssertionError) as exc:
+        raise _transport_error(exc, engine) from exc
+    finally:
+        engine.release()
+        if status:
+            ctx.done(status, False)
+
+
+async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
+    engine.acquire()
+    try:
+        assert engine.client is not None
+        req = engine.client.build_request("POST", path, content=json.dumps(body),
+                                          headers=ctx.headers)
+        resp = await engine.client.send(req, stream=True)
+    except (httpx.HTTPError, AssertionError) as exc:
+        engine.release()
+        ctx.done(502, True)
+        raise _transport_error(exc, engine) from exc
+    if resp.status_code != 200:
+        content = await resp.aread()
+        await resp.aclose()
+        engine.release()
+        ctx.done(resp.status_code, True)
+        raise _engine_error(resp.status_code, content, engine)
+
+    async def relay():  # noqa: ANN202
+        first, tail, status = True, b"", 200
+        try:
+            async for chunk in resp.aiter_raw():
+                if first:
+                    ctx.metrics.ttft.labels(ctx.served).observe(time.perf_counter() - ctx.t0)
+                    first = False
+                tail = (tail + chunk)[-8192:]
+                yield chunk
+        except httpx.HTTPError as exc:
+            status = 502
+            err = error_body(f"{engine.kind} engine stream broke: {exc.__class__.__name__}",
+                             "upstream_error", "engine_stream_error")
+            yield f"data: {json.dumps(err)}\n\n".encode()
+        finally:
+            await resp.aclose()
+            engine.release()
+            ctx.done(status, True, _usage_from_tail(tail))
+
+    return StreamingResponse(relay(), media_type="text/event-stream",
+                             headers={"cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+def _usage_from_tail(tail: bytes) -> dict | None:
+    """The usage object of the last SSE event that carries one (engines send it at the end)."""
+    for line in reversed(tail.split(b"\n")):
+        if line.startswith(b"data: {") and b'"usage"' in line:
+            try:
+                usage = json.loads(line[6:]).get("usage")
+            except ValueError:
+                continue
+            if usage:
+                return usage
+    return None

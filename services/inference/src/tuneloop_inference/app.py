@@ -1,0 +1,51 @@
+"""Inference service app factory: ``create_app(settings) -> FastAPI``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI
+
+from tuneloop.app import build_service_app
+from tuneloop.db import Database
+from tuneloop.storage import ArtifactStore
+
+from .api import admin, openai
+from .controller import Controller
+from .metrics import InferenceMetrics
+from .settings import InferenceSettings
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def create_app(settings: InferenceSettings | None = None) -> FastAPI:
+    settings = settings or InferenceSettings()
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per proxied request is noise
+    metrics = InferenceMetrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database(settings.resolved_database_url())
+        db.migrate(MIGRATIONS, version_table="alembic_version_inference")
+        store = ArtifactStore(settings.resolved_artifact_url())
+        controller = Controller(settings, db, store, metrics)
+        app.state.db, app.state.store, app.state.controller = db, store, controller
+        await controller.start()
+        try:
+            yield
+        finally:
+            await controller.shutdown()
+            db.dispose()
+
+    async def ready(app: FastAPI) -> dict:
+        return {"database": app.state.db.ping(),
+                "default_model": app.state.controller.default_ready()}
+
+    app = build_service_app(settings, title="tuneloop inference service", lifespan=lifespan,
+                            ready_check=ready, metrics=metrics)
+    app.include_router(openai.router)
+    app.include_router(admin.router)
+    return app

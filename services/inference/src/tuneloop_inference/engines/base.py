@@ -1,0 +1,237 @@
+"""Engine: one OpenAI-speaking process serving one model under one served name.
+
+The controller owns engines: ``start`` spawns the process (own process group, log file),
+``wait_ready`` polls ``/health`` (failing fast if the process exits), ``smoke`` checks that
+the served name is listed in ``/v1/models`` and answers a fixed prompt, ``stop`` terminates
+the whole group. Every proxied request holds a slot (``acquire``/``release``) so a retired
+engine can be drained before it is stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ..settings import InferenceSettings
+
+
+class EngineError(Exception):
+    """An engine failed to start, become healthy, or pass the smoke check."""
+
+    def __init__(self, message: str, code: str = "engine_failed") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class Engine:
+    """Base class; subclasses give the command line and their capabilities."""
+
+    kind = "base"
+    #: the engine implements OpenAI ``n`` natively
+    supports_n = True
+    #: per-request temperature / top_p / stop are honoured
+    per_request_sampling = True
+
+    def __init__(self, *, name: str, model_dir: str, settings: InferenceSettings,
+                 log_path: Path, port: int | None = None) -> None:
+        self.name = name
+        self.model_dir = model_dir
+        self.settings = settings
+        self.host = settings.engine_host
+        self.port = port or free_port(self.host)
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+        self.client: httpx.AsyncClient | None = None
+        self.state = "stopped"
+        self.restarts = 0
+        self.in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- subclass hooks --------------------------------------------------------------------
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "PYTHONUNBUFFERED": "1"}
+
+    # -- lifecycle -------------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    async def start(self) -> None:
+        """Spawn the engine process and open its one HTTP client."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            log.write(f"\n=== start {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: "
+                      f"{' '.join(self.command())}\n".encode())
+            self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        self.state = "starting"
+        if self.client is None:
+            limits = httpx.Limits(max_connections=self.settings.engine_max_connections,
+                                  max_keepalive_connections=self.settings.engine_max_connections)
+            timeout = httpx.Timeout(self.settings.engine_request_timeout_s, connect=5.0)
+            self.client = httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=limits)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Poll ``/health`` until 200; raise EngineError if the process exits or time runs out."""
+        deadline = time.monotonic() + (timeout or self.settings.engine_startup_timeout_s)
+        while time.monotonic() < deadline:
+            if not self.alive():
+                code = self.proc.returncode if self.proc else None
+                raise EngineError(f"engine for '{self.name}' exited with {code} while loading: "
+                                  f"{self.log_tail()}", code="model_load_failed")
+            if await self.check_health():
+                return
+            await asyncio.sleep(0.25)
+        raise EngineError(f"engine for '{self.name}' not healthy after "
+                          f"{timeout or self.settings.engine_startup_timeout_s:.0f}s",
+                          code="model_load_timeout")
+
+    async def smoke(self) -> None:
+        """Listed in ``/v1/models`` and answers a fixed prompt with at least one token."""
+        assert self.client is not None
+        try:
+            models = (await self.client.get("/v1/models", timeout=30)).json()
+            ids = [m.get("id") for m in models.get("data", [])]
+            if self.name not in ids:
+                raise EngineError(f"smoke check: '{self.name}' not listed by the engine "
+                                  f"(it lists {ids})", code="smoke_failed")
+            body = {"model": self.name, "max_tokens": 4, "temperature": 0,
+                    "messages": [{"role": "user", "content": self.settings.smoke_prompt}]}
+            resp = await self.client.post("/v1/chat/completions", json=body, timeout=120)
+        except (httpx.HTTPError, ValueError) as exc:
+            raise EngineError(f"smoke check failed: {exc}", code="smoke_failed") from exc
+        if resp.status_code != 200:
+            raise EngineError(f"smoke check: engine answered {resp.status_code}: "
+                              f"{resp.text[:300]}", code="smoke_failed")
+        data = resp.json()
+        choices = data.get("choices") or []
+        tokens = (data.get("usage") or {}).get("completion_tokens", 0)
+        if not choices or "message" not in choices[0] or tokens < 1:
+            raise EngineError(f"smoke check: no completion in {str(data)[:300]}",
+                              code="smoke_failed")
+
+    async def check_health(self) -> bool:
+        if self.client is None or not self.alive():
+            return False
+        try:
+            return (await self.client.get("/health", timeout=5)).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    async def stop(self, timeout: float = 20.0) -> None:
+        """Terminate the process group (SIGTERM, then SIGKILL) and close the client."""
+        self.state = "stopped"
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
+            except asyncio.TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
+                await asyncio.to_thread(self.proc.wait, 10)
+        await self.close_client()
+
+    async def close_client(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    def kill_process(self) -> None:
+        """Hard-kill the process group (used before a restart of a hung engine)."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            with contextlib.suppress(Exception):
+                self.proc.wait(10)
+
+    # -- in-flight accounting (drain) --------------------------------------------------------
+    def acquire(self) -> None:
+        self.in_flight += 1
+        self._idle.clear()
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self.in_flight <= 0:
+            self.in_flight = 0
+            self._idle.set()
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until no request is in flight; False if ``timeout`` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    # -- request translation -----------------------------------------------------------------
+    def adapt_body(self, endpoint: str, body: dict[str, Any]) -> None:
+        """Reject (InvalidRequest) what this engine would silently get wrong; default: nothing."""
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:].strip()
+        except OSError:
+            return ""
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "url": self.url, "pid": self.pid, "state": self.state,
+                "restarts": self.restarts, "in_flight": self.in_flight}
+
+
+def vllm_available() -> bool:
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # torch import problems mean no GPU path
+        return False
+
+
+def resolve_engine_kind(setting: str) -> str:
+    """``auto`` = vllm when CUDA and vllm are both available, else transformers."""
+    if setting != "auto":
+        return setting
+    return "vllm" if vllm_available() else "transformers"
+
+
+def make_engine(kind: str, **kwargs: Any) -> Engine:
+    if kind == "vllm":
+        from .vllm import VllmEngine
+
+        return VllmEngine(**kwargs)
+    if kind == "transformers":
+        from .transformers import TransformersEngine
+
+        return TransformersEngine(**kwargs)
+    raise ValueError(f"unknown engine kind {kind!r}")

@@ -1,0 +1,80 @@
+"""Inference service settings (env prefix ``INFERENCE_``, falling back to ``TUNELOOP_``)."""
+
+from __future__ import annotations
+
+import socket
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from tuneloop.settings import ServiceSettings
+
+
+class InferenceSettings(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
+
+    service_name: str = "inference"
+    port: int = 8003
+
+    # -- credentials -----------------------------------------------------------------------
+    admin_key: str | None = Field(
+        None, description="Bearer key for /admin/*. Unset: the admin API answers 503 (disabled).")
+    api_key: str | None = Field(
+        None, description="Optional bearer key for the OpenAI routes (the gateway normally "
+        "does auth; unset = open).")
+
+    # -- engines ---------------------------------------------------------------------------
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="Engine kind: auto = vllm when CUDA and vllm are available, else "
+        "transformers (CPU).")
+    engine_host: str = Field("127.0.0.1", description="Interface engines bind to.")
+    engine_port_start: int = Field(0, description="First engine port (0 = any free port).")
+    engine_startup_timeout_s: float = Field(
+        600.0, description="Max seconds for an engine to become healthy (vLLM: ~160 s on 1B).")
+    engine_request_timeout_s: float = Field(
+        600.0, description="Read timeout for one proxied request (generation can be long).")
+    engine_max_connections: int = Field(256, description="Connection pool size per engine.")
+    health_interval_s: float = Field(1.0, description="Engine health-check period.")
+    health_failures: int = Field(3, description="Consecutive failed checks before a restart.")
+    max_restarts: int = Field(5, description="Restarts of a crashed engine before it is failed.")
+    reconcile_interval_s: float = Field(2.0, description="Desired-state reconcile period.")
+    drain_timeout_s: float = Field(120.0, description="Max wait for in-flight requests of a "
+                                   "retired engine before it is stopped anyway.")
+    smoke_prompt: str = Field("Say OK.", description="Fixed prompt of the post-load smoke check.")
+
+    # transformers serve (CPU engine)
+    continuous_batching: bool = Field(
+        False, description="transformers serve --continuous-batching. Faster under load, but "
+        "transformers 5.17 then applies the FIRST request's temperature/top_p to all requests "
+        "and ignores `stop`; the proxy rejects such per-request params with 400 in that mode.")
+    engine_device: str = Field("cpu", description="transformers serve --device.")
+
+    # vLLM (GPU engine)
+    gpu_memory_utilization: float = Field(
+        0.40, description="--gpu-memory-utilization per vLLM engine: two engines (blue + green) "
+        "must fit on one GPU during a swap, so keep it <= ~0.45.")
+    vllm_max_model_len: int | None = Field(None, description="--max-model-len for vllm serve.")
+    vllm_enable_lora: bool = Field(
+        False, description="Start vLLM engines with --enable-lora so candidates can be attached "
+        "as runtime LoRA adapters (VLLM_ALLOW_RUNTIME_LORA_UPDATING).")
+    vllm_max_lora_rank: int = Field(64, description="--max-lora-rank when LoRA is enabled.")
+    vllm_extra_args: str = Field("", description="Extra arguments for vllm serve (shell-split).")
+
+    # -- what is served ----------------------------------------------------------------------
+    base_model_path: str | None = Field(
+        None, description="Local model folder deployed at start-up under `base_model_name` "
+        "(if no deployment of that name exists yet).")
+    base_model_name: str = Field("base", description="Served name of the base deployment.")
+    default_model: str | None = Field(
+        None, description="Served name or alias /ready waits for (default: base_model_name "
+        "when base_model_path is set; else /ready only needs the database).")
+    replica_id: str = Field(default_factory=socket.gethostname,
+                            description="This replica's id in the per-replica observed state.")
+    replica_stale_s: float = Field(30.0, description="A replica not seen for this long no "
+                                   "longer counts for alias convergence.")
+
+    def resolved_default_model(self) -> str | None:
+        if self.default_model:
+            return self.default_model
+        return self.base_model_name if self.base_model_path else None

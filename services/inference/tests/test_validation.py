@@ -1,0 +1,55 @@
+"""Request validation of the OpenAI surface (no processes: pure function checks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneloop.errors import InvalidRequest
+from tuneloop_inference.api.openai import _usage_from_tail, validate
+
+
+def chat(**kw):  # noqa: ANN003, ANN201
+    return {"model": "m", "messages": [{"role": "user", "content": "hi"}], **kw}
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"messages": [{"role": "user", "content": "x"}]}, "model"),
+    ({"model": "m", "messages": []}, "messages"),
+    ({"model": "m", "messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
+    (chat(temperature=3), "temperature"),
+    (chat(temperature="hot"), "temperature"),
+    (chat(max_tokens=0), "max_tokens"),
+    (chat(max_tokens=True), "max_tokens"),
+    (chat(top_p=1.5), "top_p"),
+    (chat(n=0), "n"),
+    (chat(stop=["a", "b", "c", "d", "e"]), "stop"),
+    (chat(stop=[""]), "stop"),
+    (chat(stream="yes"), "stream"),
+])
+def test_bad_chat_params_are_400_with_param(body: dict, param: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        validate("chat", body)
+    assert err.value.status == 400
+    assert err.value.param == param
+
+
+def test_valid_chat_passes_and_max_completion_tokens_maps_to_max_tokens() -> None:
+    body = validate("chat", chat(max_completion_tokens=7, temperature=0.5, stop="\n", n=2))
+    assert body["max_tokens"] == 7 and "max_completion_tokens" not in body
+
+
+def test_completions_prompt_rules() -> None:
+    assert validate("completions", {"model": "m", "prompt": ["one"]})["prompt"] == "one"
+    with pytest.raises(InvalidRequest) as err:
+        validate("completions", {"model": "m", "prompt": ["a", "b"]})
+    assert err.value.param == "prompt"
+    with pytest.raises(InvalidRequest):
+        validate("completions", {"model": "m", "prompt": 5})
+
+
+def test_usage_is_read_from_the_last_sse_event() -> None:
+    tail = (b'data: {"choices":[{"delta":{"content":"x"}}]}\n\n'
+            b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+            b"data: [DONE]\n\n")
+    assert _usage_from_tail(tail) == {"prompt_tokens": 3, "completion_tokens": 2}
+    assert _usage_from_tail(b"data: [DONE]\n\n") is None
