@@ -1,0 +1,45 @@
+"""Gateway test fixtures: real engines (``transformers serve``) on tiny local models, and the
+gateway as a real process in front of them."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneloop.testing import ServiceProcess
+from tuneloop.testing.engines import TransformersServe, build_damaged_copy, build_tuned_copy
+
+ADMIN_KEY = "tlk-test-admin-key-0123456789abcdef"
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory, tiny_base_dir, ticket_rows):
+    """base (tiny pretrained), tuned (fine-tuned on the tickets task), damaged (corrupted tuned)."""
+    root = tmp_path_factory.mktemp("gw-models")
+    tuned = build_tuned_copy(tiny_base_dir, root / "tuned", ticket_rows[:240], steps=100)
+    damaged = build_damaged_copy(tuned, root / "damaged")
+    return {"base": tiny_base_dir, "tuned": tuned, "damaged": damaged}
+
+
+@pytest.fixture(scope="session")
+def engines(tiny_models, tmp_path_factory):
+    logs = tmp_path_factory.mktemp("engine-logs")
+    started = {}
+    try:
+        for name, path in tiny_models.items():
+            started[name] = TransformersServe(path, log_path=logs / f"{name}.log").start()
+        yield started
+    finally:
+        for e in started.values():
+            e.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(engines, tmp_path_factory):
+    """The gateway process; its inference upstream is the base engine."""
+    data = tmp_path_factory.mktemp("gw-data")
+    env = {"TUNELOOP_DATA_DIR": str(data), "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+           "GATEWAY_INFERENCE_URL": engines["base"].url, "GATEWAY_RECONCILE_INTERVAL_S": "0",
+           "GATEWAY_EVAL_MAX_TOKENS": "64"}
+    with ServiceProcess("tuneloop_gateway", env=env, log_path=data / "gateway.log") as proc:
+        proc.admin_key = ADMIN_KEY
+        yield proc
