@@ -141,9 +141,12 @@ def normalize_row(obj: Any) -> tuple[list[dict[str, str]], str]:
                    "row needs 'instruction' + 'output' (article form) or 'messages' (chat form)")
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def canonical(messages: list[dict[str, str]]) -> str:
     """The normalised text of a row; what the content hash and exact-dup checks use."""
-    return json.dumps(messages, ensure_ascii=False, separators=(",", ":"))
+    return _ENCODE(messages)
 
 
 def row_digest(canon: str) -> bytes:
