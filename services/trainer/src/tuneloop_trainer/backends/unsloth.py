@@ -26,7 +26,7 @@ class UnslothBackend(Backend):
 
         model, tokenizer = FastLanguageModel.from_pretrained(
             model_name=base_model, max_seq_length=hp.max_seq_length,
-            load_in_4bit=self.uses_4bit(hp), dtype=None, local_files_only=_is_local(base_model))
+            load_in_4bit=self.uses_4bit(hp), dtype=None)
         gc: Any = "unsloth" if hp.gradient_checkpointing in (None, True) else False
         model = FastLanguageModel.get_peft_model(
             model, r=hp.lora_r, target_modules=list(hp.target_modules), lora_alpha=hp.lora_alpha,
