@@ -27,7 +27,7 @@ class VllmEngine(Engine):
         cmd = [*base, "serve", self.model_dir, "--served-model-name", self.name,
                "--host", self.host, "--port", str(self.port),
                "--gpu-memory-utilization", str(self.settings.gpu_memory_utilization),
-               "--disable-uvicorn-access-log"]
+               ]
         if self.settings.vllm_max_model_len:
             cmd += ["--max-model-len", str(self.settings.vllm_max_model_len)]
         if self.settings.vllm_enable_lora:
