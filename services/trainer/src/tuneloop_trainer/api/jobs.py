@@ -1,0 +1,106 @@
+"""``/v1/jobs``: create, list, get, cancel, delete, events (paginated and SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+import anyio
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from ..schemas import JobCreate
+from ..service import TERMINAL, TrainerService
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+STATUSES = "^(validating|queued|running|succeeded|failed|cancelled)$"
+
+
+def _svc(request: Request) -> TrainerService:
+    return request.app.state.trainer
+
+
+@router.post("", status_code=201, summary="Validate and queue a training job")
+async def create_job(body: JobCreate, request: Request) -> JSONResponse:
+    job = await _svc(request).create_job(
+        dataset_id=body.dataset_id, base_model=body.base_model, backend=body.backend,
+        hyperparameters=body.hyperparameters, export=body.export, callback_url=body.callback_url,
+        suffix=body.suffix)
+    request.app.state.supervisor.wake.set()
+    return JSONResponse(job, status_code=201)
+
+
+@router.get("", summary="List jobs, newest first")
+async def list_jobs(request: Request, status: str | None = Query(None, pattern=STATUSES),
+                    limit: int = Query(20, ge=1, le=500), after: str | None = None) -> dict:
+    return await anyio.to_thread.run_sync(
+        lambda: _svc(request).list_jobs(status=status, limit=limit, after=after))
+
+
+@router.get("/{job_id}", summary="One job with its progress")
+async def get_job(job_id: str, request: Request) -> dict:
+    return await anyio.to_thread.run_sync(_svc(request).get_job, job_id)
+
+
+@router.post("/{job_id}/cancel", summary="Cancel a queued or running job")
+async def cancel_job(job_id: str, request: Request) -> dict:
+    job, kill = await anyio.to_thread.run_sync(_svc(request).request_cancel, job_id)
+    request.app.state.supervisor.wake.set()
+    if not kill:
+        row = await anyio.to_thread.run_sync(_svc(request).job_row, job_id)
+        try:
+            await _svc(request).datasets.unlease(row.dataset_id, job_id)
+        except Exception:  # noqa: BLE001 - a stale lease is harmless
+            pass
+    return job
+
+
+@router.delete("/{job_id}", summary="Delete a finished job (its model version stays)")
+async def delete_job(job_id: str, request: Request) -> dict:
+    return await anyio.to_thread.run_sync(_svc(request).delete_job, job_id)
+
+
+@router.get("/{job_id}/events", summary="Events after a sequence number (oldest first)")
+async def job_events(job_id: str, request: Request, after: int = Query(0, ge=0),
+                     limit: int = Query(100, ge=1, le=1000)) -> dict:
+    return await anyio.to_thread.run_sync(
+        lambda: _svc(request).events(job_id, after=after, limit=limit))
+
+
+@router.get("/{job_id}/events/stream", summary="Live events (Server-Sent Events)")
+async def job_events_stream(job_id: str, request: Request, after: int = Query(0, ge=0)) -> StreamingResponse:
+    svc = _svc(request)
+    await anyio.to_thread.run_sync(svc.get_job, job_id)  # 404 before the stream starts
+    last = request.headers.get("last-event-id", "")
+    start = int(last) if last.isdigit() else after
+    return StreamingResponse(_sse(request, svc, job_id, start), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _sse(request: Request, svc: TrainerService, job_id: str, after: int) -> AsyncIterator[bytes]:
+    """Each event as ``id/event/data``; ends after the job's final state; heartbeats meanwhile."""
+    idle = 0.0
+    interval = request.app.state.settings.poll_interval_s
+    while True:
+        page = await anyio.to_thread.run_sync(lambda: svc.events(job_id, after=after, limit=500))
+        for ev in page["data"]:
+            after = ev["seq"]
+            yield f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n".encode()
+            idle = 0.0
+        if page["has_more"]:
+            continue
+        job = await anyio.to_thread.run_sync(svc.get_job, job_id)
+        if job["status"] in TERMINAL:
+            final = await anyio.to_thread.run_sync(lambda: svc.events(job_id, after=after, limit=500))
+            if not final["data"]:
+                yield b"event: end\ndata: {\"status\": \"" + job["status"].encode() + b"\"}\n\n"
+                return
+            continue
+        if await request.is_disconnected():
+            return
+        await asyncio.sleep(interval)
+        idle += interval
+        if idle >= 15:
+            idle = 0.0
+            yield b": keep-alive\n\n"

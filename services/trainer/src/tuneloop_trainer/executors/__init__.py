@@ -1,0 +1,18 @@
+"""Executors run one job's process: ``local`` (a child process) or ``kubernetes`` (a batch/v1 Job)."""
+
+from __future__ import annotations
+
+from .base import Executor, Exit
+
+
+def make_executor(settings, store) -> Executor:  # noqa: ANN001
+    if settings.executor == "kubernetes":
+        from .kubernetes import KubernetesExecutor
+
+        return KubernetesExecutor(settings, store)
+    from .local import LocalExecutor
+
+    return LocalExecutor(settings, store)
+
+
+__all__ = ["Executor", "Exit", "make_executor"]

@@ -1,0 +1,38 @@
+"""Executor interface: start a job's entrypoint, poll it, cancel it, re-attach after a restart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class Exit:
+    """How a job's process ended: ``returncode`` 0 is success; ``reason`` explains the rest."""
+
+    returncode: int
+    reason: str | None = None
+    code: str | None = None
+
+
+class Executor:
+    name = "base"
+
+    async def start(self, job_id: str) -> dict[str, Any]:
+        """Launch ``python -m tuneloop_trainer.run_job <job_id>``; return a JSON-able handle."""
+        raise NotImplementedError
+
+    async def poll(self, job_id: str, handle: dict[str, Any]) -> Exit | None:
+        """None while running; an :class:`Exit` once it ended."""
+        raise NotImplementedError
+
+    async def cancel(self, job_id: str, handle: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    async def recover(self, job_id: str, handle: dict[str, Any] | None) -> bool:
+        """After a service restart: True if the job still runs and is re-attached; else the
+        executor made sure nothing of it still runs (the job is re-queued and resumes)."""
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        """Service shutdown."""

@@ -1,0 +1,155 @@
+"""Kubernetes executor: each job becomes a ``batch/v1`` Job running the same entrypoint.
+
+The Job mounts the artifact-store volume (the same PVC the service uses), asks for GPUs, and
+runs ``python -m tuneloop_trainer.run_job <job-id> --store <mount>``. Events and the result come
+back through the shared store, exactly as with the local executor. A pod that dies is retried
+by Kubernetes (``backoffLimit``) and resumes from the last checkpoint. Talks to the API server
+over plain REST (``httpx``): in-cluster token + CA, or any URL for tests.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from .base import Executor, Exit
+
+LABEL_JOB = "tuneloop.io/job-id"
+
+
+def k8s_name(job_id: str) -> str:
+    """DNS-1123 label (<=63 chars) for a job id."""
+    name = re.sub(r"[^a-z0-9-]", "-", f"tuneloop-{job_id}".lower())[:63].strip("-")
+    return name
+
+
+def build_job_manifest(settings, job_id: str) -> dict[str, Any]:  # noqa: ANN001
+    """The batch/v1 Job for ``job_id`` (pure function: tested against the API contract)."""
+    mount = settings.k8s_artifact_mount
+    labels = {"app.kubernetes.io/part-of": "tuneloop", "app.kubernetes.io/component": "training-job",
+              LABEL_JOB: job_id}
+    env = [{"name": "TUNELOOP_ARTIFACT_URL", "value": mount},
+           {"name": "HF_HUB_OFFLINE", "value": os.environ.get("HF_HUB_OFFLINE", "1")},
+           {"name": "PYTHONUNBUFFERED", "value": "1"}]
+    env += [{"name": k, "value": v} for k, v in sorted(settings.job_env.items())]
+    requests: dict[str, str] = {"cpu": settings.k8s_cpu, "memory": settings.k8s_memory}
+    limits: dict[str, str] = {"memory": settings.k8s_memory}
+    if settings.k8s_gpus:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(settings.k8s_gpus)
+    container = {
+        "name": "trainer",
+        "image": settings.k8s_image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python", "-m", "tuneloop_trainer.run_job", job_id, "--store", mount],
+        "env": env,
+        "resources": {"requests": requests, "limits": limits},
+        "volumeMounts": [{"name": "artifacts", "mountPath": mount},
+                         {"name": "dshm", "mountPath": "/dev/shm"}],
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "containers": [container],
+        "volumes": [{"name": "artifacts",
+                     "persistentVolumeClaim": {"claimName": settings.k8s_artifact_pvc}},
+                    {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+    }
+    if settings.k8s_gpus:
+        pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists",
+                                    "effect": "NoSchedule"}]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": k8s_name(job_id), "namespace": settings.k8s_namespace, "labels": labels},
+        "spec": {
+            "backoffLimit": settings.k8s_backoff_limit,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {"metadata": {"labels": labels}, "spec": pod_spec},
+        },
+    }
+
+
+class KubernetesExecutor(Executor):
+    name = "kubernetes"
+
+    def __init__(self, settings, store) -> None:  # noqa: ANN001
+        self.settings = settings
+        self.store = store
+        headers = {}
+        token_file = Path(settings.k8s_token_file)
+        if token_file.is_file():
+            headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        verify: Any = True
+        if settings.k8s_ca_file and Path(settings.k8s_ca_file).is_file():
+            verify = settings.k8s_ca_file
+        self.http = httpx.AsyncClient(base_url=settings.k8s_api_url.rstrip("/"), headers=headers,
+                                      verify=verify, timeout=httpx.Timeout(15.0, connect=5.0))
+
+    def _path(self, name: str = "") -> str:
+        base = f"/apis/batch/v1/namespaces/{self.settings.k8s_namespace}/jobs"
+        return f"{base}/{name}" if name else base
+
+    async def start(self, job_id: str) -> dict[str, Any]:
+        body = build_job_manifest(self.settings, job_id)
+        resp = await self.http.post(self._path(), json=body)
+        if resp.status_code == 409:  # already submitted (e.g. restart between submit and commit)
+            return {"name": body["metadata"]["name"], "namespace": self.settings.k8s_namespace}
+        if resp.status_code >= 300:
+            raise RuntimeError(f"Kubernetes refused the Job ({resp.status_code}): "
+                               f"{_status_message(resp)}")
+        return {"name": body["metadata"]["name"], "namespace": self.settings.k8s_namespace,
+                "uid": resp.json().get("metadata", {}).get("uid")}
+
+    async def poll(self, job_id: str, handle: dict[str, Any]) -> Exit | None:
+        try:
+            resp = await self.http.get(self._path(handle["name"]))
+        except httpx.HTTPError:
+            return None  # API server unreachable for a moment: keep waiting
+        if resp.status_code == 404:
+            return Exit(-1, f"Kubernetes Job {handle['name']} disappeared", "k8s_job_missing")
+        if resp.status_code >= 300:
+            return None
+        status = resp.json().get("status") or {}
+        for cond in status.get("conditions") or []:
+            if cond.get("status") != "True":
+                continue
+            if cond.get("type") == "Complete":
+                return Exit(0)
+            if cond.get("type") == "Failed":
+                return Exit(1, f"Kubernetes Job failed: {cond.get('reason', '')} "
+                               f"{cond.get('message', '')}".strip(), "k8s_job_failed")
+        if status.get("succeeded"):
+            return Exit(0)
+        if (status.get("failed") or 0) > self.settings.k8s_backoff_limit:
+            return Exit(1, f"Kubernetes Job failed {status['failed']} times", "k8s_job_failed")
+        return None
+
+    async def cancel(self, job_id: str, handle: dict[str, Any]) -> None:
+        resp = await self.http.request("DELETE", self._path(handle["name"]),
+                                       json={"kind": "DeleteOptions", "apiVersion": "v1",
+                                             "propagationPolicy": "Background"})
+        if resp.status_code >= 300 and resp.status_code != 404:
+            raise RuntimeError(f"Kubernetes refused to delete the Job: {_status_message(resp)}")
+
+    async def recover(self, job_id: str, handle: dict[str, Any] | None) -> bool:
+        """The Job keeps running in the cluster while the service restarts: re-attach."""
+        if not handle or "name" not in handle:
+            return False
+        try:
+            resp = await self.http.get(self._path(handle["name"]))
+        except httpx.HTTPError:
+            return True  # cannot tell now; poll() decides later
+        return resp.status_code == 200
+
+    async def close(self) -> None:
+        await self.http.aclose()
+
+
+def _status_message(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json().get("message") or resp.text[:300])
+    except ValueError:
+        return resp.text[:300]

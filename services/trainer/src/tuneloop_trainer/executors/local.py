@@ -1,0 +1,137 @@
+"""Local executor: each job in its own process, supervised by the service.
+
+The child runs in its own session (a cancel kills its whole process group) and exits by itself
+if the service dies (``--parent-pid``). A crash, an OOM kill or a signal fails only that job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .base import Executor, Exit
+
+_SIGNAL_HINT = {signal.SIGKILL: "killed (SIGKILL: out of memory or killed by an operator)",
+                signal.SIGTERM: "terminated (SIGTERM)", signal.SIGSEGV: "crashed (SIGSEGV)",
+                signal.SIGABRT: "aborted (SIGABRT)"}
+
+
+class LocalExecutor(Executor):
+    name = "local"
+
+    def __init__(self, settings, store) -> None:  # noqa: ANN001
+        self.settings = settings
+        self.store = store
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.kill_at: dict[str, float] = {}
+
+    def log_path(self, job_id: str) -> Path:
+        return self.store.local_path(f"jobs/{job_id}/process.log")
+
+    async def start(self, job_id: str) -> dict[str, Any]:
+        log = self.log_path(job_id)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, **self.settings.job_env, "PYTHONUNBUFFERED": "1",
+               "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        cmd = [self.settings.job_python or sys.executable, "-m", "tuneloop_trainer.run_job", job_id,
+               "--store", self.store.url, "--parent-pid", str(os.getpid())]
+        with open(log, "ab") as fh:
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                    start_new_session=True, cwd=str(Path.cwd()))
+        self.procs[job_id] = proc
+        return {"pid": proc.pid, "started": time.time()}
+
+    async def poll(self, job_id: str, handle: dict[str, Any]) -> Exit | None:
+        proc = self.procs.get(job_id)
+        if proc is None:
+            return Exit(-1, "job process lost (not started by this service instance)", "process_lost")
+        rc = proc.poll()
+        if rc is None:
+            deadline = self.kill_at.get(job_id)
+            if deadline and time.monotonic() > deadline:
+                self._signal(proc, signal.SIGKILL)
+            return None
+        self.procs.pop(job_id, None)
+        self.kill_at.pop(job_id, None)
+        if rc == 0:
+            return Exit(0)
+        if rc < 0:
+            sig = signal.Signals(-rc)
+            return Exit(rc, f"job process {_SIGNAL_HINT.get(sig, f'killed by {sig.name}')}",
+                        "out_of_memory_or_killed" if sig == signal.SIGKILL else "process_killed")
+        if rc == 3:
+            return Exit(rc, "out of memory", "out_of_memory")
+        return Exit(rc, f"job process exited with status {rc}{self._tail(job_id)}", "process_failed")
+
+    def _tail(self, job_id: str) -> str:
+        try:
+            text = self.log_path(job_id).read_text(errors="replace").strip().splitlines()
+            return ": " + " | ".join(text[-3:])[-500:] if text else ""
+        except OSError:
+            return ""
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen, sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+    async def cancel(self, job_id: str, handle: dict[str, Any]) -> None:
+        proc = self.procs.get(job_id)
+        if proc is not None and proc.poll() is None:
+            self._signal(proc, signal.SIGTERM)
+            self.kill_at[job_id] = time.monotonic() + self.settings.cancel_grace_s
+
+    async def recover(self, job_id: str, handle: dict[str, Any] | None) -> bool:
+        """A leftover process of a previous service instance is killed; the job re-queues."""
+        pid = (handle or {}).get("pid")
+        if pid and _is_our_job(pid, job_id):
+            try:
+                os.killpg(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            for _ in range(50):
+                if not _alive(pid):
+                    break
+                time.sleep(0.1)
+        return False
+
+    async def close(self) -> None:
+        """Stop running children (their jobs stay 'running' in the DB and resume on restart)."""
+        for proc in self.procs.values():
+            self._signal(proc, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._signal(proc, signal.SIGKILL)
+                proc.wait(5)
+        self.procs.clear()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie is not alive
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except OSError:
+        return True
+
+
+def _is_our_job(pid: int, job_id: str) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            cmd = fh.read().split(b"\0")
+    except OSError:
+        return False
+    return b"tuneloop_trainer.run_job" in cmd and job_id.encode() in cmd
