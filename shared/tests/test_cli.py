@@ -1,0 +1,193 @@
+"""The ``tuneloop`` CLI against real service processes (dataset service, gateway in front of it).
+
+No mocks: the CLI runs in-process through typer's CliRunner and talks HTTP to real FastAPI
+processes on real ports with real SQLite and a real artifact store.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from tuneloop.cli import app
+from tuneloop.cli.api import ApiError, GatewayAPI
+from tuneloop.examples.support_tickets import write_jsonl
+from tuneloop.testing import ServiceProcess, free_port
+
+ADMIN_KEY = "tl-test-admin-key-0123456789"
+runner = CliRunner()
+
+
+def invoke(url: str, *args: str, key: str | None = None):
+    env = {"TUNELOOP_URL": url, "TUNELOOP_API_KEY": key or "", "COLUMNS": "200",
+           "TUNELOOP_DATA_DIR": "/nonexistent-tuneloop-var"}
+    return runner.invoke(app, list(args), env=env)
+
+
+def _commands(group: object, prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
+    for name, cmd in group.commands.items():
+        path = (*prefix, name)
+        yield path
+        if getattr(cmd, "commands", None):
+            yield from _commands(cmd, path)
+
+
+ALL_COMMANDS = sorted(_commands(typer.main.get_command(app)))
+
+
+def test_every_issue_command_exists():
+    wanted = {("datasets", c) for c in ("upload", "list", "show", "report")} | \
+        {("jobs", c) for c in ("create", "list", "show", "watch", "cancel")} | \
+        {("models", c) for c in ("list", "show", "promote", "rollback")} | \
+        {("evals", "run"), ("evals", "show"), ("keys", "create"), ("up",), ("down",), ("status",)}
+    assert wanted <= set(ALL_COMMANDS)
+
+
+@pytest.mark.parametrize("path", [(), *ALL_COMMANDS], ids=lambda p: " ".join(p) or "tuneloop")
+def test_help(path: tuple[str, ...]):
+    result = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+    assert f"tuneloop {' '.join(path)}".strip() in " ".join(result.output.split())
+
+
+def test_unreachable_gateway_is_a_clean_error():
+    result = invoke(f"http://127.0.0.1:{free_port()}", "datasets", "list", key="x")
+    assert result.exit_code == 1
+    assert "cannot reach" in result.output and "Traceback" not in result.output
+
+
+def test_bad_arguments_are_usage_errors(tmp_path: Path):
+    result = invoke("http://127.0.0.1:1", "jobs", "create", "--dataset", "ds-1", "--hp", "nokeyvalue")
+    assert result.exit_code == 2 and "key=value" in result.output
+    result = invoke("http://127.0.0.1:1", "evals", "run", "--target", "base=base")
+    assert result.exit_code == 2 and "--dataset or --file" in result.output
+    result = invoke("http://127.0.0.1:1", "datasets", "upload", str(tmp_path / "missing.jsonl"))
+    assert result.exit_code == 2
+
+
+# -- against the real dataset service --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dataset_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    data = tmp_path_factory.mktemp("cli-dataset")
+    env = {"DATASET_DATA_DIR": str(data / "var"), "HF_HUB_OFFLINE": "1"}
+    with ServiceProcess("tuneloop_dataset", env=env, log_path=data / "dataset.log") as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def tickets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("cli-data") / "tickets.jsonl"
+    write_jsonl(str(path), 240, seed=5)
+    return path
+
+
+def _ds_id(text: str) -> str:
+    found = re.findall(r"ds-[0-9a-f]{16}", text)
+    assert found, text
+    return found[0]
+
+
+def test_datasets_flow_against_dataset_service(dataset_service: ServiceProcess, tickets: Path):
+    url = dataset_service.url
+    up = invoke(url, "datasets", "upload", str(tickets), "--name", "cli-tickets", "--eval-size", "40")
+    assert up.exit_code == 0, up.output
+    ds_id = _ds_id(up.output)
+    assert "cli-tickets" in up.output
+    assert "rows train" in up.output and "200" in up.output  # 240 rows, 40 held out
+
+    shown = invoke(url, "--json", "datasets", "show", ds_id)
+    assert shown.exit_code == 0, shown.output
+    ds = json.loads(shown.output)
+    assert ds["id"] == ds_id and ds["counts"]["train"] == 200 and ds["counts"]["eval"] == 40
+
+    listed = invoke(url, "datasets", "list")
+    assert listed.exit_code == 0 and ds_id in listed.output
+
+    report = invoke(url, "datasets", "report", ds_id)
+    assert report.exit_code == 0 and report.output.strip()
+    report_json = invoke(url, "--json", "datasets", "report", ds_id)
+    assert report_json.exit_code == 0
+    assert isinstance(json.loads(report_json.output), dict)
+
+    again = invoke(url, "--json", "datasets", "upload", str(tickets), "--eval-size", "40")
+    assert again.exit_code == 0 and json.loads(again.output)["id"] == ds_id  # content-hashed
+
+
+def test_rejected_upload_prints_line_errors(dataset_service: ServiceProcess, tmp_path: Path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\nnot json\n{"instruction": "c"}\n')
+    result = invoke(dataset_service.url, "datasets", "upload", str(bad))
+    assert result.exit_code == 1
+    assert "dataset_invalid" in result.output
+    assert "line 2" in result.output and "line 3" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_unknown_dataset_is_404_envelope(dataset_service: ServiceProcess):
+    result = invoke(dataset_service.url, "datasets", "show", "ds-0000000000000000")
+    assert result.exit_code == 1
+    assert "HTTP 404" in result.output
+
+
+def test_upload_progress_reader_counts_every_byte(dataset_service: ServiceProcess, tickets: Path):
+    seen: list[int] = []
+    with GatewayAPI(dataset_service.url, "") as api:
+        ds = api.upload_dataset(tickets, options={"eval_size": 40}, on_progress=seen.append)
+    assert sum(seen) == tickets.stat().st_size
+    assert ds["counts"]["total"] == 240
+
+
+# -- through the real gateway (auth, keys, proxying, clean upstream errors) -------------------------
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory: pytest.TempPathFactory,
+            dataset_service: ServiceProcess) -> Iterator[ServiceProcess]:
+    data = tmp_path_factory.mktemp("cli-gateway")
+    env = {"TUNELOOP_DATA_DIR": str(data), "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
+           "GATEWAY_DATASET_URL": dataset_service.url,
+           # nothing listens there: trainer and inference calls must fail cleanly
+           "GATEWAY_TRAINER_URL": f"http://127.0.0.1:{free_port()}",
+           "GATEWAY_INFERENCE_URL": f"http://127.0.0.1:{free_port()}",
+           "GATEWAY_RECONCILE_INTERVAL_S": "0"}
+    with ServiceProcess("tuneloop_gateway", env=env, log_path=data / "gateway.log") as proc:
+        yield proc
+
+
+def test_keys_and_scopes_through_gateway(gateway: ServiceProcess, tickets: Path):
+    url = gateway.url
+    created = invoke(url, "--json", "keys", "create", "--name", "ci", "--scope", "inference", key=ADMIN_KEY)
+    assert created.exit_code == 0, created.output
+    inference_key = json.loads(created.output)["key"]
+    assert inference_key and inference_key != ADMIN_KEY
+
+    denied = invoke(url, "datasets", "list", key=inference_key)
+    assert denied.exit_code == 1 and "HTTP 403" in denied.output
+    wrong = invoke(url, "datasets", "list", key="not-a-key")
+    assert wrong.exit_code == 1 and "HTTP 401" in wrong.output
+
+    up = invoke(url, "datasets", "upload", str(tickets), "--eval-size", "40", key=ADMIN_KEY)
+    assert up.exit_code == 0, up.output
+    ds_id = _ds_id(up.output)
+    shown = invoke(url, "--json", "datasets", "show", ds_id, key=ADMIN_KEY)
+    assert json.loads(shown.output)["counts"]["eval"] == 40
+
+
+def test_missing_upstreams_are_clean_errors(gateway: ServiceProcess):
+    for args in (("jobs", "list"), ("jobs", "show", "job-0000000000000000"), ("models", "list")):
+        result = invoke(gateway.url, *args, key=ADMIN_KEY)
+        assert result.exit_code == 1, (args, result.output)
+        assert re.search(r"HTTP 50[234]", result.output), (args, result.output)
+        assert "Traceback" not in result.output
+
+
+def test_eval_validation_error_is_a_clean_4xx(gateway: ServiceProcess):
+    with GatewayAPI(gateway.url, ADMIN_KEY) as api, pytest.raises(ApiError) as err:
+        api.create_eval({"targets": [{"name": "a", "model": "m"}, {"name": "a", "model": "m"}],
+                         "rows": [{"instruction": "x", "output": "y"}]})
+    assert err.value.status == 400 and "unique" in err.value.message
