@@ -236,7 +236,8 @@ def sft_config(hp: Hyperparameters, out_dir: Path, precision: dict[str, bool], n
         report_to=[],
         dataloader_num_workers=0,
         disable_tqdm=True,
-        **precision,
+        bf16=precision.get("bf16", False),
+        fp16=precision.get("fp16", False),
     )
 
 

@@ -1,0 +1,127 @@
+"""Unit tests of the job-process core: response-only loss, warnings, events, verification, GGUF."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tuneloop_trainer import backends
+from tuneloop_trainer.events import EventWriter, read_new_events
+from tuneloop_trainer.export import gguf, verify
+from tuneloop_trainer.hparams import ExportOptions, Hyperparameters
+from tuneloop_trainer.training import data_warnings, make_callback, make_trainer_class, sft_config
+
+from trainer_testlib import FAST_HP, article_to_chat
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_loss_is_on_response_tokens_only(tiny_random_dir: Path, ticket_rows, tmp_path: Path):
+    """TRL's collator masks every prompt token (-100); the labels left are exactly the answer."""
+    from datasets import Dataset
+
+    from tuneloop_trainer.training import to_prompt_completion
+
+    hp = Hyperparameters(**FAST_HP)
+    model, tok = backends.get_backend("peft").load(str(tiny_random_dir), hp)
+    rows = [article_to_chat(r) for r in ticket_rows[:4]]
+    ds = to_prompt_completion(Dataset.from_list(rows))
+    trainer = make_trainer_class()(model=model, args=sft_config(hp, tmp_path / "out", {}, 4),
+                                   train_dataset=ds, eval_dataset=ds, processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+    for i, row in enumerate(rows[:2]):
+        prompt_ids = tok.apply_chat_template(row["messages"][:1], add_generation_prompt=True,
+                                             tokenize=True)["input_ids"]
+        labels = batch["labels"][i].tolist()
+        ids = batch["input_ids"][i].tolist()
+        assert all(x == -100 for x in labels[:len(prompt_ids)]), "prompt tokens must not be trained"
+        trained = [t for t in labels if t != -100]
+        assert ids[:len(prompt_ids)] == prompt_ids
+        assert tok.decode(trained).strip() == row["messages"][1]["content"] + "<|im_end|>"
+
+
+def test_backend_resolution_on_cpu():
+    assert backends.resolve("auto") == "peft"  # no CUDA here
+    assert backends.resolve("unsloth") == "unsloth"
+    with pytest.raises(ValueError):
+        backends.resolve("deepspeed")
+
+
+def test_hyperparameter_defaults_are_the_articles_and_ranges_hold():
+    hp = Hyperparameters()
+    assert (hp.per_device_train_batch_size, hp.gradient_accumulation_steps, hp.warmup_steps,
+            hp.num_train_epochs, hp.learning_rate, hp.lora_r, hp.lora_alpha, hp.lora_dropout,
+            hp.max_seq_length, hp.logging_steps, hp.bias) == (2, 4, 10, 3, 2e-4, 16, 16, 0, 2048, 10, "none")
+    assert hp.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    with pytest.raises(ValueError):
+        Hyperparameters(eval_strategy="steps")
+    with pytest.raises(ValueError):
+        Hyperparameters(target_modules=["q_proj; rm -rf"])
+    with pytest.raises(ValueError):
+        Hyperparameters(learning_rate=1.0)
+    with pytest.raises(ValueError):
+        ExportOptions(gguf=["q2_k"])
+
+
+def test_article_warnings_as_events(tmp_path: Path):
+    ev = EventWriter(tmp_path / "e.jsonl")
+    data_warnings(ev, 48, Hyperparameters(num_train_epochs=5))
+    data_warnings(ev, 500, Hyperparameters())
+    codes = [e["data"]["code"] for e in _events(tmp_path / "e.jsonl")]
+    assert codes == ["too_few_rows", "many_epochs_small_dataset", "few_rows"]
+
+
+def test_overfitting_warning_when_eval_rises_while_train_falls(tmp_path: Path):
+    from transformers import TrainerState, TrainingArguments
+
+    ev = EventWriter(tmp_path / "e.jsonl")
+    cb = make_callback(ev, "jobs/job-x/checkpoints")
+    state, args = TrainerState(), TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    state.max_steps = 30
+    for step, loss, eval_loss in ((10, 2.0, 1.5), (20, 1.0, 1.4), (30, 0.5, 1.9)):
+        state.global_step, state.epoch = step, step / 10
+        cb.on_log(args, state, None, logs={"loss": loss, "learning_rate": 1e-4, "num_tokens": step * 100})
+        cb.on_log(args, state, None, logs={"eval_loss": eval_loss})
+    evs = _events(tmp_path / "e.jsonl")
+    warnings = [e for e in evs if e["type"] == "warning"]
+    assert [w["data"]["code"] for w in warnings] == ["overfitting"]
+    assert warnings[0]["data"]["step"] == 30
+    metrics = [e["data"] for e in evs if e["type"] == "metrics"]
+    assert metrics[-1]["tokens_per_s"] > 0 and metrics[-1]["eta_s"] == 0
+
+
+def test_event_file_tail_keeps_partial_lines(tmp_path: Path):
+    path = tmp_path / "events.jsonl"
+    EventWriter(path).emit("metrics", step=1, loss=2.0)
+    with open(path, "a") as fh:
+        fh.write('{"type": "metrics", "data": {"st')  # a writer caught mid-line
+    evs, off = read_new_events(path, 0)
+    assert [e["data"]["step"] for e in evs] == [1]
+    with open(path, "a") as fh:
+        fh.write('ep": 2}}\n')
+    evs, off2 = read_new_events(path, off)
+    assert [e["data"]["step"] for e in evs] == [2] and off2 == path.stat().st_size
+    assert read_new_events(tmp_path / "missing.jsonl", 0) == ([], 0)
+
+
+def test_verification_compare_reports_first_divergence():
+    same = verify.compare([[1, 2, 3], [4]], [[1, 2, 3], [4]])
+    assert same["passed"] and same["match"] == 1.0
+    diff = verify.compare([[1, 2, 3], [4, 5]], [[1, 2, 3], [4, 6]])
+    assert not diff["passed"] and diff["first_divergence"] == {"prompt": 1, "position": 1}
+    assert "prompt 1 at token 1" in diff["detail"]
+
+
+def test_gguf_fails_clearly_without_the_converter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("TRAINER_GGUF_CONVERTER", raising=False)
+    monkeypatch.delenv("TRAINER_LLAMA_CPP_DIR", raising=False)
+    with pytest.raises(gguf.GGUFUnavailable, match="convert_hf_to_gguf.py"):
+        gguf.find_converter()
+    res = gguf.export_all(tmp_path, tmp_path, ["q8_0", "q4_k_m"], [[1]], [[1]], 4, 0.9)
+    assert [r["check"]["passed"] for r in res] == [False, False]
+    assert all("GGUF converter not available" in r["error"] for r in res)
+    assert not list(tmp_path.glob("*.gguf"))  # nothing faked
