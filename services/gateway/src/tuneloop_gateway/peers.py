@@ -59,6 +59,9 @@ class InferencePeer(ServiceClient):
         return await self.post_json("/admin/deployments", body, params={"wait": "true"},
                                     timeout=httpx.Timeout(self.deploy_timeout, connect=5.0))
 
+    async def undeploy(self, dep_id: str) -> dict[str, Any]:
+        return (await self.request("DELETE", f"/admin/deployments/{dep_id}")).json()
+
     async def aliases(self) -> list[dict[str, Any]]:
         return (await self.get_json("/admin/aliases")).get("data", [])
 

@@ -88,7 +88,9 @@ def promotion_view(p: Promotion) -> dict[str, Any]:
             "job_id": p.job_id, "model_id": p.model_id, "alias": p.alias,
             "candidate": p.candidate, "previous": p.previous, "eval_id": p.eval_id,
             "reasons": p.reasons, "evidence": p.evidence, "error": p.error, "note": p.note,
-            "created_at": p.created_at, "finished_at": p.finished_at}
+            "created_at": p.created_at, "finished_at": p.finished_at,
+            # short forms for listings (the CLI's lineage view)
+            "decision": p.status, "reason": p.reasons[0] if p.reasons else None}
 
 
 class PromotionService:
@@ -162,24 +164,35 @@ class PromotionService:
 
     # -- the gate ----------------------------------------------------------------------
     async def gate_job(self, job_id: str) -> dict[str, Any] | None:
-        """Evaluate the job's model and promote or refuse it; returns the decision."""
+        """Evaluate a succeeded job's model and promote or refuse it (once per job)."""
         existing = await run_in_threadpool(self._by_job, job_id)
         if existing is not None and existing.status in TERMINAL:
             return promotion_view(existing)
         job = await self.trainer.get_job(job_id)
         if job.get("status") != "succeeded" or not job.get("model_id"):
             return None
+        return await self._gate(job, existing.id if existing else None)
+
+    async def gate_model(self, model_id: str, dataset_id: str,
+                         base_model: str | None = None) -> dict[str, Any]:
+        """Gate a model version that is already in the store (no training job needed)."""
+        subject = {"id": None, "model_id": model_id, "dataset_id": dataset_id,
+                   "base_model": base_model}
+        return await self._gate(subject, None)
+
+    async def _gate(self, job: dict[str, Any], pid: str | None) -> dict[str, Any]:
         alias = self.settings.promotion_alias
-        pid = existing.id if existing else new_id("promo")
+        pid = pid or new_id("promo")
         await run_in_threadpool(self._upsert, Promotion(
-            id=pid, kind="gate", status="evaluating", job_id=job_id, model_id=job["model_id"],
+            id=pid, kind="gate", status="evaluating", job_id=job["id"], model_id=job["model_id"],
             alias=alias, reasons=[], evidence={"job": _job_summary(job)}, created_at=int(time.time())))
         try:
             return await self._evaluate_and_decide(pid, job, alias)
-        except (TuneloopError, Exception) as exc:
+        except Exception as exc:  # the decision must be stored, whatever broke
             error = {"code": getattr(exc, "code", "gate_error"),
                      "message": getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"}
-            log.warning("gate could not decide", extra={"job_id": job_id, "error": error["message"]})
+            log.warning("gate could not decide", extra={"model_id": job["model_id"],
+                                                         "error": error["message"]})
             return await run_in_threadpool(self._finish, pid, "failed", error=error,
                                            reasons=[f"gate could not run: {error['message']}"])
 
@@ -195,9 +208,10 @@ class PromotionService:
                    TargetSpec(name="candidate", model=candidate, role="candidate")]
         if production and production not in (candidate, base):
             targets.append(TargetSpec(name="production", model=production, role="production"))
-        spec = EvalCreate(name=f"gate {job['id']}", dataset_id=job["dataset_id"], targets=targets,
-                          baseline="base", general_suite=True)
-        run = await self.evals.run(spec, source={"dataset_id": job["dataset_id"], "job_id": job["id"]})
+        spec = EvalCreate(name=f"gate {job['id'] or job['model_id']}", dataset_id=job["dataset_id"],
+                          targets=targets, baseline="base", general_suite=True)
+        run = await self.evals.run(spec, source={"dataset_id": job["dataset_id"], "job_id": job["id"],
+                                                 "model_id": job["model_id"]})
         await run_in_threadpool(self._set, pid, eval_id=run["id"], candidate=candidate,
                                 previous=production)
         if run["status"] != "succeeded":
@@ -218,18 +232,24 @@ class PromotionService:
             return await run_in_threadpool(self._finish, pid, "promoted", reasons=reasons,
                                            evidence=evidence)
         reasons.insert(0, f"refused: '{alias}' stays on {production}")
+        if dep.get("id") and candidate not in (production, base):
+            try:  # a refused candidate should not hold an engine; the record keeps the evidence
+                await self.inference.undeploy(dep["id"])
+                evidence["undeployed"] = True
+            except ServiceError as exc:
+                evidence["undeployed"] = f"failed: {exc.message}"
         return await run_in_threadpool(self._finish, pid, "rejected", reasons=reasons,
                                        evidence=evidence)
 
     async def ensure_base(self, base_model: str | None) -> str:
         """The served name of the job's base model on inference, deployed if absent."""
         name = self.settings.base_model_name
-        for d in await self.inference.deployments():
-            if d.get("state") != "ready":
-                continue
+        ready = [d for d in await self.inference.deployments() if d.get("state") == "ready"]
+        for d in ready:  # the same folder, whatever it is called
             if base_model and d.get("path") == base_model:
                 return d["model"]
-            if d.get("model") == name and d.get("path") in (None, base_model):
+        for d in ready:  # the configured base deployment (the job may name the base by hub id)
+            if d.get("model") == name and not d.get("model_id"):
                 return d["model"]
         if not base_model:
             raise TuneloopError("no base deployment and the job names no base model",

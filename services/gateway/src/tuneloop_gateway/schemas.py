@@ -80,6 +80,19 @@ class RollbackRequest(BaseModel):
 
 
 class GateRequest(BaseModel):
-    """Run the gate for a finished training job now (what the callback and reconcile do)."""
+    """Run the gate now: for a succeeded training job (what the callback and reconcile do), or
+    for a model version already in the store with the dataset whose eval split judges it."""
 
-    job_id: str
+    job_id: str | None = None
+    model_id: str | None = None
+    dataset_id: str | None = None
+    base_model: str | None = Field(None, max_length=1000,
+                                   description="Base model path (default: the base deployment).")
+
+    @model_validator(mode="after")
+    def _check(self) -> "GateRequest":
+        if (self.job_id is None) == (self.model_id is None):
+            raise ValueError("give exactly one of job_id or model_id")
+        if self.model_id is not None and self.dataset_id is None:
+            raise ValueError("model_id needs dataset_id (whose eval split judges the model)")
+        return self

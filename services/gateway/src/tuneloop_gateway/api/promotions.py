@@ -33,10 +33,15 @@ async def gate_config(request: Request) -> dict:
             **request.app.state.promotions.gate.__dict__}
 
 
-@router.post("/gate", summary="Gate a succeeded training job now (waits for the decision)")
-async def gate_job(body: GateRequest, request: Request) -> dict:
+@router.post("/gate", summary="Gate a succeeded job, or a stored model version, now (waits)")
+async def gate(body: GateRequest, request: Request) -> dict:
+    service = request.app.state.promotions
+    if body.model_id is not None:
+        require_id(body.model_id, "mv", "model")
+        require_id(body.dataset_id, "ds", "dataset")
+        return await service.gate_model(body.model_id, body.dataset_id, body.base_model)
     require_id(body.job_id, "job", "job")
-    decision = await request.app.state.promotions.gate_job(body.job_id)
+    decision = await service.gate_job(body.job_id)
     if decision is None:
         raise Conflict(f"job '{body.job_id}' has not succeeded with a model", code="job_not_succeeded",
                        param="job_id")

@@ -1,0 +1,156 @@
+"""Gateway + real dataset and inference services (real processes, real CPU engines):
+eval of a base vs a tuned model version from a dataset version's eval split, the promotion
+gate promoting a better model and refusing a deliberately damaged one, the alias serving the
+winner to the OpenAI SDK through the gateway, manual promote and rollback, auth scopes."""
+
+from __future__ import annotations
+
+import shutil
+
+import httpx
+import openai
+import pytest
+
+from tuneloop.testing import ServiceProcess
+from tuneloop.testing.engines import build_damaged_copy, build_tuned_copy
+
+pytestmark = pytest.mark.slow
+
+ADMIN = "tlk-cross-admin-key-0123456789abcdef"
+INFERENCE_ADMIN = "inference-admin-key-for-tests"
+TUNED, DAMAGED = "mv-00000000000000a1", "mv-00000000000000d2"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, tiny_base_dir, ticket_rows):
+    """dataset + inference (base = tiny_base_dir) + gateway on one data dir / artifact store,
+    with two model versions stored where the trainer writes them."""
+    var = tmp_path_factory.mktemp("stack")
+    work = tmp_path_factory.mktemp("models")
+    tuned = build_tuned_copy(tiny_base_dir, work / "tuned", ticket_rows[:240], steps=100)
+    damaged = build_damaged_copy(tuned, work / "damaged")
+    for mv, src in ((TUNED, tuned), (DAMAGED, damaged)):
+        shutil.copytree(src, var / "artifacts" / "models" / mv / "merged")
+    common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false"}
+    procs = []
+    try:
+        dataset = ServiceProcess("tuneloop_dataset", env=common, log_path=var / "logs" / "dataset.log")
+        procs.append(dataset.start())
+        inference = ServiceProcess(
+            "tuneloop_inference", env={**common, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
+                                       "INFERENCE_BASE_MODEL_PATH": str(tiny_base_dir),
+                                       "INFERENCE_ENGINE": "transformers"},
+            log_path=var / "logs" / "inference.log", health_path="/ready", startup_timeout=240)
+        procs.append(inference.start())
+        gateway = ServiceProcess(
+            "tuneloop_gateway", env={**common, "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN,
+                                     "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
+                                     "TUNELOOP_DATASET_URL": dataset.url,
+                                     "TUNELOOP_INFERENCE_URL": inference.url,
+                                     "TUNELOOP_TRAINER_URL": "http://127.0.0.1:9",
+                                     "GATEWAY_RECONCILE_INTERVAL_S": "0",
+                                     "GATEWAY_EVAL_MAX_TOKENS": "64",
+                                     "GATEWAY_EVAL_CONCURRENCY": "2"},
+            log_path=var / "logs" / "gateway.log")
+        procs.append(gateway.start())
+        yield {"gateway": gateway, "inference": inference, "dataset": dataset, "var": var,
+               "base_dir": tiny_base_dir}
+    finally:
+        for p in reversed(procs):
+            p.stop(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def admin(stack):
+    with httpx.Client(base_url=stack["gateway"].url, timeout=1800,
+                      headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def dataset_id(admin, stack, ticket_rows):
+    r = admin.post("/v1/datasets", json={"rows": ticket_rows[:276], "name": "tickets",
+                                         "eval_size": 16, "tokenizer": str(stack["base_dir"])})
+    assert r.status_code in (200, 201), r.text
+    ds = r.json()
+    assert ds["counts"]["eval"] == 16
+    return ds["id"]
+
+
+def test_scopes_through_the_gateway(admin, stack, dataset_id):
+    key = admin.post("/v1/keys", json={"name": "app", "scopes": ["inference"]}).json()["key"]
+    h = {"Authorization": f"Bearer {key}"}
+    gw = stack["gateway"].url
+    assert httpx.get(f"{gw}/v1/models", headers=h).status_code == 200
+    assert httpx.get(f"{gw}/v1/datasets/{dataset_id}", headers=h).status_code == 403
+    assert httpx.get(f"{gw}/v1/datasets/{dataset_id}").status_code == 401
+    assert admin.get(f"/v1/datasets/{dataset_id}").json()["id"] == dataset_id
+
+
+def test_eval_on_a_dataset_version_through_inference(admin, dataset_id):
+    r = admin.post("/v1/evals", json={"dataset_id": dataset_id, "general_suite": False, "wait": True,
+                                      "targets": [{"name": "base", "model": "base"},
+                                                  {"name": "tuned", "model": TUNED}]})
+    # TUNED is not deployed yet: its generations fail (404 from inference), the run still reports
+    assert r.status_code == 200, r.text
+    rep = r.json()["report"]
+    assert rep["n_examples"] == 16
+    by = {t["name"]: t for t in rep["targets"]}
+    assert by["tuned"]["status"] == "failed" and by["tuned"]["metrics"]["errors"] == 16
+    assert by["base"]["status"] == "ok"
+
+
+def test_gate_promotes_the_better_model_and_refuses_the_damaged_one(admin, stack, dataset_id):
+    gw = stack["gateway"].url
+    good = admin.post("/v1/promotions/gate", json={"model_id": TUNED, "dataset_id": dataset_id})
+    assert good.status_code == 200, good.text
+    d = good.json()
+    assert d["status"] == "promoted", d["reasons"]
+    assert d["candidate"] == TUNED and d["alias"] == "production" and d["previous"] is None
+    checks = {c["check"]: c for c in d["evidence"]["checks"]}
+    assert checks["uplift_vs_base"]["passed"] and checks["json_validity"]["passed"]
+    assert "general_suite_drop" in checks
+    run = admin.get(f"/v1/evals/{d['eval_id']}").json()
+    assert run["status"] == "succeeded"
+    assert [t["name"] for t in run["report"]["targets"]] == ["base", "candidate"]
+
+    # the alias now serves the tuned model to OpenAI SDK clients through the gateway
+    key = admin.post("/v1/keys", json={"name": "sdk", "scopes": ["inference"]}).json()["key"]
+    client = openai.OpenAI(base_url=gw + "/v1", api_key=key, max_retries=0)
+    row_prompt = "Summarize this support ticket and classify its urgency.\n\nSubject: Charged twice"
+    out = client.chat.completions.create(model="production", max_tokens=64, temperature=0,
+                                         messages=[{"role": "user", "content": row_prompt}])
+    assert out.choices[0].message.content.startswith("{")
+    chunks = list(client.chat.completions.create(model="production", max_tokens=8, stream=True,
+                                                 messages=[{"role": "user", "content": row_prompt}]))
+    assert len(chunks) >= 2
+
+    bad = admin.post("/v1/promotions/gate", json={"model_id": DAMAGED, "dataset_id": dataset_id})
+    assert bad.status_code == 200, bad.text
+    b = bad.json()
+    assert b["status"] == "rejected"
+    failed = {c["check"] for c in b["evidence"]["checks"] if not c["passed"]}
+    assert {"uplift_vs_base", "uplift_vs_production", "json_validity"} <= failed
+    assert b["previous"] == TUNED and any("fails" in r for r in b["reasons"])
+    run = admin.get(f"/v1/evals/{b['eval_id']}").json()
+    assert [t["name"] for t in run["report"]["targets"]] == ["base", "candidate", "production"]
+    # production unchanged
+    aliases = httpx.get(stack["inference"].url + "/admin/aliases",
+                        headers={"Authorization": f"Bearer {INFERENCE_ADMIN}"}).json()["data"]
+    assert {a["id"]: a["model"] for a in aliases}["production"] == TUNED
+    # both decisions are listed with their evidence
+    listed = admin.get("/v1/promotions", params={"model_id": DAMAGED}).json()["data"]
+    assert [p["id"] for p in listed] == [b["id"]] and listed[0]["evidence"]["checks"]
+
+
+def test_manual_promote_and_rollback(admin, stack):
+    r = admin.post("/v1/promotions", json={"alias": "production", "model": "base", "note": "test"})
+    assert r.status_code == 201, r.text
+    assert r.json()["previous"] == TUNED and r.json()["candidate"] == "base"
+    rb = admin.post("/v1/promotions/rollback", json={"alias": "production"})
+    assert rb.status_code == 201, rb.text
+    assert rb.json()["previous"] == "base" and rb.json()["candidate"] == TUNED
+    kinds = [p["kind"] for p in admin.get("/v1/promotions").json()["data"]]
+    assert kinds[:2] == ["rollback", "manual"]
+    nope = admin.post("/v1/promotions", json={"alias": "production", "model": "no-such-model"})
+    assert nope.status_code == 404 and nope.json()["error"]["code"] == "model_not_found"
