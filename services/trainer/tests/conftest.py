@@ -12,6 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from tuneloop.testing import ServiceProcess  # noqa: E402
 from trainer_testlib import FakeKube, Receiver, Stack  # noqa: E402
 
 

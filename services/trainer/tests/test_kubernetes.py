@@ -1,0 +1,122 @@
+"""Kubernetes executor against a FAKE Kubernetes API server (a real HTTP process that validates
+batch/v1 Job bodies like the API server and serves the status the test sets). No cluster here."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from fastapi.testclient import TestClient
+
+from tuneloop.storage import ArtifactStore
+from tuneloop_trainer.app import create_app
+from tuneloop_trainer.executors.kubernetes import KubernetesExecutor, build_job_manifest, k8s_name
+from tuneloop_trainer.settings import TrainerSettings
+from trainer_testlib import FAST_HP, FakeKube, Stack, wait_for
+
+NS = "tuneloop"
+
+
+def _settings(tmp_path: Path, kube: FakeKube, **kw) -> TrainerSettings:
+    return TrainerSettings(data_dir=tmp_path / "var", executor="kubernetes", k8s_api_url=kube.url,
+                           k8s_token_file=str(kube.token_file), k8s_ca_file=None, k8s_namespace=NS,
+                           log_json=False, log_level="WARNING", poll_interval_s=0.2, **kw)
+
+
+def test_manifest_is_a_valid_gpu_job_running_the_same_entrypoint(tmp_path: Path, fake_kube: FakeKube):
+    s = _settings(tmp_path, fake_kube, k8s_gpus=2, job_env={"HF_TOKEN": "x"})
+    m = build_job_manifest(s, "job-0123456789abcdef")
+    c = m["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "tuneloop_trainer.run_job", "job-0123456789abcdef",
+                            "--store", "/artifacts"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert {"name": "TUNELOOP_ARTIFACT_URL", "value": "/artifacts"} in c["env"]
+    assert m["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == \
+        "tuneloop-artifacts"
+    headers = {"Authorization": f"Bearer {fake_kube.token}"}
+    url = f"{fake_kube.url}/apis/batch/v1/namespaces/{NS}/jobs"
+    assert httpx.post(url, json=m, headers=headers).status_code == 201
+    assert httpx.post(url, json=m, headers=headers).status_code == 409  # AlreadyExists
+    assert httpx.post(url, json=m).status_code == 401
+    # the fake refuses what the API server refuses (so the test above means something)
+    for breaking in (lambda b: b["metadata"].update(name="Tuneloop_JOB"),
+                     lambda b: b["spec"]["template"]["spec"].update(restartPolicy="Always"),
+                     lambda b: b["spec"]["template"]["spec"]["containers"][0].pop("image"),
+                     lambda b: b["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+                     .update({"nvidia.com/gpu": "1"}),
+                     lambda b: b["spec"]["template"]["spec"].update(volumes=[])):
+        bad = copy.deepcopy(m)
+        breaking(bad)
+        bad["metadata"]["name"] = bad["metadata"]["name"] if "_" in bad["metadata"]["name"] else "other"
+        r = httpx.post(url, json=bad, headers=headers)
+        assert r.status_code == 422 and r.json()["reason"] == "Invalid", r.text
+    assert len(k8s_name("job-" + "a" * 64)) <= 63
+
+
+def test_executor_submit_poll_cancel(tmp_path: Path, fake_kube: FakeKube):
+    s = _settings(tmp_path, fake_kube)
+    ex = KubernetesExecutor(s, ArtifactStore(str(tmp_path / "art")))
+
+    async def scenario() -> None:
+        h = await ex.start("job-00000000000000a1")
+        assert h["name"] == "tuneloop-job-00000000000000a1" and h["uid"]
+        assert await ex.poll("job-00000000000000a1", h) is None  # active
+        fake_kube.set_status(NS, h["name"], {"succeeded": 1, "conditions": [
+            {"type": "Complete", "status": "True"}]})
+        assert (await ex.poll("job-00000000000000a1", h)).returncode == 0
+        h2 = await ex.start("job-00000000000000a2")
+        fake_kube.set_status(NS, h2["name"], {"failed": 3, "conditions": [
+            {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded",
+             "message": "Job has reached the specified backoff limit"}]})
+        end = await ex.poll("job-00000000000000a2", h2)
+        assert end.returncode == 1 and "BackoffLimitExceeded" in end.reason
+        h3 = await ex.start("job-00000000000000a3")
+        assert await ex.recover("job-00000000000000a3", h3) is True  # still there: re-attach
+        await ex.cancel("job-00000000000000a3", h3)
+        assert fake_kube.jobs()["deleted"] == [{"name": h3["name"], "propagationPolicy": "Background"}]
+        assert (await ex.poll("job-00000000000000a3", h3)).code == "k8s_job_missing"
+        assert await ex.recover("job-00000000000000a3", h3) is False
+        await ex.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.fixture
+def k8s_client(stack: Stack, tmp_path: Path, fake_kube: FakeKube) -> Iterator[TestClient]:
+    s = _settings(tmp_path, fake_kube, artifact_url=str(stack.artifacts), dataset_url=stack.dataset.url)
+    with TestClient(create_app(s)) as c:
+        yield c
+
+
+def test_service_runs_jobs_through_kubernetes(k8s_client: TestClient, fake_kube: FakeKube,
+                                              tiny_random_dir: Path, small_dataset: str):
+    body = {"dataset_id": small_dataset, "base_model": str(tiny_random_dir), "backend": "peft",
+            "hyperparameters": FAST_HP}
+    a = k8s_client.post("/v1/jobs", json=body).json()
+    b = k8s_client.post("/v1/jobs", json=body).json()
+    assert a["status"] == b["status"] == "queued"
+
+    def status(job_id: str) -> str:
+        return k8s_client.get(f"/v1/jobs/{job_id}").json()["status"]
+
+    wait_for(lambda: status(a["id"]) == "running", 30, what="a running")
+    assert status(b["id"]) == "queued"  # one at a time, FIFO
+    name = k8s_name(a["id"])
+    job = fake_kube.jobs()["jobs"][f"{NS}/{name}"]
+    assert a["id"] in job["spec"]["template"]["spec"]["containers"][0]["command"]
+    fake_kube.set_status(NS, name, {"failed": 3, "conditions": [
+        {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "pod OOMKilled"}]})
+    wait_for(lambda: status(a["id"]) == "failed", 30, what="a failed")
+    err = k8s_client.get(f"/v1/jobs/{a['id']}").json()["error"]
+    assert err["code"] == "k8s_job_failed" and "OOMKilled" in err["message"]
+    wait_for(lambda: status(b["id"]) == "running", 30, what="b running")
+    assert k8s_client.post(f"/v1/jobs/{b['id']}/cancel").json()["cancel_requested"] is True
+    wait_for(lambda: status(b["id"]) == "cancelled", 30, what="b cancelled")
+    assert {"name": k8s_name(b["id"]), "propagationPolicy": "Background"} in fake_kube.jobs()["deleted"]
+    metrics = k8s_client.get("/metrics").text
+    assert 'tuneloop_trainer_jobs{state="failed"} 1.0' in metrics
+    assert 'tuneloop_trainer_jobs{state="cancelled"} 1.0' in metrics
