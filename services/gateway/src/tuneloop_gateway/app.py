@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +29,8 @@ VERSION_TABLE = "alembic_version_gateway"
 
 def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     settings = settings or GatewaySettings()
+    # one access-log line per request is ours; httpx's per-request INFO line is noise (and cost)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     metrics = ServiceMetrics(settings.service_name)
     gw_metrics = GatewayMetrics(metrics)
 

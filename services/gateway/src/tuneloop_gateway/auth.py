@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from tuneloop.db import Database
@@ -115,6 +116,13 @@ class KeyStore:
         with self.db.session() as s:
             return len(list(s.scalars(select(ApiKey.id))))
 
+    def cached(self, key: str) -> tuple[bool, Principal | None]:
+        """``(hit, principal)`` from the cache only (no I/O: safe on the event loop)."""
+        hit = self._cache.get(hash_key(key))
+        if hit and hit[0] > time.monotonic():
+            return True, hit[1]
+        return False, None
+
     def verify(self, key: str) -> Principal | None:
         """The principal for ``key``, or None if unknown or revoked."""
         digest = hash_key(key)
@@ -192,15 +200,20 @@ def bearer(request: Request) -> str | None:
     return request.headers.get("x-api-key") or None
 
 
-def authenticate(request: Request, scope: str) -> Principal:
-    """Verify the caller's key, its scope and its rate limit (raises 401/403/429)."""
+async def authenticate(request: Request, scope: str) -> Principal:
+    """Verify the caller's key, its scope and its rate limit (raises 401/403/429).
+
+    A key seen in the last ``key_cache_ttl_s`` is checked from memory on the event loop; only
+    a cache miss goes to the database (in a worker thread)."""
     state = request.app.state
     token = bearer(request)
     if not token:
         state.gw_metrics.auth_failures.labels("missing").inc()
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
                            code="missing_api_key")
-    principal = state.keys.verify(token)
+    hit, principal = state.keys.cached(token)
+    if not hit:
+        principal = await run_in_threadpool(state.keys.verify, token)
     if principal is None:
         state.gw_metrics.auth_failures.labels("invalid").inc()
         raise Unauthorized("invalid or revoked API key", code="invalid_api_key")
@@ -219,11 +232,11 @@ def authenticate(request: Request, scope: str) -> Principal:
     return principal
 
 
-def require_inference(request: Request) -> Principal:
+async def require_inference(request: Request) -> Principal:
     """FastAPI dependency: any valid key with the inference (or admin) scope."""
-    return authenticate(request, "inference")
+    return await authenticate(request, "inference")
 
 
-def require_admin(request: Request) -> Principal:
+async def require_admin(request: Request) -> Principal:
     """FastAPI dependency: a valid key with the admin scope."""
-    return authenticate(request, "admin")
+    return await authenticate(request, "admin")

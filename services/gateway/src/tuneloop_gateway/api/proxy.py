@@ -92,10 +92,14 @@ async def files(request: Request, rest: str = "") -> Response:
 
 @router.api_route("/v1/fine_tuning/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
 async def fine_tuning(request: Request, rest: str) -> Response:
-    """OpenAI fine-tuning jobs API, served by the trainer."""
+    """OpenAI fine-tuning jobs API, served by the trainer (job creation gets the gateway's
+    callback in the ``tuneloop`` extension unless one is given)."""
     s = request.app.state.settings
+    body = await read_body(request, s.max_request_bytes)
+    if request.method == "POST" and rest.strip("/") == "jobs" and body:
+        body = _with_callback(body, s.callback_url(), nested="tuneloop")
     return await forward(request, _ups(request, "trainer"), f"/v1/fine_tuning/{rest}",
-                         limit=s.max_request_bytes)
+                         limit=s.max_request_bytes, body=body)
 
 
 @router.api_route("/v1/jobs", methods=ALL, dependencies=[Depends(require_admin)])
@@ -111,13 +115,23 @@ async def jobs(request: Request, rest: str = "") -> Response:
                          body=body)
 
 
-def _with_callback(body: bytes, url: str) -> bytes:
-    """Add ``callback_url`` to a JSON job request that has none (else leave it untouched)."""
+def _with_callback(body: bytes, url: str, nested: str | None = None) -> bytes:
+    """Add ``callback_url`` (at the top, or inside ``nested``) to a JSON job request that has
+    none; anything else (not JSON, a callback already set) is forwarded untouched."""
     try:
         parsed = json.loads(body)
     except ValueError:
         return body
-    if isinstance(parsed, dict) and not parsed.get("callback_url"):
-        parsed["callback_url"] = url
-        return json.dumps(parsed).encode()
-    return body
+    if not isinstance(parsed, dict):
+        return body
+    holder = parsed
+    if nested:
+        if parsed.get(nested) is None:
+            parsed[nested] = {}
+        holder = parsed[nested]
+        if not isinstance(holder, dict):
+            return body
+    if holder.get("callback_url"):
+        return body
+    holder["callback_url"] = url
+    return json.dumps(parsed).encode()

@@ -1,0 +1,116 @@
+"""The whole loop through the gateway with all four real services: the official OpenAI SDK
+uploads a training file and creates a fine-tuning job; the trainer trains a LoRA on a tiny local
+base (CPU), merges and exports it, calls the gateway back; the gateway deploys the candidate on
+inference, evaluates base vs candidate on the held-out file + general suite, applies the gate,
+and records the decision, visible in the model version's lineage."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import httpx
+import openai
+import pytest
+
+from tuneloop.testing import ServiceProcess
+
+pytestmark = pytest.mark.slow
+
+ADMIN = "tlk-loop-admin-key-0123456789abcdef"
+INFERENCE_ADMIN = "inference-admin-key-loop"
+
+
+def _chat(r: dict) -> dict:
+    return {"messages": [{"role": "user", "content": r["instruction"] + "\n\n" + r["input"]},
+                         {"role": "assistant", "content": r["output"]}]}
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory, tiny_base_dir):
+    var = tmp_path_factory.mktemp("loop")
+    common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false", "HF_HUB_OFFLINE": "1"}
+    procs = []
+    try:
+        dataset = ServiceProcess("tuneloop_dataset", env=common, log_path=var / "logs" / "dataset.log")
+        procs.append(dataset.start())
+        trainer = ServiceProcess("tuneloop_trainer", env={
+            **common, "TUNELOOP_DATASET_URL": dataset.url, "TRAINER_DATASET_URL": dataset.url,
+            "TRAINER_POLL_INTERVAL_S": "0.3"}, log_path=var / "logs" / "trainer.log",
+            startup_timeout=120)
+        procs.append(trainer.start())
+        inference = ServiceProcess("tuneloop_inference", env={
+            **common, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
+            "INFERENCE_BASE_MODEL_PATH": str(tiny_base_dir), "INFERENCE_ENGINE": "transformers"},
+            log_path=var / "logs" / "inference.log", health_path="/ready", startup_timeout=240)
+        procs.append(inference.start())
+        gateway = ServiceProcess("tuneloop_gateway", env={
+            **common, "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
+            "TUNELOOP_DATASET_URL": dataset.url, "TUNELOOP_TRAINER_URL": trainer.url,
+            "TUNELOOP_INFERENCE_URL": inference.url, "GATEWAY_RECONCILE_INTERVAL_S": "5",
+            "GATEWAY_EVAL_MAX_TOKENS": "64", "GATEWAY_EVAL_CONCURRENCY": "2"},
+            log_path=var / "logs" / "gateway.log")
+        procs.append(gateway.start())
+        yield {"gateway": gateway, "trainer": trainer, "inference": inference, "var": var,
+               "base_dir": tiny_base_dir}
+    finally:
+        for p in reversed(procs):
+            p.stop(timeout=60)
+
+
+def test_openai_fine_tuning_through_gateway_then_gated_promotion(loop, ticket_rows):
+    gw = loop["gateway"].url
+    sdk = openai.OpenAI(base_url=gw + "/v1", api_key=ADMIN, max_retries=0, timeout=600)
+    train = "\n".join(json.dumps(_chat(r)) for r in ticket_rows[:240]).encode()
+    valid = "\n".join(json.dumps(_chat(r)) for r in ticket_rows[284:300]).encode()
+    f_train = sdk.files.create(file=("train.jsonl", io.BytesIO(train)), purpose="fine-tune")
+    f_valid = sdk.files.create(file=("valid.jsonl", io.BytesIO(valid)), purpose="fine-tune")
+    job = sdk.fine_tuning.jobs.create(
+        model=str(loop["base_dir"]), training_file=f_train.id, validation_file=f_valid.id,
+        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10},
+        extra_body={"tuneloop": {"backend": "peft",
+                                 "export": {"verify_prompts": 2, "verify_max_new_tokens": 16}}})
+    assert job.id in [j.id for j in sdk.fine_tuning.jobs.list().data]
+    # an inference key cannot create jobs
+    inf = httpx.post(gw + "/v1/keys", json={"name": "i", "scopes": ["inference"]},
+                     headers={"Authorization": f"Bearer {ADMIN}"}).json()["key"]
+    with pytest.raises(openai.PermissionDeniedError):
+        openai.OpenAI(base_url=gw + "/v1", api_key=inf, max_retries=0).fine_tuning.jobs.list()
+
+    deadline = time.monotonic() + 1500
+    while time.monotonic() < deadline:
+        job = sdk.fine_tuning.jobs.retrieve(job.id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(2)
+    assert job.status == "succeeded", job
+    native = httpx.get(f"{gw}/v1/jobs/{job.id}", headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    model_id = native["model_id"]
+    assert native["callback_url"].endswith("/internal/training-events")
+
+    # the trainer's callback (or the reconcile loop) makes the gateway decide, with evidence
+    decision = None
+    while time.monotonic() < deadline:
+        found = httpx.get(f"{gw}/v1/promotions", params={"job_id": job.id},
+                          headers={"Authorization": f"Bearer {ADMIN}"}).json()["data"]
+        if found and found[0]["status"] in ("promoted", "rejected", "failed"):
+            decision = found[0]
+            break
+        time.sleep(2)
+    assert decision is not None, "no gate decision"
+    assert decision["status"] in ("promoted", "rejected"), decision
+    assert decision["model_id"] == model_id and decision["eval_id"]
+    checks = {c["check"] for c in decision["evidence"]["checks"]}
+    assert {"uplift_vs_base", "general_suite_drop", "json_validity"} <= checks
+    run = httpx.get(f"{gw}/v1/evals/{decision['eval_id']}",
+                    headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    assert run["report"]["n_examples"] == 16 and run["report"]["advice"][0].startswith("Base")
+    # lineage through the gateway carries the decision
+    lineage = httpx.get(f"{gw}/v1/models/{model_id}", headers={"Authorization": f"Bearer {inf}"}).json()
+    assert lineage["dataset_id"] == native["dataset_id"]
+    assert [p["id"] for p in lineage["promotions"]] == [decision["id"]]
+    if decision["status"] == "promoted":
+        out = openai.OpenAI(base_url=gw + "/v1", api_key=inf, max_retries=0).chat.completions.create(
+            model="production", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+        assert out.choices[0].message is not None
