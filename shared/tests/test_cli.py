@@ -191,3 +191,56 @@ def test_eval_validation_error_is_a_clean_4xx(gateway: ServiceProcess):
         api.create_eval({"targets": [{"name": "a", "model": "m"}, {"name": "a", "model": "m"}],
                          "rows": [{"instruction": "x", "output": "y"}]})
     assert err.value.status == 400 and "unique" in err.value.message
+
+
+# -- jobs against a real trainer process (a tiny local model trains for a few steps) ---------------
+@pytest.fixture(scope="module")
+def trainer_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    root = tmp_path_factory.mktemp("cli-trainer")
+    art = root / "artifacts"
+    common = {"TUNELOOP_ARTIFACT_URL": str(art), "HF_HUB_OFFLINE": "1"}
+    with ServiceProcess("tuneloop_dataset", env={**common, "DATASET_DATA_DIR": str(root / "dataset")},
+                        log_path=root / "dataset.log") as ds:
+        env = {**common, "TRAINER_DATA_DIR": str(root / "trainer"), "TRAINER_DATASET_URL": ds.url,
+               "TRAINER_POLL_INTERVAL_S": "0.3"}
+        with ServiceProcess("tuneloop_trainer", env=env, log_path=root / "trainer.log",
+                            startup_timeout=120) as tr:
+            yield ds, tr
+
+
+@pytest.mark.slow
+def test_jobs_create_watch_show_against_real_trainer(trainer_stack, tiny_random_dir: Path, tmp_path: Path):
+    ds, tr = trainer_stack
+    data = tmp_path / "tickets.jsonl"
+    write_jsonl(str(data), 40, seed=9)
+    up = invoke(ds.url, "--json", "datasets", "upload", str(data), "--eval-size", "8")
+    assert up.exit_code == 0, up.output
+    ds_id = json.loads(up.output)["id"]
+
+    created = invoke(tr.url, "jobs", "create", "--dataset", ds_id, "--base-model", str(tiny_random_dir),
+                     "--backend", "peft", "--epochs", "1", "--lr", "0.002", "--batch-size", "8",
+                     "--max-seq-length", "128", "--hp", "logging_steps=1", "--hp", "warmup_steps=1",
+                     "--watch")
+    assert created.exit_code == 0, created.output
+    assert "succeeded" in created.output
+    job_id = re.findall(r"job-[0-9a-f]{16}", created.output)[0]
+    model_id = re.findall(r"mv-[0-9a-f]{16}", created.output)[0]
+    flat = " ".join(created.output.split())
+    # the bar was driven by the job's real events: train loss and eval loss numbers, then done
+    assert re.search(r"loss \d+\.\d+ \| eval \d+\.\d+", flat), flat
+    assert "warning: only 32 training rows" in flat  # the trainer's warning event is shown
+
+    shown = invoke(tr.url, "--json", "jobs", "show", job_id)
+    job = json.loads(shown.output)
+    assert job["status"] == "succeeded" and job["model_id"] == model_id
+    assert job["hyperparameters"]["learning_rate"] == 0.002 and job["hyperparameters"]["logging_steps"] == 1
+
+    watched = invoke(tr.url, "jobs", "watch", job_id, "--poll")  # finished: returns at once
+    assert watched.exit_code == 0 and "succeeded" in watched.output
+    listed = invoke(tr.url, "jobs", "list")
+    assert listed.exit_code == 0 and job_id in listed.output
+    lineage = invoke(tr.url, "models", "show", model_id)
+    assert lineage.exit_code == 0 and ds_id in lineage.output and "merged" in lineage.output
+
+    cancelled = invoke(tr.url, "jobs", "cancel", job_id)  # already finished: a clean 409
+    assert cancelled.exit_code == 1 and "HTTP 409" in cancelled.output

@@ -109,7 +109,20 @@ class PromotionService:
         self._lock = asyncio.Lock()  # one alias change at a time
 
     # -- background --------------------------------------------------------------------
+    def recover(self) -> int:
+        """Gates cut off by a restart: job gates are re-run by the reconcile loop; gates of a
+        stored model version (no job) are marked failed (interrupted) - re-run them by hand."""
+        with self.db.session() as s:
+            rows = list(s.scalars(select(Promotion).where(
+                Promotion.status == "evaluating", Promotion.job_id.is_(None))))
+            for r in rows:
+                r.status, r.finished_at = "failed", int(time.time())
+                r.error = {"code": "interrupted", "message": "the gateway stopped during the gate"}
+                r.reasons = ["gate could not run: the gateway stopped during the gate"]
+        return len(rows)
+
     def start(self) -> None:
+        self.recover()
         self._tasks.append(asyncio.create_task(self._worker(), name="promotion-worker"))
         if self.settings.reconcile_interval_s > 0 and self.settings.auto_promote:
             self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))

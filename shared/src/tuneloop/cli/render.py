@@ -126,6 +126,12 @@ def _eta(s: Any) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
+class _StepColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        total = f"{task.total:.0f}" if task.total is not None else "?"
+        return Text(f"step {task.completed:.0f}/{total}")
+
+
 class _MetricsColumn(ProgressColumn):
     """``loss 1.23 | eval 1.30 | 95 tok/s | ETA 3:12`` from the task's fields."""
 
@@ -142,7 +148,7 @@ class _MetricsColumn(ProgressColumn):
 
 def training_progress(console: Console) -> Progress:
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                    TextColumn("step {task.completed:.0f}/{task.total:.0f}"), _MetricsColumn(),
+                    _StepColumn(), _MetricsColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
 
 
