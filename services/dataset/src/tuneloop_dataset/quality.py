@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import re
 import statistics
-from collections import defaultdict
+from array import array
 from dataclasses import dataclass
 from typing import Any
 
-from datasketch import MinHash, MinHashLSH
+import numpy as np
 
+from .minhash import Signer, new_index
 from .parsing import canonical, row_digest
 
-_WORD = re.compile(r"\w+", re.UNICODE)
 _LIST_CAP = 50
 _TOKEN_BATCH = 256
 
@@ -44,13 +43,6 @@ def size_assessment(n_train: int) -> tuple[str, list[dict[str, str]]]:
     return "large", [{"code": "above_target_range", "message":
                       f"{n_train} training examples: more than {TARGET[1]}; more low-quality "
                       "data is worse than fewer high-quality examples, curate if unsure"}]
-
-
-def shingles(messages: list[dict[str, str]], k: int = 3) -> set[bytes]:
-    words = _WORD.findall(" ".join(m["content"] for m in messages).lower())
-    if len(words) < k:
-        return {" ".join(words).encode()} if words else {b""}
-    return {" ".join(words[i:i + k]).encode() for i in range(len(words) - k + 1)}
 
 
 def looks_like_json(text: str) -> bool:
@@ -90,16 +82,20 @@ class ReportBuilder:
         self.near_max_rows = near_max_rows
         self.short_chars = short_chars
         self.preview_rows = preview_rows
-        self.by_digest: dict[bytes, list[tuple[int, str]]] = defaultdict(list)
-        self.prompt_digests: dict[str, dict[bytes, int]] = {"train": {}, "eval": {}}
-        self.minhashes: dict[str, list[tuple[int, MinHash]]] = {"train": [], "eval": []}
+        # compact per-row features (~25 bytes a row, + 4*num_perm for near-dup signatures)
+        self.lines = array("q")
+        self.is_eval = bytearray()
+        self.digests = array("Q")  # 64-bit prefix of the row digest
+        self.prompts = array("Q")  # same, of the prompt (every message but the answer)
+        self.signer = Signer(num_perm)
+        self.sig_buf = bytearray()
+        self.token_counts = array("l")
         self.n = {"train": 0, "eval": 0}
         self.short: list[int] = []
         self.short_total = 0
         self.bad_json: list[int] = []
         self.bad_json_total = 0
         self.json_outputs = 0
-        self.token_counts: list[int] = []
         self.truncated: list[int] = []
         self.truncated_total = 0
         self._pending: list[tuple[int, list[dict[str, str]]]] = []
@@ -108,10 +104,10 @@ class ReportBuilder:
     # -- feeding -----------------------------------------------------------------------
     def add(self, line: int, messages: list[dict[str, str]], split: str) -> None:
         self.n[split] += 1
-        canon = canonical(messages)
-        self.by_digest[row_digest(canon)].append((line, split))
-        prompt = row_digest(canonical(messages[:-1]))
-        self.prompt_digests[split].setdefault(prompt, line)
+        self.lines.append(line)
+        self.is_eval.append(split == "eval")
+        self.digests.append(_u64(row_digest(canonical(messages))))
+        self.prompts.append(_u64(row_digest(canonical(messages[:-1]))))
         answer = messages[-1]["content"]
         if len(answer.strip()) < self.short_chars:
             self.short_total += 1
@@ -125,9 +121,7 @@ class ReportBuilder:
                 if len(self.bad_json) < _LIST_CAP:
                     self.bad_json.append(line)
         if self.near_enabled:
-            mh = MinHash(num_perm=self.num_perm, seed=1)
-            mh.update_batch(list(shingles(messages)))
-            self.minhashes[split].append((line, mh))
+            self.sig_buf += self.signer.signature(messages).tobytes()
         if split == "train" and len(self.preview) < self.preview_rows:
             self.preview.append({"line": line, "messages": messages})
         if self.tok is not None:
@@ -151,72 +145,87 @@ class ReportBuilder:
         self._pending = []
 
     # -- results -----------------------------------------------------------------------
-    def _exact(self) -> dict[str, Any]:
-        groups = [[ln for ln, _ in rows] for rows in self.by_digest.values() if len(rows) > 1]
-        extra = sum(len(g) - 1 for g in groups)
-        groups.sort(key=lambda g: g[0])
-        return {"rows": extra, "groups": len(groups), "examples": groups[:_LIST_CAP]}
+    def _groups(self) -> list[np.ndarray]:
+        """Row indices of each group of identical rows (groups of 2+, by first line)."""
+        d = np.frombuffer(self.digests, dtype=np.uint64)
+        if len(d) < 2:
+            return []
+        order = np.argsort(d, kind="stable")
+        sd = d[order]
+        starts = np.flatnonzero(np.r_[True, sd[1:] != sd[:-1]])
+        ends = np.r_[starts[1:], len(sd)]
+        return [order[a:b] for a, b in zip(starts, ends) if b - a > 1]
 
-    def _near(self) -> dict[str, Any]:
+    def _exact(self, groups: list[np.ndarray]) -> dict[str, Any]:
+        lines = np.frombuffer(self.lines, dtype=np.int64)
+        examples = sorted(sorted(int(x) for x in lines[g]) for g in groups)
+        return {"rows": int(sum(len(g) - 1 for g in groups)), "groups": len(groups),
+                "examples": examples[:_LIST_CAP]}
+
+    def _sig(self, i: int) -> np.ndarray:
+        return np.frombuffer(self.sig_buf, dtype=np.uint32, count=self.num_perm,
+                             offset=i * self.num_perm * 4)
+
+    def _near(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Near duplicates within the data, and eval rows near a train row (one LSH index)."""
         if not self.near_enabled:
-            return {"checked": False, "note": f"skipped above {self.near_max_rows} rows"}
-        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
+            note = {"checked": False, "rows": 0, "examples": [],
+                    "note": f"skipped above {self.near_max_rows} rows"}
+            return note, dict(note)
+        lsh = new_index(self.threshold, self.num_perm)
+        lean, jac, th = self.signer.lean, self.signer.jaccard, self.threshold
         pairs: list[list[int]] = []
         rows = 0
-        all_mh = sorted(self.minhashes["train"] + self.minhashes["eval"], key=lambda x: x[0])
-        lines_seen: dict[int, MinHash] = {}
-        for line, mh in all_mh:
-            hits = [h for h in lsh.query(mh) if lines_seen[h].jaccard(mh) >= self.threshold]
-            exact_same = [h for h in hits if lines_seen[h].digest().tobytes() == mh.digest().tobytes()]
-            near = [h for h in hits if h not in exact_same]
+        for i in range(len(self.lines)):
+            sig = self._sig(i)
+            m = lean(sig)
+            near = [self.lines[k] for k in lsh.query(m)
+                    if self.digests[k] != self.digests[i] and jac(self._sig(k), sig) >= th]
             if near:
                 rows += 1
                 if len(pairs) < _LIST_CAP:
-                    pairs.append([min(near), line])
-            key = line
-            lines_seen[key] = mh
-            lsh.insert(key, mh)
-        return {"checked": True, "threshold": self.threshold, "rows": rows, "examples": pairs}
+                    pairs.append([min(near), self.lines[i]])
+            lsh.insert(i, m)
+        leak_pairs: list[list[int]] = []
+        for i in range(len(self.lines)):
+            if not self.is_eval[i]:
+                continue
+            sig = self._sig(i)
+            hits = [self.lines[k] for k in lsh.query(lean(sig))
+                    if not self.is_eval[k] and self.digests[k] != self.digests[i]
+                    and jac(self._sig(k), sig) >= th]
+            if hits:
+                leak_pairs.append([min(hits), self.lines[i]])
+        near_out = {"checked": True, "threshold": th, "rows": rows, "examples": pairs}
+        leak_out = {"checked": True, "threshold": th, "rows": len(leak_pairs),
+                    "examples": leak_pairs[:_LIST_CAP]}
+        return near_out, leak_out
 
-    def _leakage(self) -> dict[str, Any]:
+    def _leakage(self, groups: list[np.ndarray]) -> dict[str, Any]:
+        lines = np.frombuffer(self.lines, dtype=np.int64)
+        is_eval = np.frombuffer(bytes(self.is_eval), dtype=np.uint8).astype(bool)
         exact_pairs: list[list[int]] = []
         exact = 0
-        for rows in self.by_digest.values():
-            train = [ln for ln, s in rows if s == "train"]
-            ev = [ln for ln, s in rows if s == "eval"]
-            if train and ev:
+        for g in groups:
+            ev, tr = g[is_eval[g]], g[~is_eval[g]]
+            if len(ev) and len(tr):
                 exact += len(ev)
-                if len(exact_pairs) < _LIST_CAP:
-                    exact_pairs.append([train[0], ev[0]])
-        prompt_pairs = [[self.prompt_digests["train"][d], ln]
-                        for d, ln in self.prompt_digests["eval"].items()
-                        if d in self.prompt_digests["train"]]
-        out: dict[str, Any] = {
-            "exact": {"rows": exact, "examples": exact_pairs},
-            "same_prompt": {"rows": len(prompt_pairs), "examples": sorted(prompt_pairs)[:_LIST_CAP]},
-        }
-        if not self.near_enabled or not self.minhashes["eval"]:
-            out["near"] = {"checked": self.near_enabled, "rows": 0, "examples": []}
-            return out
-        lsh = MinHashLSH(threshold=self.threshold, num_perm=self.num_perm)
-        train_mh = {}
-        for line, mh in self.minhashes["train"]:
-            lsh.insert(line, mh)
-            train_mh[line] = mh
-        near_pairs = []
-        for line, mh in self.minhashes["eval"]:
-            hits = [h for h in lsh.query(mh) if train_mh[h].jaccard(mh) >= self.threshold]
-            if hits:
-                near_pairs.append([min(hits), line])
-        out["near"] = {"checked": True, "threshold": self.threshold, "rows": len(near_pairs),
-                       "examples": near_pairs[:_LIST_CAP]}
-        return out
+                exact_pairs.append([int(lines[tr].min()), int(lines[ev].min())])
+        prompts = np.frombuffer(self.prompts, dtype=np.uint64)
+        train_p = prompts[~is_eval]
+        flagged = np.flatnonzero(is_eval & np.isin(prompts, train_p))
+        prompt_pairs = []
+        for i in flagged[:_LIST_CAP]:
+            j = np.flatnonzero((~is_eval) & (prompts == prompts[i]))[0]
+            prompt_pairs.append([int(lines[j]), int(lines[i])])
+        return {"exact": {"rows": exact, "examples": sorted(exact_pairs)[:_LIST_CAP]},
+                "same_prompt": {"rows": int(len(flagged)), "examples": prompt_pairs}}
 
     def _tokens(self) -> dict[str, Any] | None:
         if self.tok is None:
             return None
         self._flush_tokens()
-        counts = sorted(self.token_counts)
+        counts = sorted(self.token_counts)  # a list of ints, only with a tokenizer
         if not counts:
             return None
         return {
@@ -244,9 +253,11 @@ class ReportBuilder:
         return out
 
     def finish(self, *, parse: dict[str, Any], split: dict[str, Any]) -> dict[str, Any]:
-        exact = self._exact()
-        near = self._near()
-        leakage = self._leakage()
+        groups = self._groups()
+        exact = self._exact(groups)
+        near, near_leak = self._near()
+        leakage = self._leakage(groups)
+        leakage["near"] = near_leak
         tokens = self._tokens()
         level, warnings = size_assessment(self.n["train"])
         warnings = list(warnings)
@@ -298,6 +309,10 @@ class ReportBuilder:
             "preview": self._preview(),
             "warnings": warnings,
         }
+
+
+def _u64(digest: bytes) -> int:
+    return int.from_bytes(digest[:8], "little")
 
 
 def render(tokenizer: Any, messages: list[dict[str, str]]) -> str:

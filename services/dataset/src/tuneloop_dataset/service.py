@@ -7,6 +7,7 @@ worker thread.
 from __future__ import annotations
 
 import contextlib
+from array import array
 import hashlib
 import json
 import logging
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
@@ -231,9 +233,12 @@ class DatasetService:
     def _choose_eval(self, rows_path: Path, eval_n: int, seed: int) -> set[int]:
         if eval_n <= 0:
             return set()
-        keys = [(split_key(seed, msgs), line) for line, msgs in iter_jsonl(rows_path)]
-        keys.sort()
-        return {line for _, line in keys[:eval_n]}
+        keys, lines = array("Q"), array("q")
+        for line, msgs in iter_jsonl(rows_path):
+            keys.append(int.from_bytes(split_key(seed, msgs), "big"))
+            lines.append(line)
+        order = np.lexsort((np.frombuffer(lines, dtype=np.int64), np.frombuffer(keys, dtype=np.uint64)))
+        return {int(lines[i]) for i in order[:eval_n]}
 
     def _build(self, work: Path, stage: Path, main: ParseResult, ev: ParseResult | None,
                eval_lines: set[int] | None, opts: UploadOptions, tok: Any,

@@ -64,9 +64,8 @@ def write_hf(stage: Path, work: Path) -> None:
         if pq.ParquetFile(path).metadata.num_rows:
             parts[s] = datasets.Dataset.from_parquet(str(path), cache_dir=str(work / "hf-cache"),
                                                      keep_in_memory=False)
-            parts[s] = parts[s].cast(features())
-        else:
-            parts[s] = datasets.Dataset(pq.read_table(path), info=None).cast(features())
+        else:  # from_parquet cannot read a file without rows
+            parts[s] = datasets.Dataset(pq.read_table(path))
     datasets.DatasetDict(parts).save_to_disk(str(stage / "hf"))
 
 

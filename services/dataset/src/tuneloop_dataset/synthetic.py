@@ -21,7 +21,6 @@ from typing import Any
 
 import anyio
 import httpx
-from datasketch import MinHash, MinHashLSH
 from sqlalchemy import func, select
 
 from tuneloop.db import Database
@@ -31,7 +30,8 @@ from tuneloop.ids import new_id, require_id
 from .db import SynthJobRow, SynthRowRow
 from .metrics import DatasetMetrics
 from .parsing import RowError, canonical, normalize_row, row_digest
-from .quality import json_parses, shingles
+from .minhash import Signer, new_index
+from .quality import json_parses
 from .schemas import PublishRequest, ReviewRequest, SynthRequest
 from .service import DatasetService, Ingested
 from .settings import DatasetSettings
@@ -278,9 +278,8 @@ class SynthService:
         progress = _progress(requested=n)
         failures: list[dict[str, Any]] = []
         seen = {row_digest(canonical(m)) for m in seeds}
-        lsh = MinHashLSH(threshold=self.settings.near_dup_threshold,
-                         num_perm=self.settings.near_dup_num_perm)
-        kept_mh: dict[int, MinHash] = {}
+        lsh = new_index(self.settings.near_dup_threshold, self.settings.near_dup_num_perm)
+        kept_mh: dict[int, Any] = {}
         await anyio.to_thread.run_sync(lambda: self._update(job_id, status="running",
                                                             started_at=int(time.time())))
         consecutive_errors = 0
@@ -345,7 +344,7 @@ class SynthService:
         return [{"role": "system", "content": SYSTEM_EXAMPLES}, {"role": "user", "content": user}]
 
     def _accept(self, spec: dict[str, Any], text: str, inp: str | None, seen: set[bytes],
-                lsh: MinHashLSH, kept_mh: dict[int, MinHash], progress: dict[str, Any],
+                lsh: Any, kept_mh: dict[int, Any], progress: dict[str, Any],
                 failures: list[dict[str, Any]], i: int) -> tuple[list[dict[str, str]], bytes] | None:
         """Parse, validate and deduplicate one teacher answer; count what happened."""
         if spec["mode"] == "completions":
@@ -373,15 +372,17 @@ class SynthService:
             progress["duplicates"] += 1
             self.metrics.synth_rows.labels("duplicate").inc()
             return None
-        mh = MinHash(num_perm=self.settings.near_dup_num_perm, seed=1)
-        mh.update_batch(list(shingles(msgs)))
-        if any(kept_mh[h].jaccard(mh) >= self.settings.near_dup_threshold for h in lsh.query(mh)):
+        signer = Signer(self.settings.near_dup_num_perm)
+        sig = signer.signature(msgs)
+        mh = signer.lean(sig)
+        if any(signer.jaccard(kept_mh[h], sig) >= self.settings.near_dup_threshold
+               for h in lsh.query(mh)):
             progress["near_duplicates"] += 1
             self.metrics.synth_rows.labels("near_duplicate").inc()
             return None
         seen.add(digest)
         key = len(kept_mh)
-        kept_mh[key] = mh
+        kept_mh[key] = sig
         lsh.insert(key, mh)
         return msgs, digest
 
