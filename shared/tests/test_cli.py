@@ -66,6 +66,8 @@ def test_unreachable_gateway_is_a_clean_error():
 def test_bad_arguments_are_usage_errors(tmp_path: Path):
     result = invoke("http://127.0.0.1:1", "jobs", "create", "--dataset", "ds-1", "--hp", "nokeyvalue")
     assert result.exit_code == 2 and "key=value" in result.output
+    result = invoke("http://127.0.0.1:1", "jobs", "create", "--dataset", "ds-1")
+    assert result.exit_code == 2 and "embedded base is not prepared" in " ".join(result.output.split())
     result = invoke("http://127.0.0.1:1", "evals", "run", "--target", "base=base")
     assert result.exit_code == 2 and "--dataset or --file" in result.output
     result = invoke("http://127.0.0.1:1", "datasets", "upload", str(tmp_path / "missing.jsonl"))

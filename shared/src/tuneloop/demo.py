@@ -207,6 +207,8 @@ def step_eval_base(api: GatewayAPI, ds: dict) -> dict:
 
 
 def step_train(api: GatewayAPI, ds: dict, base_path: Path, cfg: argparse.Namespace) -> dict:
+    n_train = (ds.get("counts") or {}).get("train") or cfg.train_rows
+    steps = max(1, int(-(-n_train // (cfg.batch_size * cfg.grad_accum)) * cfg.epochs))
     body = {"dataset_id": ds["id"], "base_model": str(base_path), "backend": "peft",
             "suffix": "support-bot",
             "hyperparameters": {
@@ -214,6 +216,8 @@ def step_train(api: GatewayAPI, ds: dict, base_path: Path, cfg: argparse.Namespa
                 "max_seq_length": cfg.max_seq_length, "per_device_train_batch_size": cfg.batch_size,
                 "gradient_accumulation_steps": cfg.grad_accum, "warmup_steps": 3,
                 "logging_steps": 1, "lora_r": 16, "lora_alpha": 16,
+                # an eval loss at mid-run and at the end: the bar shows it, early stopping uses it
+                "eval_strategy": "steps", "eval_steps": max(1, steps // 2),
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
     job = api.create_job(body)
     console.print(f"job [bold]{job['id']}[/] ({job.get('backend')}) {job.get('status')}")

@@ -160,6 +160,20 @@ def _parse_hp(pairs: list[str]) -> dict[str, Any]:
     return hp
 
 
+def _base_model(spec: str | None) -> str:
+    """A Hub id or folder as given; none/'default' -> the embedded base prepared in the store."""
+    if spec and spec != "default":
+        return spec
+    from ..basemodel import DEFAULT_BASE_NAME, default_store_url, is_valid
+
+    folder = Path(default_store_url()) / "base" / DEFAULT_BASE_NAME
+    if not is_valid(folder):
+        raise typer.BadParameter(f"the embedded base is not prepared at {folder}: run "
+                                 "`python -m tuneloop.basemodel`, or give a Hub id or folder",
+                                 param_hint="--base-model")
+    return str(folder)
+
+
 @jobs_app.command("create")
 def jobs_create(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset version id (ds-...).")],
@@ -184,9 +198,8 @@ def jobs_create(
                      ("gradient_accumulation_steps", grad_accum)):
         if val is not None:
             hps[key] = val
-    body: dict[str, Any] = {"dataset_id": dataset, "backend": backend, "hyperparameters": hps}
-    if base_model:
-        body["base_model"] = base_model
+    body: dict[str, Any] = {"dataset_id": dataset, "backend": backend, "hyperparameters": hps,
+                            "base_model": _base_model(base_model)}
     if gguf:
         body["export"] = {"merged": True, "gguf": gguf}
     if suffix:
