@@ -68,7 +68,8 @@ def test_openai_fine_tuning_through_gateway_then_gated_promotion(loop, ticket_ro
     f_valid = sdk.files.create(file=("valid.jsonl", io.BytesIO(valid)), purpose="fine-tune")
     job = sdk.fine_tuning.jobs.create(
         model=str(loop["base_dir"]), training_file=f_train.id, validation_file=f_valid.id,
-        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10},
+        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10,
+                         "max_seq_length": 256, "warmup_steps": 2, "logging_steps": 2},
         extra_body={"tuneloop": {"backend": "peft",
                                  "export": {"verify_prompts": 2, "verify_max_new_tokens": 16}}})
     assert job.id in [j.id for j in sdk.fine_tuning.jobs.list().data]

@@ -46,6 +46,10 @@ def test_first_start_prints_and_writes_an_admin_key_instead_of_running_open(gw, 
     _err(gw.get("/v1/evals", headers={"Authorization": "Bearer tlk-wrong-key-000000000000"}), 401,
          "invalid_api_key")
     assert gw.get("/v1/evals", headers=gw.admin).status_code == 200
+    assert gw.get("/health").status_code == 200  # probes need no key
+    not_ready = gw.get("/ready")  # inference is down here
+    assert not_ready.status_code == 503
+    assert not_ready.json()["error"]["details"] == {"database": True, "inference": False}
     # keys are stored hashed: the DB file never contains the key itself
     assert key.encode() not in (tmp_path / "gateway.db").read_bytes()
 
@@ -134,7 +138,9 @@ def test_upstream_that_never_answers_is_a_504(tmp_path):
 def test_eval_requests_are_validated(gw):
     t = [{"name": "a", "model": "m"}, {"name": "b", "model": "m"}]
     _err(gw.post("/v1/evals", json={"targets": t}, headers=gw.admin), 400, "invalid_request")
-    _err(gw.post("/v1/evals", json={"rows": [{"instruction": "a", "output": "b"}], "targets": t[:1]},
+    _err(gw.post("/v1/evals", json={"rows": [{"instruction": "a", "output": "b"}], "targets": []},
+                 headers=gw.admin), 400, "invalid_request")
+    _err(gw.post("/v1/evals", json={"rows": [{"instruction": "a", "output": "b"}], "targets": t * 5},
                  headers=gw.admin), 400, "invalid_request")
     _err(gw.post("/v1/evals", json={"rows": [{"instruction": "a", "output": "b"}],
                                     "targets": [t[0], t[0]]}, headers=gw.admin), 400, "invalid_request")

@@ -40,6 +40,12 @@ def test_gateway_client_keys_evals_promotions(tmp_path):
             done = await gw.wait_eval(run["id"], poll_s=0.05, timeout_s=60)
             assert done["status"] == "succeeded"
             assert [t["status"] for t in done["report"]["targets"]] == ["failed", "failed"]
+            # one target: the base-only evaluation the article asks for before fine-tuning
+            one = await gw.create_eval([{"name": "base", "model": "m"}], wait=True,
+                                       rows=[{"instruction": "q", "output": "Paris"}],
+                                       general_suite=False)
+            assert one["status"] == "succeeded" and one["report"]["comparisons"] == []
+            assert one["report"]["advice"][0].startswith("Base 'base' scores 0.0%")
 
     with TestClient(app):  # runs the lifespan (DB, keys, services)
         asyncio.run(scenario())

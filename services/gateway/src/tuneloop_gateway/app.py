@@ -55,6 +55,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         trainer = TrainerPeer(s.trainer_url, timeout=t)
         inference = InferencePeer(s.inference_url, timeout=t, api_key=s.inference_admin_key,
                                   deploy_timeout=s.deploy_timeout_s)
+        app.state.inference = inference
         app.state.evals = EvalService(s, db, app.state.store, dataset, gw_metrics)
         app.state.evals.recover()
         app.state.promotions = PromotionService(s, db, trainer, inference, app.state.evals, gw_metrics)
@@ -65,13 +66,16 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await app.state.promotions.aclose()
             await app.state.evals.aclose()
             for ups in app.state.upstreams.values():
-                await ups.client.aclose()
+                await ups.aclose()
             for peer in (dataset, trainer, inference):
                 await peer.aclose()
             db.dispose()
 
     async def ready(app: FastAPI) -> dict:
-        return {"database": app.state.db.ping()}
+        """Ready when the database answers and inference is ready (serves its default model):
+        what a client of the gateway needs first. Dataset/trainer outages degrade admin routes
+        only (503 in the envelope), so they do not take the gateway out of rotation."""
+        return {"database": app.state.db.ping(), "inference": await app.state.inference.ready()}
 
     app = build_service_app(settings, title="tuneloop gateway", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)

@@ -51,6 +51,14 @@ class InferencePeer(ServiceClient):
         super().__init__(base_url, **kwargs)
         self.deploy_timeout = deploy_timeout
 
+    async def ready(self) -> bool:
+        """Inference's /ready (its default model is served), without retries."""
+        try:
+            resp = await self.http.get("/ready", timeout=httpx.Timeout(3.0))
+        except httpx.HTTPError:
+            return False
+        return resp.status_code == 200
+
     async def deployments(self) -> list[dict[str, Any]]:
         return (await self.get_json("/admin/deployments")).get("data", [])
 

@@ -37,7 +37,10 @@ class EvalCreate(BaseModel):
     dataset_id: str | None = Field(None, description="Use this dataset version's eval split.")
     rows: list[dict[str, Any]] | None = Field(
         None, description="Inline eval rows (messages, or instruction/input/output).")
-    targets: list[TargetSpec] = Field(..., min_length=2, max_length=8)
+    targets: list[TargetSpec] = Field(
+        ..., min_length=1, max_length=8,
+        description="Usually 2+ (base first); one target = the base-only run the article asks "
+        "for before any fine-tuning.")
     baseline: str | None = Field(None, description="Target compared against (default: first).")
     metric: Literal["auto", "json_fields", "exact_match", "rougeL"] = "auto"
     max_examples: int | None = Field(None, ge=1, le=5000)

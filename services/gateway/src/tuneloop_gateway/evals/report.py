@@ -163,6 +163,9 @@ def advice(targets: list[dict], comparisons: list[dict], task: dict[str, Any]) -
     b = base["metrics"]["task_score"]["value"]
     lines = [f"Base '{base['name']}' scores {b:.1%} on the held-out set ({metric}); "
              "judge every fine-tune against this, never by training loss."]
+    if not comparisons and b >= HIGH_BASE:
+        lines.append(f"The base already scores {b:.0%}: fine-tuning for a few more points may not "
+                     "justify its cost; try prompt engineering or RAG first.")
     for comp in comparisons:
         t = next(x for x in targets if x["name"] == comp["target"])
         u = comp["uplift"]
