@@ -252,3 +252,18 @@ def test_too_large_upload(client, settings, jsonl, snapshot):
             413, "payload_too_large")
     assert e["message"]
     assert snapshot()["ids"] == []
+
+
+def test_hub_enabled_still_checks_ids_and_token(client, settings, seeded, snapshot):
+    settings.hub_enabled = True
+    e = err(client.post("/v1/datasets", json={"source": {"hf_dataset": "../../etc"}}), 400,
+            "invalid_request")
+    assert e["param"] == "source.hf_dataset"
+    err(client.post("/v1/datasets", json={"source": {"hf_dataset": "/etc/passwd"}}), 400,
+        "invalid_request")
+    e = err(client.post(f"/v1/datasets/{seeded['ids'][0]}/push", json={"repo_id": "org/name"}), 400,
+            "hub_token_missing")
+    assert "DATASET_HUB_TOKEN" in e["message"]
+    err(client.post(f"/v1/datasets/{seeded['ids'][0]}/push", json={"repo_id": "../x"}), 400,
+        "invalid_request")
+    assert snapshot() == seeded

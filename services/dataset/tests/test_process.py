@@ -84,3 +84,48 @@ def test_kill_during_nothing_leaves_no_temp_files(service: ServiceProcess, tmp_p
     service.kill()
     service.start()
     assert not leftovers.exists() and not staging.exists()
+
+
+def test_dataset_client_against_the_real_process(service: ServiceProcess, tmp_path: Path):
+    """The typed client other services use, end to end."""
+    import asyncio
+
+    from tuneloop.clients import ServiceError
+    from tuneloop.clients.dataset import DatasetClient
+    from tuneloop.examples.support_tickets import generate
+
+    path = tmp_path / "t.jsonl"
+    write_jsonl(str(path), 40, seed=23)
+
+    async def flow() -> None:
+        async with DatasetClient(service.url) as ds:
+            created = await ds.create_from_rows(generate(30, seed=24), name="client", eval_size=5)
+            assert created["counts"]["eval"] == 5 and created["name"] == "client"
+            assert (await ds.get(created["id"]))["id"] == created["id"]
+            up = await ds.upload_file(path, name="file")
+            assert up["counts"]["valid"] == 40
+            train = await ds.all_rows(created["id"], "train", page=7)
+            assert len(train) == 25 and [r["line"] for r in train] == sorted(r["line"] for r in train)
+            assert (await ds.rows(created["id"], "eval"))["total"] == 5
+            assert (await ds.report(created["id"]))["counts"]["valid"] == 30
+            assert created["id"] in await ds.report_text(created["id"])
+            assert (await ds.lease(created["id"], "job-9"))["in_use_by"] == ["job-9"]
+            try:
+                await ds.delete(created["id"])
+                raise AssertionError("delete of a leased dataset succeeded")
+            except ServiceError as exc:
+                assert exc.status == 409 and exc.code == "dataset_in_use"
+            await ds.unlease(created["id"], "job-9")
+            assert (await ds.delete(created["id"]))["deleted"] is True
+            try:
+                await ds.create_from_rows([{"instruction": "x"}])
+                raise AssertionError("invalid rows accepted")
+            except ServiceError as exc:
+                assert exc.status == 422 and exc.code == "dataset_invalid"
+                assert exc.details["errors"][0]["field"] == "output"
+            ex = await ds.create_example(n=25, example_seed=1)
+            assert ex["counts"]["valid"] == 25
+            listing = await ds.list()
+            assert {d["id"] for d in listing["data"]} == {up["id"], ex["id"]}
+
+    asyncio.run(flow())

@@ -50,7 +50,8 @@ class Source(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     path: str | None = Field(None, max_length=4096, description="File under DATASET_IMPORT_ROOT.")
-    hf_dataset: str | None = Field(None, max_length=200, description="Hub dataset id (org/name).")
+    hf_dataset: str | None = Field(None, max_length=200, pattern=r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$",
+                                   description="Hub dataset id (org/name); never a local path.")
     split: str = Field("train", max_length=64)
     config: str | None = Field(None, max_length=128)
 
