@@ -212,3 +212,28 @@ def test_metrics(client, jsonl, upload):
     assert 'tuneloop_dataset_rows_validated_total{result="valid"} 20.0' in text
     assert "tuneloop_dataset_datasets_stored 1.0" in text
     assert "tuneloop_dataset_validation_seconds_count 2.0" in text
+
+
+def test_report_token_section_recomputed_for_another_tokenizer(client, jsonl, upload, tiny_random_dir):
+    rows = generate(30, seed=17)
+    ds = upload(jsonl(rows)).json()["id"]
+    stored = client.get(f"/v1/datasets/{ds}/report").json()
+    assert stored["tokens"] is None
+    r = client.get(f"/v1/datasets/{ds}/report",
+                   params={"tokenizer": str(tiny_random_dir), "max_seq_length": 64})
+    assert r.status_code == 200, r.text
+    rep = r.json()
+    assert rep["tokens"]["rows"] == 30 and rep["tokens"]["truncated"]["rows"] == 30
+    assert rep["recomputed"] == {"tokenizer": str(tiny_random_dir), "max_seq_length": 64}
+    assert "truncated_rows" in [w["code"] for w in rep["warnings"]]
+    assert rep["duplicates"] == stored["duplicates"] and rep["counts"] == stored["counts"]
+    # the stored report is unchanged
+    assert client.get(f"/v1/datasets/{ds}/report").json() == stored
+    bad = client.get(f"/v1/datasets/{ds}/report", params={"tokenizer": "/nope"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "tokenizer_not_found"
+
+
+def test_empty_rows_list(client):
+    r = client.post("/v1/datasets", json={"rows": []})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "no_rows"
+    assert r.json()["error"]["param"] == "rows"

@@ -252,6 +252,12 @@ class ReportBuilder:
             out.append(item)
         return out
 
+    def token_section(self) -> tuple[dict[str, Any] | None, str | None, list[dict[str, Any]]]:
+        """(tokens, tokens_note, preview): the tokenizer-dependent part of the report."""
+        tokens = self._tokens()
+        note = None if tokens else (self.tokenizer_note or "no tokenizer given: token statistics skipped")
+        return tokens, note, self._preview()
+
     def finish(self, *, parse: dict[str, Any], split: dict[str, Any]) -> dict[str, Any]:
         groups = self._groups()
         exact = self._exact(groups)

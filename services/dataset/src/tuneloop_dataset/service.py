@@ -36,7 +36,7 @@ from .parsing import ParseResult, StreamValidator, UploadRejected, row_digest, c
 from .quality import ReportBuilder, text_summary
 from .schemas import UploadOptions
 from .settings import DatasetSettings
-from .storage_io import SplitWriter, artifact_keys, iter_jsonl, read_rows, write_hf
+from .storage_io import SplitWriter, artifact_keys, iter_jsonl, iter_stored, read_rows, write_hf
 
 log = logging.getLogger("tuneloop.dataset")
 
@@ -354,14 +354,41 @@ class DatasetService:
         return {"object": "list", "data": data, "has_more": offset + len(data) < total,
                 "total": total, "split": split, "offset": offset, "limit": limit}
 
-    def report(self, ds_id: str) -> dict[str, Any]:
-        self._require(ds_id)
-        report = json.loads(self.store.read_bytes(artifact_keys(ds_id)["report"]))
+    def report(self, ds_id: str, tokenizer: str | None = None,
+               max_seq_length: int | None = None) -> dict[str, Any]:
+        """The stored report; with ``tokenizer``/``max_seq_length`` its token section is
+        recomputed from the stored rows (e.g. the trainer checking truncation for its base
+        model before a job), the rest is as stored."""
+        row = self._require(ds_id)
+        keys = artifact_keys(ds_id)
+        report = json.loads(self.store.read_bytes(keys["report"]))
         report["dataset_id"] = ds_id
+        if tokenizer is None and max_seq_length is None:
+            return report
+        name = tokenizer or row.options.get("tokenizer") or self.settings.default_tokenizer
+        tok, note = self.load_tokenizer(name, explicit=bool(tokenizer))
+        limit = max_seq_length or row.options.get("max_seq_length") or self.settings.default_max_seq_length
+        builder = ReportBuilder(tokenizer=tok, tokenizer_name=name, tokenizer_note=note,
+                                max_seq_length=limit, near_max_rows=-1, expected_rows=0,
+                                preview_rows=self.settings.preview_rows)
+        own_eval = report.get("split", {}).get("method") == "eval_file"
+        for split in ("train", "eval"):
+            for r in iter_stored(self.store, keys[f"{split}_parquet"]):
+                line = -r["line"] if own_eval and split == "eval" else r["line"]
+                builder.add(line, r["messages"], split)
+        tokens, tokens_note, preview = builder.token_section()
+        report.update(tokens=tokens, tokens_note=tokens_note, preview=preview,
+                      recomputed={"tokenizer": name, "max_seq_length": limit})
+        report["warnings"] = [w for w in report["warnings"] if w["code"] != "truncated_rows"]
+        if tokens and tokens["truncated"]["rows"]:
+            report["warnings"].append({"code": "truncated_rows", "message":
+                                       f"{tokens['truncated']['rows']} rows are longer than "
+                                       f"max_seq_length={limit} tokens and would be truncated"})
         return report
 
-    def report_text(self, ds_id: str) -> str:
-        return text_summary(self.get(ds_id), self.report(ds_id))
+    def report_text(self, ds_id: str, tokenizer: str | None = None,
+                    max_seq_length: int | None = None) -> str:
+        return text_summary(self.get(ds_id), self.report(ds_id, tokenizer, max_seq_length))
 
     # -- leases and delete -------------------------------------------------------------
     def lease(self, ds_id: str, holder: str) -> dict[str, Any]:

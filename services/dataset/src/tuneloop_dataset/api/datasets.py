@@ -137,6 +137,8 @@ async def _json(request: Request) -> JSONResponse:
             eval_path = Path(tmp) / "eval.jsonl"
             write_rows(body.eval_rows, eval_path)
         if body.rows is not None:
+            if not body.rows:
+                raise InvalidRequest("'rows' is empty", code="no_rows", param="rows")
             path = Path(tmp) / "rows.jsonl"
             write_rows(body.rows, path)
             source: dict[str, Any] = {"kind": "rows"}
@@ -152,6 +154,14 @@ async def _json(request: Request) -> JSONResponse:
             opts.name = name_from_filename(path.name) if source["kind"] == "path" else None
         with open(path, "rb") as src, (open(eval_path, "rb") if eval_path else _null()) as ev:
             return _respond(await run_ingest(request, src, opts, source, ev))
+
+
+class _anull:
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 class _null:
@@ -198,11 +208,16 @@ async def get_rows(request: Request, dataset_id: str,
 @router.get("/{dataset_id}/report", summary="The quality report (?format=text: readable summary)",
             response_model=None)
 async def get_report(request: Request, dataset_id: str,
-                     format: Literal["json", "text"] = Query("json")) -> Any:
+                     format: Literal["json", "text"] = Query("json"),
+                     tokenizer: str | None = Query(None, max_length=512),
+                     max_seq_length: int | None = Query(None, ge=8, le=1 << 20)) -> Any:
+    """``tokenizer``/``max_seq_length`` recompute the token section for another base model."""
     svc = _svc(request)
     if format == "text":
-        return PlainTextResponse(await anyio.to_thread.run_sync(svc.report_text, dataset_id))
-    return await anyio.to_thread.run_sync(svc.report, dataset_id)
+        return PlainTextResponse(await anyio.to_thread.run_sync(
+            svc.report_text, dataset_id, tokenizer, max_seq_length))
+    async with request.app.state.ingest_limiter if tokenizer or max_seq_length else _anull():
+        return await anyio.to_thread.run_sync(svc.report, dataset_id, tokenizer, max_seq_length)
 
 
 @router.delete("/{dataset_id}", summary="Delete a version (409 dataset_in_use while leased)")
