@@ -267,3 +267,11 @@ def test_hub_enabled_still_checks_ids_and_token(client, settings, seeded, snapsh
     err(client.post(f"/v1/datasets/{seeded['ids'][0]}/push", json={"repo_id": "../x"}), 400,
         "invalid_request")
     assert snapshot() == seeded
+
+
+def test_broken_multipart_body(seeded, snapshot, client):
+    r = client.post("/v1/datasets", content=b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n",
+                    headers={"content-type": "multipart/form-data; boundary=xyz"})
+    assert 400 <= r.status_code < 500 and set(r.json()) == {"error"}, r.text
+    assert snapshot() == seeded
+    assert 'tuneloop_dataset_uploads_total{result="error"}' not in client.get("/metrics").text

@@ -125,7 +125,6 @@ class DatasetService:
             with open(out_path, "w", encoding="utf-8") as out:
                 res = self.validator().run(src, out)
         except UploadRejected as exc:
-            self.metrics.uploads.labels("rejected").inc()
             param = "eval_file" if which == "eval_file" else "file"
             raise TuneloopError(exc.message, code=exc.code, status=exc.status, param=param) from exc
         finally:
@@ -143,14 +142,6 @@ class DatasetService:
         work = self.work_dir()
         try:
             return self._ingest(work, src, opts, source, eval_src)
-        except TuneloopError as exc:
-            if exc.status < 500 and exc.code not in ("compressed_upload", "unsupported_encoding",
-                                                     "unsupported_format", "empty_file"):
-                self.metrics.uploads.labels("rejected").inc()
-            raise
-        except Exception:
-            self.metrics.uploads.labels("error").inc()
-            raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -442,8 +433,8 @@ class DatasetService:
 
     def cleanup_tmp(self) -> None:
         """Remove work folders left by a crash (called at startup)."""
-        for p in self.tmp_root.glob("ingest-*"):
-            shutil.rmtree(p, ignore_errors=True)
+        for p in self.tmp_root.iterdir():  # private to this service; nothing runs yet
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         root = Path(self.store.root) / "datasets" if self.store.is_local else None
         if root and root.exists():
             for p in root.glob(".tmp-*"):

@@ -11,8 +11,9 @@ import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 
-from tuneloop.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from tuneloop.errors import InvalidRequest, PayloadTooLarge, TuneloopError, UnsupportedMediaType
 from tuneloop.examples.support_tickets import write_jsonl
 
 from ..schemas import ExampleRequest, JsonUpload, PushRequest, UploadOptions, check_holder, parse_model
@@ -51,6 +52,20 @@ def _check_length(request: Request, limit: int) -> None:
 
 @router.post("", summary="Upload a JSONL dataset (multipart, raw JSONL or JSON body)")
 async def create_dataset(request: Request) -> JSONResponse:
+    """Count every refused upload (``uploads_total{result="rejected"|"error"}``)."""
+    uploads = request.app.state.metrics.uploads
+    try:
+        return await _create(request)
+    except (TuneloopError, HTTPException) as exc:
+        status = exc.status if isinstance(exc, TuneloopError) else exc.status_code
+        uploads.labels("rejected" if status < 500 else "error").inc()
+        raise
+    except Exception:
+        uploads.labels("error").inc()
+        raise
+
+
+async def _create(request: Request) -> JSONResponse:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     settings = request.app.state.settings
     if ctype == "multipart/form-data":
