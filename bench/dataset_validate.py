@@ -27,6 +27,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROWS_BIG, ROWS_SMALL = 100_000, 25_000
+REPEAT = 3  # validation runs per (mode, file); the fastest is kept (shared, noisy machine)
 
 WORKER = r"""
 import json, resource, sys, time
@@ -37,7 +38,7 @@ def rss_mb():
 before = rss_mb()
 t0, c0 = time.perf_counter(), time.process_time()
 if mode == "streaming":
-    with open(path, "rb") as src, open(out, "w", encoding="utf-8") as dst:
+    with open(path, "rb") as src, open(out, "wb") as dst:
         res = StreamValidator(max_line_bytes=4 << 20, max_errors=100).run(src, dst)
     valid, invalid = res.valid, res.invalid
 else:
@@ -155,7 +156,8 @@ def main() -> None:
         m = {}
         for mode in ("streaming", "naive"):
             for name, path in (("small", small), ("big", big)):
-                m[(mode, name)] = run(mode, path, tmp / f"out-{mode}-{name}.jsonl")
+                runs = [run(mode, path, tmp / f"out-{mode}-{name}.jsonl") for _ in range(REPEAT)]
+                m[(mode, name)] = min(runs, key=lambda r: r["seconds"])  # best of REPEAT
                 r = m[(mode, name)]
                 print(f"{mode:9s} {name:5s} {r['valid']:>7} rows {r['seconds']:.2f}s "
                       f"{r['valid'] / r['seconds']:,.0f} rows/s (CPU {r['cpu_seconds']:.2f}s, "
@@ -211,21 +213,24 @@ def main() -> None:
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version()},
         "results": results,
-        "notes": (f"files: {ROWS_BIG} rows / {big_bytes / 1e6:.0f} MB and {ROWS_SMALL} rows / "
-                  f"{small_bytes / 1e6:.0f} MB of support tickets with long inputs. 'value' is the "
-                  "service's streaming validator (bounded readline, row checks, normalised rows "
-                  "written to disk, sha256 content hash; no tokenizer pass), 'baseline' is "
-                  "f.read().splitlines() + json.loads + the same row checks, rows kept in memory. "
-                  "service_upload_*: the whole upload (multipart -> validate -> split -> quality report with "
-                  "MinHash near-dups/leakage, no tokenizer -> parquet + save_to_disk -> SQLite) against a "
-                  "real `python -m tuneloop_dataset` process, RSS and RssAnon (not file-backed: excludes "
-                  "the memory-mapped arrow files `datasets` writes) sampled every 20 ms (growth = peak - "
-                  "idle; the report keeps ~300 bytes a row for near-dup signatures, arrow/mimalloc "
-                  "pools cache freed memory). "
-                  "rows/CPU-s divides by the process's CPU time (what one free core does); rows/s by "
-                  "wall time (lower when the shared machine is busy). Each run in a fresh subprocess; peak RSS is the process's ru_maxrss (includes "
-                  "~the interpreter and imports). Target: >= 50k rows/s, RSS flat with file size. "
-                  f"Shared {os.cpu_count()}-core machine: other work may have run concurrently."),
+        "notes": (
+            f"Files: {ROWS_BIG} rows / {big_bytes / 1e6:.0f} MB and {ROWS_SMALL} rows / "
+            f"{small_bytes / 1e6:.0f} MB of support tickets with long inputs. Validation metrics: "
+            "'value' is the service's streaming validator (bounded readline, orjson parse, row checks, "
+            "normalised rows written to disk, sha256 content hash; no tokenizer pass), 'baseline' is "
+            "f.read().splitlines() + stdlib json.loads + the same row checks with rows kept in memory; "
+            f"best of {REPEAT} runs, each in a fresh subprocess; peak RSS = ru_maxrss of that process "
+            "(interpreter + imports included). rows/CPU-s divides by the process's CPU time (one free "
+            "core), rows/s by wall time (lower while the shared machine is busy). "
+            "service_upload_*: one multipart upload -> validate -> split -> quality report (MinHash "
+            "near-dups + leakage via datasketch LSH, no tokenizer) -> parquet + save_to_disk -> "
+            "SQLite, against a real `python -m tuneloop_dataset` process after a warm-up upload; RSS "
+            "and RssAnon (not file-backed, so without the memory-mapped arrow files) sampled every "
+            "20 ms, growth = peak - idle. The validator is flat; the report keeps ~2 KB a row while "
+            "near-dup analysis runs (256-byte signature + datasketch LSH buckets), capped by "
+            "DATASET_NEAR_DUP_MAX_ROWS=200k, above which only ~30 bytes a row are kept. "
+            f"Target: >= 50k rows/s, RSS flat with file size. Shared {os.cpu_count()}-core machine "
+            "(load average ~6-10 from other engineers' work while measured)."),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")

@@ -28,7 +28,7 @@ def test_long_lines_are_read_in_bounded_chunks():
     huge = b'{"instruction": "' + b"x" * (10 * limit * 1024) + b'", "output": "y"}\n'
     good = b'{"instruction": "a", "output": "b"}\n'
     src = CountingReader(good + huge + good)
-    out = io.StringIO()
+    out = io.BytesIO()
     res = StreamValidator(max_line_bytes=limit).run(src, out)
     assert (res.valid, res.invalid, res.total_lines) == (2, 1, 3)
     assert res.errors[0]["line"] == 2 and res.errors[0]["code"] == "line_too_long"
@@ -39,8 +39,8 @@ def test_long_lines_are_read_in_bounded_chunks():
 def test_normalisation_and_hash_ignore_formatting():
     a = b'{"instruction": "Do", "input": "", "output": "ok"}\n'
     b = b'{ "output":"ok" ,"instruction":"Do"}\r\n\n'
-    ra = StreamValidator(max_line_bytes=1000).run(io.BytesIO(a), io.StringIO())
-    rb = StreamValidator(max_line_bytes=1000).run(io.BytesIO(b"\xef\xbb\xbf" + b), io.StringIO())
+    ra = StreamValidator(max_line_bytes=1000).run(io.BytesIO(a), io.BytesIO())
+    rb = StreamValidator(max_line_bytes=1000).run(io.BytesIO(b"\xef\xbb\xbf" + b), io.BytesIO())
     assert ra.sha256 == rb.sha256 and rb.bom and rb.crlf and rb.blank_lines == 1
     assert normalize_row({"instruction": "I", "input": "X", "output": "O"})[0] == [
         {"role": "user", "content": "I\n\nX"}, {"role": "assistant", "content": "O"}]

@@ -15,11 +15,12 @@ Accepted row forms:
 from __future__ import annotations
 
 import hashlib
-import json
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any
+
+import orjson
 
 ROLES = ("system", "user", "assistant")
 BOM = b"\xef\xbb\xbf"
@@ -141,16 +142,18 @@ def normalize_row(obj: Any) -> tuple[list[dict[str, str]], str]:
                    "row needs 'instruction' + 'output' (article form) or 'messages' (chat form)")
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+def canonical_bytes(messages: list[dict[str, str]]) -> bytes:
+    """The normalised row as compact UTF-8 JSON; what the content hash and dup checks use."""
+    return orjson.dumps(messages)
 
 
 def canonical(messages: list[dict[str, str]]) -> str:
-    """The normalised text of a row; what the content hash and exact-dup checks use."""
-    return _ENCODE(messages)
+    return orjson.dumps(messages).decode()
 
 
-def row_digest(canon: str) -> bytes:
-    return hashlib.blake2b(canon.encode("utf-8"), digest_size=16).digest()
+def row_digest(canon: str | bytes) -> bytes:
+    data = canon.encode("utf-8") if isinstance(canon, str) else canon
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 # -- whole files ------------------------------------------------------------------------
@@ -186,7 +189,7 @@ class StreamValidator:
         if len(res.errors) < self.max_errors:
             res.errors.append({"line": line, "field": field_, "code": code, "message": msg})
 
-    def run(self, src: IO[bytes], out: IO[str] | None = None,
+    def run(self, src: IO[bytes], out: IO[bytes] | None = None,
             on_row: Callable[[int, list[dict[str, str]], str], None] | None = None,
             ) -> ParseResult:
         """Validate ``src``; write each valid row as a JSON line to ``out``; hash them."""
@@ -199,7 +202,8 @@ class StreamValidator:
         sha = hashlib.sha256()
         limit = self.max_line_bytes
         readline = src.readline
-        loads = json.loads
+        loads = orjson.loads
+        dumps = orjson.dumps
         lineno = 0
         while True:
             raw = readline(limit + 1)
@@ -225,34 +229,38 @@ class StreamValidator:
                 res.blank_lines += 1
                 continue
             try:
-                text = stripped.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                self._error(res, lineno, None, "invalid_utf8",
-                            f"line is not valid UTF-8 (byte {exc.start}: {stripped[exc.start:exc.start + 1]!r})")
-                continue
-            try:
-                obj = loads(text)
-            except ValueError as exc:
-                self._error(res, lineno, None, "invalid_json", f"invalid JSON: {exc}")
+                obj = loads(stripped)
+            except orjson.JSONDecodeError as exc:
+                self._bad_line(res, lineno, stripped, exc)
                 continue
             try:
                 messages, fmt = normalize_row(obj)
             except RowError as exc:
                 self._error(res, lineno, exc.field, exc.code, exc.message)
                 continue
-            canon = canonical(messages)
-            sha.update(canon.encode("utf-8"))
+            canon = dumps(messages)
+            sha.update(canon)
             sha.update(b"\n")
             res.valid += 1
             res.formats[fmt] += 1
             if out is not None:
-                out.write('{"messages":%s,"line":%d}\n' % (canon, lineno))
+                out.write(b'{"messages":%s,"line":%d}\n' % (canon, lineno))
             if on_row is not None:
                 on_row(lineno, messages, fmt)
         self._check_size(res)
         res.total_lines = lineno
         res.sha256 = sha.hexdigest()
         return res
+
+    def _bad_line(self, res: ParseResult, lineno: int, raw: bytes, exc: Exception) -> None:
+        """Name the problem of a line that did not parse: its encoding, or its JSON."""
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            self._error(res, lineno, None, "invalid_utf8",
+                        f"line is not valid UTF-8 (byte {uexc.start}: {raw[uexc.start:uexc.start + 1]!r})")
+            return
+        self._error(res, lineno, None, "invalid_json", f"invalid JSON: {exc}")
 
     def _drain(self, src: IO[bytes]) -> int:
         """Skip the rest of an over-long line in bounded chunks; return bytes skipped."""

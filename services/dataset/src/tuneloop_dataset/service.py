@@ -122,7 +122,7 @@ class DatasetService:
     def parse(self, src: IO[bytes], out_path: Path, which: str) -> ParseResult:
         t0 = time.perf_counter()
         try:
-            with open(out_path, "w", encoding="utf-8") as out:
+            with open(out_path, "wb") as out:
                 res = self.validator().run(src, out)
         except UploadRejected as exc:
             param = "eval_file" if which == "eval_file" else "file"

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -81,9 +81,9 @@ def features():
 
 def iter_jsonl(path: Path) -> Iterator[tuple[int, list[dict[str, str]]]]:
     """Rows of a normalised ``{"messages", "line"}`` JSONL file."""
-    with open(path, encoding="utf-8") as fh:
+    with open(path, "rb") as fh:
         for raw in fh:
-            row = json.loads(raw)
+            row = orjson.loads(raw)
             yield row["line"], row["messages"]
 
 
