@@ -125,3 +125,46 @@ def test_gguf_fails_clearly_without_the_converter(tmp_path: Path, monkeypatch: p
     assert [r["check"]["passed"] for r in res] == [False, False]
     assert all("GGUF converter not available" in r["error"] for r in res)
     assert not list(tmp_path.glob("*.gguf"))  # nothing faked
+
+
+def test_early_stopping_exports_the_best_checkpoint(tiny_random_dir: Path, ticket_rows, tmp_path: Path):
+    """A whole job in-process, made to overfit/diverge on purpose (lr at its maximum, LoRA scale
+    16): the eval loss rises, patience 1 stops training at the next evaluation, and the best
+    (earlier) checkpoint is what gets merged, verified and published."""
+    from datasets import Dataset, DatasetDict
+
+    from tuneloop.storage import ArtifactStore
+    from tuneloop_trainer import training
+
+    store = ArtifactStore(str(tmp_path / "store"))
+    rows = [article_to_chat(r) | {"line": i + 1} for i, r in enumerate(ticket_rows[:24])]
+    DatasetDict({"train": Dataset.from_list(rows[:20]), "eval": Dataset.from_list(rows[20:])}) \
+        .save_to_disk(str(store.local_path("datasets/ds-00000000000000e1/hf")))
+    spec = {"job_id": "job-00000000000000e1", "model_id": "mv-00000000000000e1",
+            "dataset_key": "datasets/ds-00000000000000e1/hf", "base_model": str(tiny_random_dir),
+            "backend": "peft",
+            "hyperparameters": {**FAST_HP, "num_train_epochs": 10, "eval_strategy": "steps",
+                                "eval_steps": 2, "early_stopping_patience": 1, "learning_rate": 1e-2,
+                                "warmup_steps": 0, "lora_alpha": 256},
+            "export": {"verify_prompts": 1, "verify_max_new_tokens": 4}}
+    ev = EventWriter(tmp_path / "events.jsonl")
+    result = training.run(spec, store, ev, tmp_path / "work")
+    m = result["metrics"]
+    evals = [e["data"]["eval_loss"] for e in _events(tmp_path / "events.jsonl") if e["type"] == "eval"]
+    assert m["stopped_early"] and m["max_steps"] == 50, (m, evals)
+    best_i = evals.index(min(evals))
+    assert evals[-1] > evals[best_i] and best_i < len(evals) - 1, evals  # patience 1: last was worse
+    best_name, last_name = f"checkpoint-{2 * (best_i + 1)}", f"checkpoint-{m['global_step']}"
+    assert m["best_checkpoint"] == best_name and m["best_eval_loss"] == min(evals)
+    evs = _events(tmp_path / "events.jsonl")
+    assert [e["data"]["name"] for e in evs if e["type"] == "checkpoint"][-1] == last_name
+    assert next(e for e in evs if e["type"] == "early_stopped")["data"]["best_checkpoint"] == best_name
+    from safetensors.torch import load_file
+
+    exported = load_file(store.local_path("models/mv-00000000000000e1/adapter") / "adapter_model.safetensors")
+    ckpts = store.local_path("jobs/job-00000000000000e1/checkpoints")
+    best = load_file(ckpts / best_name / "adapter_model.safetensors")
+    last = load_file(ckpts / last_name / "adapter_model.safetensors")
+    k = next(iter(best))
+    assert (exported[k] == best[k]).all() and not (exported[k] == last[k]).all()
+    assert result["export_checks"][0]["passed"]

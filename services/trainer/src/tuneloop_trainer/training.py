@@ -318,6 +318,11 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
         **_peak_memory(),
     }
     ev.emit("train_end", **metrics)
+    if stopped_early:
+        ev.emit("early_stopped", message=f"eval loss stopped improving: stopped at step "
+                f"{state.global_step} of {state.max_steps}; best {metrics['best_checkpoint']} "
+                f"(eval loss {state.best_metric}) is the result", step=state.global_step,
+                best_checkpoint=metrics["best_checkpoint"], best_eval_loss=state.best_metric)
 
     # ---- adapter (the best checkpoint's weights are loaded by load_best_model_at_end) ----
     adapter_key, merged_key = f"models/{mv_id}/adapter", f"models/{mv_id}/merged"
