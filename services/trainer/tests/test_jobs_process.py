@@ -110,6 +110,25 @@ def test_job_end_to_end(stack: Stack, tiny_base_dir: Path, small_dataset: str, r
     page = httpx.get(f"{t.url}/v1/jobs/{job['id']}/events", params={"after": 2, "limit": 3}).json()
     assert [e["seq"] for e in page["data"]] == [3, 4, 5] and page["has_more"]
 
+    # the typed client other services use
+    async def through_client() -> None:
+        from tuneloop.clients.base import ServiceError
+        from tuneloop.clients.trainer import TrainerClient
+
+        async with TrainerClient(t.url) as tr:
+            assert (await tr.wait(job["id"], timeout=5))["model_id"] == done["model_id"]
+            assert [j["id"] for j in (await tr.list_jobs(status="succeeded"))["data"]] == [job["id"]]
+            assert (await tr.get_model(done["model_id"]))["job_id"] == job["id"]
+            streamed = [ev["seq"] async for ev in tr.stream_events(job["id"], after=5)]
+            assert streamed == [e["seq"] for e in evs if e["seq"] > 5]
+            with pytest.raises(ServiceError) as exc:
+                await tr.create_job("ds-0123456789abcdef", str(tiny_base_dir))
+            assert exc.value.status == 404 and exc.value.code == "dataset_not_found"
+
+    import asyncio
+
+    asyncio.run(through_client())
+
     # a finished job can be deleted; its model version stays
     assert httpx.delete(f"{t.url}/v1/jobs/{job['id']}").json()["deleted"] is True
     assert httpx.get(f"{t.url}/v1/jobs/{job['id']}").status_code == 404
