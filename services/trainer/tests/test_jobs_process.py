@@ -92,6 +92,9 @@ def test_job_end_to_end(stack: Stack, tiny_base_dir: Path, small_dataset: str, r
     wait_for(lambda: receiver.bodies, 30, what="callback")
     assert receiver.bodies == [{"event": "training_job.succeeded", "job_id": job["id"],
                                 "model_id": done["model_id"]}]
+    cb = wait_event(t.url, job["id"], "callback")["data"]
+    assert cb["delivered"] and cb["attempts"] == 2
+    evs = events(t.url, job["id"])
     listed = httpx.get(f"{t.url}/v1/jobs", params={"status": "succeeded"}).json()["data"]
     assert [j["id"] for j in listed] == [job["id"]]
     assert job["id"] not in httpx.get(f"{stack.dataset.url}/v1/datasets/{small_dataset}").json()["in_use_by"]
