@@ -98,8 +98,6 @@ def configure_env(var: Path, base_path: Path, eval_max_tokens: int) -> None:
         # inference serves the base at start-up; its admin API is shared with the gateway only
         "INFERENCE_BASE_MODEL_PATH": str(base_path),
         "INFERENCE_ADMIN_KEY": _secret(var / "demo" / "inference-admin-key"),
-        # greedy evaluation only: continuous batching is safe and much faster on CPU
-        "INFERENCE_CONTINUOUS_BATCHING": "true",
         "GATEWAY_PROMOTION_ALIAS": ALIAS,
         "GATEWAY_EVAL_MAX_TOKENS": str(eval_max_tokens),
         "GATEWAY_EVAL_CONCURRENCY": "8",
@@ -204,7 +202,18 @@ def step_eval_base(api: GatewayAPI, ds: dict) -> dict | None:
     console.print(eval_table(run))
     for line in comparison_lines(run):
         console.print(f"  {line}")
+    check_generations(api, run)
     return run
+
+
+def check_generations(api: GatewayAPI, run: dict) -> None:
+    """A score computed from failed generations is not a score: stop and show the first error."""
+    for t in (run.get("report") or {}).get("targets") or []:
+        m = t.get("metrics") or {}
+        if m.get("generations") and m.get("errors", 0) >= m["generations"]:
+            sample = api.get(f"/v1/evals/{run['id']}/samples", limit=1)
+            raise DemoError(f"every generation of target '{t.get('name')}' failed in eval "
+                            f"{run['id']}: {json.dumps(sample.get('data', [])[:1])[:800]}")
 
 
 def step_train(api: GatewayAPI, ds: dict, base_path: Path, cfg: argparse.Namespace) -> dict:
@@ -265,6 +274,8 @@ def step_report(api: GatewayAPI, decision: dict, base_run: dict | None) -> dict 
         console.print(f"  {reason}")
     if decision.get("error"):
         console.print(f"  [red]{decision['error']}[/]")
+    if run and run.get("report"):
+        check_generations(api, run)
     return run
 
 

@@ -257,7 +257,8 @@ def eval_table(run: dict) -> Table:
     table = Table(title=f"eval {run.get('id')} ({report.get('n_examples', '?')} held-out examples, "
                         f"primary metric {(report.get('task') or {}).get('primary_metric', '?')})",
                   header_style="bold")
-    cols = ["target", "model", "task score", "json valid"] + fields + ["rougeL", "general", "p50 ms", "tok/s"]
+    cols = ["target", "model", "task score", "json valid"] + fields + ["rougeL", "general", "p50 ms",
+                                                                        "tok/s", "errors"]
     for c in cols:
         table.add_column(c, justify="left" if c in ("target", "model") else "right")
     for t in targets:
@@ -265,7 +266,8 @@ def eval_table(run: dict) -> Table:
         row = [t.get("name", "?"), t.get("model", "?"), _val(m.get("task_score")), _val(m.get("json_valid"))]
         row += [_val((m.get("fields") or {}).get(k)) for k in fields]
         row += [_val(m.get("rougeL")), _val(m.get("general")),
-                fmt((m.get("latency_ms") or {}).get("p50"), 4), fmt(m.get("tokens_per_s"), 3)]
+                fmt((m.get("latency_ms") or {}).get("p50"), 4), fmt(m.get("tokens_per_s"), 3),
+                f"{m.get('errors', 0)}/{m.get('generations', '?')}"]
         table.add_row(*row)
     return table
 
