@@ -62,6 +62,9 @@ def test_task_detection_for_plain_text():
 def test_rows_to_examples_names_the_bad_row():
     with pytest.raises(ValueError, match="row 7"):
         rows_to_examples([{"messages": [{"role": "user", "content": "hi"}], "line": 7}])
+    for bad in ([5], "x", [{"role": "assistant", "content": 3}], []):
+        with pytest.raises(ValueError, match="row 1"):
+            rows_to_examples([{"messages": bad}])
     with pytest.raises(ValueError, match="row 2"):
         rows_to_examples([{"instruction": "a", "output": "b"}, {"foo": 1}])
 

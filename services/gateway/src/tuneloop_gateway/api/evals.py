@@ -47,6 +47,8 @@ async def _spec_from_request(request: Request) -> tuple[EvalCreate, dict | None]
             upload, raw = form.get("file"), form.get("config") or "{}"
             if upload is None or isinstance(upload, str):
                 raise InvalidRequest("multipart evals need a 'file' part (JSONL)", param="file")
+            if not isinstance(raw, str):
+                raise InvalidRequest("'config' must be a form field holding JSON", param="config")
             data = await upload.read()
             config = json.loads(raw)
             if not isinstance(config, dict):

@@ -194,7 +194,8 @@ def rows_to_examples(rows: list[dict[str, Any]]) -> list[Example]:
             except ValueError as exc:
                 raise ValueError(f"{where}: messages is not valid JSON") from exc
         if msgs is not None:
-            msgs = [dict(m) for m in msgs] if isinstance(msgs, (list, tuple)) else None
+            ok = isinstance(msgs, (list, tuple)) and all(isinstance(m, dict) for m in msgs)
+            msgs = [dict(m) for m in msgs] if ok else None
             if (not msgs or msgs[-1].get("role") != "assistant"
                     or any(not isinstance(m.get("content"), str) for m in msgs) or len(msgs) < 2):
                 raise ValueError(f"{where}: messages must end with an assistant answer")
