@@ -168,3 +168,17 @@ def test_early_stopping_exports_the_best_checkpoint(tiny_random_dir: Path, ticke
     k = next(iter(best))
     assert (exported[k] == best[k]).all() and not (exported[k] == last[k]).all()
     assert result["export_checks"][0]["passed"]
+
+
+def test_push_to_hub_reports_why_it_did_not_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from tuneloop_trainer.training import _push
+
+    ev = EventWriter(tmp_path / "e.jsonl")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.delenv("HUGGING_FACE_HUB_TOKEN", raising=False)
+    assert _push(tmp_path, "org/model", ev) == {"kind": "push_to_hub", "passed": False,
+                                                "detail": "push_to_hub skipped: no HF_TOKEN"}
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert "no network" in _push(tmp_path, "org/model", ev)["detail"]
+    assert [e["data"]["code"] for e in _events(tmp_path / "e.jsonl")] == ["push_to_hub_failed"] * 2
