@@ -223,10 +223,11 @@ class PromotionService:
             targets.append(TargetSpec(name="production", model=production, role="production"))
         spec = EvalCreate(name=f"gate {job['id'] or job['model_id']}", dataset_id=job["dataset_id"],
                           targets=targets, baseline="base", general_suite=True)
-        run = await self.evals.run(spec, source={"dataset_id": job["dataset_id"], "job_id": job["id"],
-                                                 "model_id": job["model_id"]})
-        await run_in_threadpool(self._set, pid, eval_id=run["id"], candidate=candidate,
-                                previous=production)
+        eval_id = await self.evals.create(spec, source={
+            "dataset_id": job["dataset_id"], "job_id": job["id"], "model_id": job["model_id"]})
+        await run_in_threadpool(self._set, pid, eval_id=eval_id, candidate=candidate,
+                                previous=production)  # visible while the eval runs
+        run = await self.evals.wait(eval_id)
         if run["status"] != "succeeded":
             raise TuneloopError(f"evaluation {run['id']} failed: {(run['error'] or {}).get('message')}",
                                 code="eval_failed")
