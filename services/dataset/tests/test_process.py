@@ -26,7 +26,8 @@ def test_flow_concurrency_and_restart(service: ServiceProcess, tmp_path: Path):
     data = tmp_path / "tickets.jsonl"
     write_jsonl(str(data), 300, seed=21)
     url = service.url
-    assert httpx.get(f"{url}/ready").json()["status"] == "ready"
+    ready = httpx.get(f"{url}/ready").json()
+    assert ready["status"] == "ready" and ready["checks"] == {"database": True, "artifact_store": True}
 
     # concurrent uploads of identical content: one version, one 201, no corruption
     def post() -> httpx.Response:

@@ -47,7 +47,9 @@ def create_app(settings: DatasetSettings | None = None) -> FastAPI:
             db.dispose()
 
     async def ready(app: FastAPI) -> dict:
-        return {"database": app.state.db.ping()}
+        store = app.state.store
+        return {"database": await anyio.to_thread.run_sync(app.state.db.ping),
+                "artifact_store": await anyio.to_thread.run_sync(store.fs.exists, store.root)}
 
     app = build_service_app(settings, title="tuneloop dataset service", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)
