@@ -148,12 +148,16 @@ def test_openai_sdk_fine_tuning(stack: Stack, tiny_base_dir: Path, ticket_rows, 
     f = client.files.create(file=path.open("rb"), purpose="fine-tune")
     assert f.id.startswith("file-") and f.purpose == "fine-tune" and f.bytes == path.stat().st_size
     assert [x.id for x in client.files.list().data] == [f.id]
+    vpath = tmp_path / "valid.jsonl"
+    vpath.write_text("".join(json.dumps(r) + "\n" for r in ticket_rows[100:110]))
+    v = client.files.create(file=vpath.open("rb"), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(
-        training_file=f.id, model=str(tiny_base_dir), suffix="sdk", seed=7,
+        training_file=f.id, validation_file=v.id, model=str(tiny_base_dir), suffix="sdk", seed=7,
         hyperparameters={"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 10,
                          "max_seq_length": 256, "warmup_steps": 2, "logging_steps": 2},
         extra_body={"tuneloop": {"backend": "peft", "export": {**FAST_EXPORT, "gguf": ["q8_0"]}}})
     assert job.status in ("queued", "running") and job.training_file == f.id and job.seed == 7
+    assert job.validation_file == v.id
 
     def finished():
         j = client.fine_tuning.jobs.retrieve(job.id)
@@ -172,6 +176,7 @@ def test_openai_sdk_fine_tuning(stack: Stack, tiny_base_dir: Path, ticket_rows, 
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert ckpts and ckpts[0].fine_tuning_job_id == job.id and ckpts[0].metrics.valid_loss is not None
     mv = httpx.get(f"{t.url}/v1/models/{j.fine_tuned_model}").json()
+    assert (mv["metrics"]["train_rows"], mv["metrics"]["eval_rows"]) == (40, 10)  # validation_file = eval
     gguf = next(c for c in mv["export_checks"] if c["kind"] == "gguf:q8_0")
     assert gguf["passed"] is False and "GGUF converter not available" in gguf["detail"]
     assert mv["artifacts"]["gguf"] == [{"quant": "q8_0", "error": gguf["detail"]}]

@@ -28,7 +28,7 @@ from .service import TrainerService, now
 log = logging.getLogger("tuneloop.trainer.supervisor")
 
 _PROGRESS_KEYS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_s", "eta_s",
-                  "step_time_s", "peak_gpu_bytes", "peak_rss_bytes")
+                  "step_time_s", "peak_gpu_bytes", "peak_rss_bytes", "num_tokens")
 
 
 class Supervisor:
