@@ -182,3 +182,34 @@ def test_push_to_hub_reports_why_it_did_not_push(tmp_path: Path, monkeypatch: py
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert "no network" in _push(tmp_path, "org/model", ev)["detail"]
     assert [e["data"]["code"] for e in _events(tmp_path / "e.jsonl")] == ["push_to_hub_failed"] * 2
+
+
+def test_local_executor_hands_out_one_gpu_per_job(tmp_path: Path):
+    """Jobs get CUDA_VISIBLE_DEVICES from the pool; a finished job gives its GPU back; a job
+    whose spec is missing exits non-zero with the reason in its log tail."""
+    import asyncio
+    import time
+
+    from tuneloop.storage import ArtifactStore
+    from tuneloop_trainer.executors.local import LocalExecutor
+    from tuneloop_trainer.settings import TrainerSettings
+
+    ex = LocalExecutor(TrainerSettings(data_dir=tmp_path, gpu_ids=["0", "1"]),
+                       ArtifactStore(str(tmp_path / "store")))
+
+    async def scenario() -> None:
+        a = await ex.start("job-00000000000000g1")
+        b = await ex.start("job-00000000000000g2")
+        assert (a["gpu"], b["gpu"]) == ("0", "1")
+        with pytest.raises(RuntimeError, match="no free GPU"):
+            await ex.start("job-00000000000000g3")
+        deadline = time.monotonic() + 120
+        end = None
+        while end is None and time.monotonic() < deadline:
+            end = await ex.poll("job-00000000000000g1", a)
+            await asyncio.sleep(0.2)
+        assert end is not None and end.returncode == 1 and "spec.json" in end.reason
+        assert (await ex.start("job-00000000000000g3"))["gpu"] == "0"
+        await ex.close()
+
+    asyncio.run(scenario())

@@ -26,6 +26,9 @@ class TrainerSettings(ServiceSettings):
     # -- queue / executor --------------------------------------------------------------
     executor: Literal["local", "kubernetes"] = Field("local", description="Where jobs run.")
     max_concurrent_jobs: int = Field(1, ge=1, le=64, description="Jobs running at once (one per GPU).")
+    gpu_ids: list[str] = Field(default_factory=list, description="Local executor: GPUs handed out one "
+                               "per job through CUDA_VISIBLE_DEVICES (e.g. [\"0\",\"1\"] with "
+                               "max_concurrent_jobs=2); empty: jobs see every GPU.")
     poll_interval_s: float = Field(0.5, gt=0, le=30, description="Supervisor loop period.")
     cancel_grace_s: float = Field(5.0, ge=0, le=120, description="SIGTERM -> SIGKILL grace on cancel.")
     job_python: str | None = Field(None, description="Python for job processes (default: this one).")

@@ -29,6 +29,7 @@ class LocalExecutor(Executor):
         self.store = store
         self.procs: dict[str, subprocess.Popen] = {}
         self.kill_at: dict[str, float] = {}
+        self.gpu_of: dict[str, str] = {}  # job -> the GPU it holds (one job per GPU)
 
     def log_path(self, job_id: str) -> Path:
         return self.store.local_path(f"jobs/{job_id}/process.log")
@@ -38,13 +39,19 @@ class LocalExecutor(Executor):
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.job_env, "PYTHONUNBUFFERED": "1",
                "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        handle: dict[str, Any] = {}
+        if self.settings.gpu_ids:
+            free = [g for g in self.settings.gpu_ids if g not in self.gpu_of.values()]
+            if not free:
+                raise RuntimeError("no free GPU (raise gpu_ids or lower max_concurrent_jobs)")
+            self.gpu_of[job_id] = env["CUDA_VISIBLE_DEVICES"] = handle["gpu"] = free[0]
         cmd = [self.settings.job_python or sys.executable, "-m", "tuneloop_trainer.run_job", job_id,
                "--store", self.store.url, "--parent-pid", str(os.getpid())]
         with open(log, "ab") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, cwd=str(Path.cwd()))
         self.procs[job_id] = proc
-        return {"pid": proc.pid, "started": time.time()}
+        return {"pid": proc.pid, "started": time.time(), **handle}
 
     async def poll(self, job_id: str, handle: dict[str, Any]) -> Exit | None:
         proc = self.procs.get(job_id)
@@ -58,6 +65,7 @@ class LocalExecutor(Executor):
             return None
         self.procs.pop(job_id, None)
         self.kill_at.pop(job_id, None)
+        self.gpu_of.pop(job_id, None)
         if rc == 0:
             return Exit(0)
         if rc < 0:
