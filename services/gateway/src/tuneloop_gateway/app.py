@@ -7,10 +7,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from tuneloop.app import build_service_app
 from tuneloop.db import Database
+from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
 from tuneloop.storage import ArtifactStore
 
@@ -80,9 +84,20 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app = build_service_app(settings, title="tuneloop gateway", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)
     app.state.gw_metrics = gw_metrics
+    app.add_exception_handler(RateLimited, _rate_limited)  # type: ignore[arg-type]
     app.include_router(keys.router)
     app.include_router(evals.router)
     app.include_router(promotions.router)
     app.include_router(promotions.callbacks)
     app.include_router(proxy.router)
     return app
+
+
+async def _rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
+    """429 in the envelope, plus ``Retry-After`` (whole seconds) for clients that honour it."""
+    body = exc.body()
+    rid = getattr(request.state, "request_id", None)
+    if rid:
+        body["error"]["request_id"] = rid
+    wait = (exc.details or {}).get("retry_after_s", 1)
+    return JSONResponse(body, status_code=429, headers={"Retry-After": str(max(1, math.ceil(wait)))})
