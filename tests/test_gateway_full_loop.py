@@ -106,6 +106,8 @@ def test_openai_fine_tuning_through_gateway_then_gated_promotion(loop, ticket_ro
     assert {"uplift_vs_base", "general_suite_drop", "json_validity"} <= checks
     run = httpx.get(f"{gw}/v1/evals/{decision['eval_id']}",
                     headers={"Authorization": f"Bearer {ADMIN}"}).json()
+    print(f"gate decision: {decision['status']}\n" + "\n".join(decision["reasons"]) + "\n"
+          + run["report"]["table"])  # shown with -s: what the tiny LoRA achieved
     assert run["report"]["n_examples"] == 16 and run["report"]["advice"][0].startswith("Base")
     # lineage through the gateway carries the decision
     lineage = httpx.get(f"{gw}/v1/models/{model_id}", headers={"Authorization": f"Bearer {inf}"}).json()
