@@ -237,3 +237,14 @@ def test_empty_rows_list(client):
     r = client.post("/v1/datasets", json={"rows": []})
     assert r.status_code == 400 and r.json()["error"]["code"] == "no_rows"
     assert r.json()["error"]["param"] == "rows"
+
+
+def test_single_row_has_an_empty_eval_split(client, settings):
+    r = client.post("/v1/datasets", json={"rows": [{"instruction": "Say hi", "output": "hi"}]})
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["counts"]["train"] == 1 and ds["counts"]["eval"] == 0
+    assert "no_eval_split" in [w["code"] for w in ds["warnings"]]
+    dd = datasets.load_from_disk(str(Path(settings.resolved_artifact_url()) / ds["artifacts"]["hf"]))
+    assert len(dd["train"]) == 1 and len(dd["eval"]) == 0
+    assert dd["eval"].column_names == ["messages", "line"]

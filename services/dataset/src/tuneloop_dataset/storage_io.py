@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -53,20 +54,29 @@ class SplitWriter:
             self.writers[s].close()
 
 
+_HF_LOCK = threading.Lock()
+
+
 def write_hf(stage: Path, work: Path) -> None:
-    """``stage/hf``: a ``DatasetDict`` (train/eval) built from the parquet files (memory-mapped)."""
+    """``stage/hf``: a ``DatasetDict`` (train/eval) from the parquet files, memory-mapped.
+
+    Each split is converted row group by row group to an Arrow stream file and opened with
+    ``Dataset.from_file`` (no builder, no cache folder, works for an empty split). One at a
+    time: parts of ``datasets`` (tqdm's thread_map lock) are not thread-safe.
+    """
     import datasets
 
     datasets.disable_progress_bars()
-    parts = {}
-    for s in SPLITS:
-        path = stage / f"{s}.parquet"
-        if pq.ParquetFile(path).metadata.num_rows:
-            parts[s] = datasets.Dataset.from_parquet(str(path), cache_dir=str(work / "hf-cache"),
-                                                     keep_in_memory=False)
-        else:  # from_parquet cannot read a file without rows
-            parts[s] = datasets.Dataset(pq.read_table(path))
-    datasets.DatasetDict(parts).save_to_disk(str(stage / "hf"))
+    with _HF_LOCK:
+        parts = {}
+        for s in SPLITS:
+            arrow_path = work / f"{s}.arrow"
+            pf = pq.ParquetFile(stage / f"{s}.parquet")
+            with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as w:
+                for rg in range(pf.num_row_groups):
+                    w.write_table(pf.read_row_group(rg))
+            parts[s] = datasets.Dataset.from_file(str(arrow_path))
+        datasets.DatasetDict(parts).save_to_disk(str(stage / "hf"))
 
 
 def features():
