@@ -6,7 +6,7 @@ import pytest
 
 from tuneloop_gateway.evals import scoring
 from tuneloop_gateway.evals.report import detect_task, score_example
-from tuneloop_gateway.evals.runner import Example, Generation, rows_to_examples
+from tuneloop_gateway.evals.runner import Generation, rows_to_examples
 
 
 def test_rouge_matches_hand_computed_values():

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .process import ServiceProcess, free_port
+from .process import ServiceProcess
 
 
 class TransformersServe(ServiceProcess):
@@ -114,4 +114,4 @@ def build_damaged_copy(model_dir: str | Path, out_dir: str | Path, *, noise: flo
     return out
 
 
-__all__ = ["TransformersServe", "build_tuned_copy", "build_damaged_copy", "free_port"]
+__all__ = ["TransformersServe", "build_tuned_copy", "build_damaged_copy"]
