@@ -72,6 +72,9 @@ def write_hf(stage: Path, work: Path) -> None:
         for s in SPLITS:
             arrow_path = work / f"{s}.arrow"
             pf = pq.ParquetFile(stage / f"{s}.parquet")
+            if pf.metadata.num_rows == 0:  # from_file cannot open a stream without batches
+                parts[s] = datasets.Dataset(SCHEMA.empty_table())
+                continue
             with pa.OSFile(str(arrow_path), "wb") as sink, pa.ipc.new_stream(sink, SCHEMA) as w:
                 for rg in range(pf.num_row_groups):
                     w.write_table(pf.read_row_group(rg))
