@@ -79,7 +79,9 @@ def write_hf(stage: Path, work: Path) -> None:
                 for rg in range(pf.num_row_groups):
                     w.write_table(pf.read_row_group(rg))
             parts[s] = datasets.Dataset.from_file(str(arrow_path))
-        datasets.DatasetDict(parts).save_to_disk(str(stage / "hf"))
+        # an empty split needs an explicit single (empty) shard, or load_from_disk fails on it
+        shards = {s: 1 for s, d in parts.items() if len(d) == 0}
+        datasets.DatasetDict(parts).save_to_disk(str(stage / "hf"), num_shards=shards or None)
 
 
 def features():
