@@ -228,6 +228,25 @@ def test_rollback_is_one_call_on_the_same_path(service, admin) -> None:  # noqa:
     assert resp.model == V1
 
 
+def test_typed_client(service) -> None:  # noqa: ANN001
+    from tuneloop.clients.inference import InferenceClient
+
+    async def run() -> None:
+        async with InferenceClient(service.url, api_key=ADMIN_KEY) as client:
+            assert await client.ready()
+            assert await client.alias_target("bot") == V1
+            assert await client.alias_target("nope") is None
+            names = {d["model"]: d["state"] for d in await client.deployments()}
+            assert names["base"] == "ready" and names[V1] == "ready"
+            again = await client.deploy(model_id=V1)   # idempotent: same weights, same name
+            assert again["state"] == "ready"
+            out = await client.chat("bot", MESSAGES, max_tokens=2)
+            assert out["model"] == V1 and out["usage"]["completion_tokens"] == 2
+            assert "bot" in {m["id"] for m in await client.models()}
+
+    asyncio.run(run())
+
+
 # ------------------------------------------------------------------------------- supervision
 def test_killed_engine_is_restarted(service, admin) -> None:  # noqa: ANN001
     dep = next(d for d in admin.get("/admin/deployments").json()["data"] if d["model"] == "base")

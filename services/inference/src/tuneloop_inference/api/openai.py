@@ -14,7 +14,7 @@ import json
 import time
 from typing import Any
 
-import httpx
+import aiohttp
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -201,31 +201,38 @@ def _engine_error(resp_status: int, content: bytes, engine: Engine) -> TuneloopE
                          code="engine_error")
 
 
-def _transport_error(exc: Exception, engine: Engine) -> TuneloopError:
-    if isinstance(exc, httpx.TimeoutException):
+def _transport_error(exc: BaseException, engine: Engine) -> TuneloopError:
+    if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout(f"{engine.kind} engine timed out", code="engine_timeout")
     return UpstreamError(f"{engine.kind} engine unreachable: {exc.__class__.__name__}",
                          code="engine_unreachable")
+
+
+_TRANSPORT = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, AttributeError)
+
+
+async def _post(engine: Engine, path: str, payload: bytes, ctx: _Ctx) -> tuple[int, bytes]:
+    """One request to the engine over its pooled aiohttp session."""
+    async with engine.session.post(path, data=payload, headers=ctx.headers) as resp:  # type: ignore[union-attr]
+        return resp.status, await resp.read()
 
 
 async def _plain(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
     engine.acquire()
     status = 502
     try:
-        assert engine.client is not None
-        resp = await engine.client.post(path, content=json.dumps(body), headers=ctx.headers)
-        status = resp.status_code
+        status, content = await _post(engine, path, json.dumps(body).encode(), ctx)
         if status != 200:
-            raise _engine_error(status, resp.content, engine)
+            raise _engine_error(status, content, engine)
         usage = None
         try:
-            usage = json.loads(resp.content).get("usage")
+            usage = json.loads(content).get("usage")
         except (ValueError, AttributeError):
             pass
         ctx.done(200, False, usage)
         status = 0
-        return Response(resp.content, media_type="application/json")
-    except (httpx.HTTPError, AssertionError) as exc:
+        return Response(content, media_type="application/json")
+    except _TRANSPORT as exc:
         raise _transport_error(exc, engine) from exc
     finally:
         engine.release()
@@ -235,20 +242,16 @@ async def _plain(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
 
 async def _fan_out(engine: Engine, path: str, body: dict, n: int, ctx: _Ctx) -> Response:
     """``n`` choices from an engine without ``n``: n concurrent requests, merged in order."""
-    single = {k: v for k, v in body.items() if k != "n"}
+    payload = json.dumps({k: v for k, v in body.items() if k != "n"}).encode()
     engine.acquire()
     status = 502
     try:
-        assert engine.client is not None
-        payload = json.dumps(single)
-        resps = await asyncio.gather(*(engine.client.post(path, content=payload,
-                                                          headers=ctx.headers)
-                                       for _ in range(n)))
-        bad = next((r for r in resps if r.status_code != 200), None)
+        answers = await asyncio.gather(*(_post(engine, path, payload, ctx) for _ in range(n)))
+        bad = next((a for a in answers if a[0] != 200), None)
         if bad is not None:
-            status = bad.status_code
-            raise _engine_error(bad.status_code, bad.content, engine)
-        parts = [r.json() for r in resps]
+            status = bad[0]
+            raise _engine_error(bad[0], bad[1], engine)
+        parts = [json.loads(content) for _, content in answers]
         merged = parts[0]
         merged["choices"] = [{**p["choices"][0], "index": i} for i, p in enumerate(parts)]
         usages = [p.get("usage") or {} for p in parts]
@@ -259,7 +262,7 @@ async def _fan_out(engine: Engine, path: str, body: dict, n: int, ctx: _Ctx) -> 
         ctx.done(200, False, merged["usage"])
         status = 0
         return JSONResponse(merged)
-    except (httpx.HTTPError, AssertionError) as exc:
+    except _TRANSPORT as exc:
         raise _transport_error(exc, engine) from exc
     finally:
         engine.release()
@@ -270,37 +273,35 @@ async def _fan_out(engine: Engine, path: str, body: dict, n: int, ctx: _Ctx) -> 
 async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
     engine.acquire()
     try:
-        assert engine.client is not None
-        req = engine.client.build_request("POST", path, content=json.dumps(body),
-                                          headers=ctx.headers)
-        resp = await engine.client.send(req, stream=True)
-    except (httpx.HTTPError, AssertionError) as exc:
+        resp = await engine.session.post(path, data=json.dumps(body).encode(),  # type: ignore[union-attr]
+                                         headers=ctx.headers)
+    except _TRANSPORT as exc:
         engine.release()
         ctx.done(502, True)
         raise _transport_error(exc, engine) from exc
-    if resp.status_code != 200:
-        content = await resp.aread()
-        await resp.aclose()
+    if resp.status != 200:
+        content = await resp.read()
+        resp.release()
         engine.release()
-        ctx.done(resp.status_code, True)
-        raise _engine_error(resp.status_code, content, engine)
+        ctx.done(resp.status, True)
+        raise _engine_error(resp.status, content, engine)
 
     async def relay():  # noqa: ANN202
         first, tail, status = True, b"", 200
         try:
-            async for chunk in resp.aiter_raw():
+            async for chunk in resp.content.iter_any():
                 if first:
                     ctx.metrics.ttft.labels(ctx.served).observe(time.perf_counter() - ctx.t0)
                     first = False
                 tail = (tail + chunk)[-8192:]
                 yield chunk
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             status = 502
             err = error_body(f"{engine.kind} engine stream broke: {exc.__class__.__name__}",
                              "upstream_error", "engine_stream_error")
             yield f"data: {json.dumps(err)}\n\n".encode()
         finally:
-            await resp.aclose()
+            resp.release()
             engine.release()
             ctx.done(status, True, _usage_from_tail(tail))
 

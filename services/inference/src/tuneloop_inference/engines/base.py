@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 
 from ..settings import InferenceSettings
@@ -57,7 +58,8 @@ class Engine:
         self.port = port or free_port(self.host)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
-        self.client: httpx.AsyncClient | None = None
+        self.client: httpx.AsyncClient | None = None      # control plane: health, smoke
+        self.session: aiohttp.ClientSession | None = None  # data plane: proxied requests
         self.state = "stopped"
         self.restarts = 0
         self.in_flight = 0
@@ -98,6 +100,15 @@ class Engine:
                                   max_keepalive_connections=self.settings.engine_max_connections)
             timeout = httpx.Timeout(self.settings.engine_request_timeout_s, connect=5.0)
             self.client = httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=limits)
+        if self.session is None:
+            # aiohttp for the hot path: ~0.1 ms CPU per proxied request vs ~1 ms with httpx
+            # (measured on this machine; see docs/inference.md)
+            connector = aiohttp.TCPConnector(limit=self.settings.engine_max_connections,
+                                             keepalive_timeout=60)
+            timeout_ = aiohttp.ClientTimeout(total=None, sock_connect=5.0,
+                                             sock_read=self.settings.engine_request_timeout_s)
+            self.session = aiohttp.ClientSession(base_url=self.url, connector=connector,
+                                                 timeout=timeout_, auto_decompress=False)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Poll ``/health`` until 200; raise EngineError if the process exits or time runs out."""
@@ -164,6 +175,9 @@ class Engine:
         if self.client is not None:
             await self.client.aclose()
             self.client = None
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
 
     def kill_process(self) -> None:
         """Hard-kill the process group (used before a restart of a hung engine)."""
