@@ -130,3 +130,17 @@ def test_dataset_client_against_the_real_process(service: ServiceProcess, tmp_pa
             assert {d["id"] for d in listing["data"]} == {up["id"], ex["id"]}
 
     asyncio.run(flow())
+
+
+def test_concurrent_uploads_of_different_content(service: ServiceProcess):
+    """Builds run in parallel threads (a datasets/tqdm race once turned one into a 500)."""
+    from tuneloop.examples.support_tickets import generate
+
+    def post(seed: int) -> httpx.Response:
+        return httpx.post(f"{service.url}/v1/datasets", json={"rows": generate(60, seed=seed)},
+                          timeout=120)
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(post, range(100, 104)))
+    assert [r.status_code for r in results] == [201] * 4, [r.text[:300] for r in results]
+    assert len({r.json()["id"] for r in results}) == 4
