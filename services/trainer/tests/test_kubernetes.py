@@ -37,6 +37,10 @@ def test_manifest_is_a_valid_gpu_job_running_the_same_entrypoint(tmp_path: Path,
     assert {"name": "TUNELOOP_ARTIFACT_URL", "value": "/artifacts"} in c["env"]
     assert m["spec"]["template"]["spec"]["volumes"][0]["persistentVolumeClaim"]["claimName"] == \
         "tuneloop-artifacts"
+    import kubernetes_validate  # the real batch/v1 OpenAPI schema, strict (unknown fields fail)
+
+    for version in ("1.31", "1.33"):
+        kubernetes_validate.validate(m, version, strict=True)
     headers = {"Authorization": f"Bearer {fake_kube.token}"}
     url = f"{fake_kube.url}/apis/batch/v1/namespaces/{NS}/jobs"
     assert httpx.post(url, json=m, headers=headers).status_code == 201

@@ -18,7 +18,7 @@ class JobCreate(BaseModel):
 
     dataset_id: str = Field(min_length=1, max_length=80, description="Dataset version (ds-...).")
     base_model: str = Field(min_length=1, max_length=500, description="Local model folder or Hub id.")
-    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    backend: Literal["auto", "unsloth", "peft"] | None = Field(None, description="None: TRAINER_BACKEND.")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     export: ExportOptions = Field(default_factory=ExportOptions)
     callback_url: str | None = Field(None, max_length=2000, pattern=r"^https?://\S+$")

@@ -23,6 +23,9 @@ class TrainerSettings(ServiceSettings):
                                      "http://gateway:8000/internal/training-events.")
     callback_attempts: int = Field(5, ge=1, le=20, description="Tries per callback (backoff 0.5s x2^n).")
 
+    backend: Literal["auto", "unsloth", "peft"] = Field("auto", description="Backend of jobs that "
+                                                        "do not name one.")
+
     # -- queue / executor --------------------------------------------------------------
     executor: Literal["local", "kubernetes"] = Field("local", description="Where jobs run.")
     max_concurrent_jobs: int = Field(1, ge=1, le=64, description="Jobs running at once (one per GPU).")

@@ -24,7 +24,8 @@ def _svc(request: Request) -> TrainerService:
 @router.post("", status_code=201, summary="Validate and queue a training job")
 async def create_job(body: JobCreate, request: Request) -> JSONResponse:
     job = await _svc(request).create_job(
-        dataset_id=body.dataset_id, base_model=body.base_model, backend=body.backend,
+        dataset_id=body.dataset_id, base_model=body.base_model,
+        backend=body.backend or request.app.state.settings.backend,
         hyperparameters=body.hyperparameters, export=body.export, callback_url=body.callback_url,
         suffix=body.suffix)
     request.app.state.supervisor.wake.set()

@@ -109,7 +109,7 @@ async def create_ft_job(body: FineTuningJobCreate, request: Request) -> dict:
     unknown = set(extra) - {"backend", "export", "callback_url"}
     if unknown:
         raise InvalidRequest(f"unknown tuneloop options: {sorted(unknown)}", param="tuneloop")
-    backend = extra.get("backend", "auto")
+    backend = extra.get("backend") or request.app.state.settings.backend
     if backend not in ("auto", "unsloth", "peft"):
         raise InvalidRequest(f"backend must be auto|unsloth|peft (got {backend!r})",
                              param="tuneloop.backend")
