@@ -89,6 +89,26 @@ def length_report(tokenizer: Any, ds: Any, max_len: int) -> dict[str, int]:
     return {"longest": longest, "truncated": over}
 
 
+FLASH_ATTENTION = {"flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2",
+                   "kernels-community/flash-attn3", "kernels-community/vllm-flash-attn3"}
+
+
+def check_packing(hp: Hyperparameters, backend_name: str, model: Any, ev: EventWriter) -> Hyperparameters:
+    """Packed rows must not attend to each other: TRL's packing is only safe with a FlashAttention
+    (varlen) implementation, or Unsloth's own padding-free attention. Otherwise train unpacked
+    and say so."""
+    if not hp.packing or backend_name == "unsloth":
+        return hp
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    impl = getattr(base.config, "_attn_implementation", None)
+    if impl in FLASH_ATTENTION:
+        return hp
+    ev.warning("packing_disabled", f"packing needs a FlashAttention implementation (the model uses "
+               f"{impl!r}), else packed rows attend to each other; training without packing",
+               attn_implementation=impl)
+    return hp.model_copy(update={"packing": False})
+
+
 # ----------------------------------------------------------------------------- callback
 def _peak_memory() -> dict[str, int]:
     out = {"peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
@@ -200,6 +220,8 @@ def make_trainer_class():
             out = Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             if mode == "train" and "attention_mask" in inputs:
                 self._total_train_tokens += int(inputs["attention_mask"].sum().item())
+            elif mode == "train" and "position_ids" in inputs:  # padding-free / packed batches
+                self._total_train_tokens += int(inputs["position_ids"].numel())
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return out
 
@@ -278,6 +300,7 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
     train, eval_ = load_splits(store, spec["dataset_key"], workdir)
     data_warnings(ev, len(train), hp)
     model, tokenizer = backend.load(spec["base_model"], hp)
+    hp = check_packing(hp, backend.name, model, ev)
     lengths = length_report(tokenizer, train, hp.max_seq_length)
     if lengths["truncated"]:
         ev.warning("rows_truncated", f"{lengths['truncated']} of {len(train)} rows are longer than "
