@@ -94,3 +94,32 @@ def test_k8s_cross_references() -> None:
     assert trainer["serviceAccountName"] == "tuneloop-trainer"
     rules = by_kind["Role"]["tuneloop-trainer-jobs"]["rules"]
     assert any("jobs" in r["resources"] and "create" in r["verbs"] for r in rules)
+
+
+def test_grafana_dashboard_current_and_queries_real_metrics() -> None:
+    """The dashboard is what build_dashboard.py makes, and every metric it queries (and every
+    label it groups by) is defined by a service's metrics module."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("build_dashboard", ROOT / "deploy/grafana/build_dashboard.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    committed = yaml.safe_load((ROOT / "deploy/grafana/dashboards/tuneloop.json").read_text())
+    assert committed == mod.build(), "run: python deploy/grafana/build_dashboard.py"
+
+    sources = "\n".join(p.read_text() for p in ROOT.glob("services/*/src/*/metrics.py"))
+    defined: set[str] = set()
+    for path in ROOT.glob("services/*/src/*/metrics.py"):
+        svc = path.parts[-4]
+        for pair in re.findall(r'name\("([a-z_]+)"\)|n\("([a-z_]+)"\)', path.read_text()):
+            defined |= {f"tuneloop_{svc}_{n}" for n in pair if n}
+    exprs = [t["expr"] for p in committed["panels"] for t in p.get("targets", [])]
+    assert len(exprs) >= 20
+    for expr in exprs:
+        for metric in re.findall(r"tuneloop_[a-z_]+", expr):
+            base = re.sub(r"_(bucket|sum|count)$", "", metric)
+            assert base in defined, f"{metric} not defined by any service ({expr})"
+        for labels in re.findall(r"by \(([a-z_, ]+)\)", expr):
+            for label in labels.replace(" ", "").split(","):
+                assert label == "le" or f'"{label}"' in sources, f"label {label} unknown ({expr})"
