@@ -42,7 +42,7 @@ ALIAS = "support-bot"
 # The demo's sizing (bench/demo_sizing.py): the smallest setup that clearly beats the base on
 # 2 CPU cores within the time budget. Overridable on the command line.
 DEFAULTS = {
-    "train_rows": 240, "eval_rows": 48, "epochs": 2.0, "learning_rate": 1e-3,
+    "train_rows": 128, "eval_rows": 48, "epochs": 1.0, "learning_rate": 1e-3,
     "max_seq_length": 160, "batch_size": 8, "grad_accum": 1, "eval_max_tokens": 80,
 }
 
@@ -270,7 +270,7 @@ def step_report(api: GatewayAPI, decision: dict, base_run: dict | None) -> dict 
         mark = "[green]pass[/]" if check.get("passed") else "[red]FAIL[/]"
         console.print(f"  {mark} {check.get('check')}: {check.get('value')} {check.get('op')} "
                       f"{check.get('threshold')} ({check.get('detail')})")
-    for reason in decision.get("reasons") or []:
+    for reason in (decision.get("reasons") or [])[:1]:  # the rest repeat the checks above
         console.print(f"  {reason}")
     if decision.get("error"):
         console.print(f"  [red]{decision['error']}[/]")
