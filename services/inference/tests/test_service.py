@@ -228,6 +228,15 @@ def test_rollback_is_one_call_on_the_same_path(service, admin) -> None:  # noqa:
     assert resp.model == V1
 
 
+def test_delete_deployment_refused_while_aliased_then_stops(service, admin) -> None:  # noqa: ANN001
+    deps = {d["model"]: d for d in admin.get("/admin/deployments").json()["data"]}
+    r = admin.delete(f"/admin/deployments/{deps[V1]['id']}")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "deployment_in_use"
+    r = admin.delete(f"/admin/deployments/{deps['broken-v3']['id']}")
+    assert r.status_code == 200 and r.json()["state"] == "stopped"
+    assert admin.get("/admin/deployments/nope").status_code == 404
+
+
 def test_typed_client(service) -> None:  # noqa: ANN001
     from tuneloop.clients.inference import InferenceClient
 
@@ -290,6 +299,6 @@ def test_controller_restart_restores_deployments_and_aliases(service, data_dir: 
         assert resp.model == V1
         deps = {d["model"]: d["state"] for d in httpx.get(
             proc.url + "/admin/deployments", headers=headers).json()["data"]}
-        assert deps == {"base": "ready", V1: "ready", V2: "stopped", "broken-v3": "failed"}
+        assert deps == {"base": "ready", V1: "ready", V2: "stopped", "broken-v3": "stopped"}
     finally:
         proc.stop(timeout=60)

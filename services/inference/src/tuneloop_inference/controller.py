@@ -381,12 +381,14 @@ class Controller:
     async def delete_deployment(self, ident: str) -> dict[str, Any]:
         """Stop serving a deployment (desired = stopped); the row stays for rollback."""
         row, _ = await asyncio.to_thread(self._load_deployment, ident)
-        users = await asyncio.to_thread(self._aliases_pointing_to, row.name)
-        if users:
-            raise Conflict(f"deployment '{row.name}' is the target of alias(es) {users}; move or "
-                           "delete the alias first", code="deployment_in_use", param="id")
-        await asyncio.to_thread(self._set_desired, row.id, "stopped")
-        await self._retire_local(row.id)
+        async with self._swap_lock:
+            users = await asyncio.to_thread(self._aliases_pointing_to, row.name)
+            if users:
+                raise Conflict(f"deployment '{row.name}' is the target of alias(es) {users}; "
+                               "move or delete the alias first", code="deployment_in_use",
+                               param="id")
+            await asyncio.to_thread(self._set_desired, row.id, "stopped")
+            await self._retire_local(row.id)
         return await self.get_deployment(row.id)
 
     def _aliases_pointing_to(self, name: str) -> list[str]:

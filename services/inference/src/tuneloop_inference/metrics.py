@@ -1,8 +1,9 @@
 """Inference metrics (prefix ``tuneloop_inference_``) on the app's registry.
 
 Labels stay low-cardinality: ``model`` is the name the client asked for (an alias or a served
-version id, both bounded by what is deployed; unknown names are counted as ``unknown``),
-``version`` is the served version that answered.
+version id, both bounded by what is deployed: requests for unknown names are rejected before
+they are counted here, and appear only in the HTTP metrics), ``version`` is the served version
+that answered.
 """
 
 from __future__ import annotations

@@ -202,6 +202,9 @@ def _engine_error(resp_status: int, content: bytes, engine: Engine) -> TuneloopE
 
 
 def _transport_error(exc: BaseException, engine: Engine) -> TuneloopError:
+    if not engine.alive():  # crashed under us: the supervisor restarts it
+        return ServiceUnavailable(f"{engine.kind} engine for '{engine.name}' is restarting",
+                                  code="model_not_ready")
     if isinstance(exc, asyncio.TimeoutError):
         return UpstreamTimeout(f"{engine.kind} engine timed out", code="engine_timeout")
     return UpstreamError(f"{engine.kind} engine unreachable: {exc.__class__.__name__}",

@@ -160,6 +160,7 @@ class Engine:
     async def stop(self, timeout: float = 20.0) -> None:
         """Terminate the process group (SIGTERM, then SIGKILL) and close the client."""
         self.state = "stopped"
+        await self.close_client()  # idle keep-alive connections would hold up a graceful exit
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
@@ -169,7 +170,6 @@ class Engine:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
                 await asyncio.to_thread(self.proc.wait, 10)
-        await self.close_client()
 
     async def close_client(self) -> None:
         if self.client is not None:
