@@ -59,7 +59,14 @@ async def cancel_job(job_id: str, request: Request) -> dict:
 
 @router.delete("/{job_id}", summary="Delete a finished job (its model version stays)")
 async def delete_job(job_id: str, request: Request) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).delete_job, job_id)
+    svc = _svc(request)
+    row = await anyio.to_thread.run_sync(svc.job_row, job_id)
+    out = await anyio.to_thread.run_sync(svc.delete_job, job_id)
+    try:  # normally released when the job ended; make sure no stale holder remains
+        await svc.datasets.unlease(row.dataset_id, job_id)
+    except Exception:  # noqa: BLE001 - the dataset may be gone or the lease already released
+        pass
+    return out
 
 
 @router.get("/{job_id}/events", summary="Events after a sequence number (oldest first)")
