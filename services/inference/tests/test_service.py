@@ -81,6 +81,15 @@ def test_openai_sdk_plain_streaming_completions_and_models(service) -> None:  # 
     assert comp.model == "base" and comp.usage.completion_tokens >= 1
     assert isinstance(comp.choices[0].text, str)
 
+    # `stop` is honoured, and (OpenAI semantics) the stop sequence is not in the answer
+    free = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=12,
+                                          temperature=0).choices[0]
+    stop = free.message.content[:1]
+    assert stop, "the tiny model answered nothing; cannot exercise stop"
+    cut = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=12,
+                                         temperature=0, stop=[stop]).choices[0]
+    assert cut.finish_reason == "stop" and stop not in cut.message.content
+
     assert metric(service, "tuneloop_inference_requests_total", model="base") >= 4
     assert metric(service, "tuneloop_inference_generated_tokens_total", version="base") >= 18
     assert metric(service, "tuneloop_inference_time_to_first_token_seconds_count") >= 1

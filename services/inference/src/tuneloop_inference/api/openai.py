@@ -229,7 +229,10 @@ async def _plain(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
             raise _engine_error(status, content, engine)
         usage = None
         try:
-            usage = json.loads(content).get("usage")
+            data = json.loads(content)
+            usage = data.get("usage")
+            if body.get("stop") and engine.fix_response(body, data):
+                content = json.dumps(data).encode()
         except (ValueError, AttributeError):
             pass
         ctx.done(200, False, usage)
@@ -255,6 +258,8 @@ async def _fan_out(engine: Engine, path: str, body: dict, n: int, ctx: _Ctx) -> 
             status = bad[0]
             raise _engine_error(bad[0], bad[1], engine)
         parts = [json.loads(content) for _, content in answers]
+        for part in parts:
+            engine.fix_response(body, part)
         merged = parts[0]
         merged["choices"] = [{**p["choices"][0], "index": i} for i, p in enumerate(parts)]
         usages = [p.get("usage") or {} for p in parts]

@@ -210,6 +210,10 @@ class Engine:
     def adapt_body(self, endpoint: str, body: dict[str, Any]) -> None:
         """Reject (InvalidRequest) what this engine would silently get wrong; default: nothing."""
 
+    def fix_response(self, body: dict[str, Any], data: dict[str, Any]) -> bool:
+        """Adjust a non-streaming answer in place; True if changed. Default: nothing."""
+        return False
+
     def log_tail(self, chars: int = 1500) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:].strip()

@@ -40,3 +40,22 @@ class TransformersEngine(Engine):
                     code="unsupported_parameter")
         # transformers serve rejects stream_options; usage is always sent in the last chunk
         body.pop("stream_options", None)
+
+    def fix_response(self, body: dict[str, Any], data: dict[str, Any]) -> bool:
+        """OpenAI returns text *without* the stop sequence; transformers keeps it at the end."""
+        stop = body.get("stop")
+        if not stop:
+            return False
+        stops = [stop] if isinstance(stop, str) else stop
+        changed = False
+        for choice in data.get("choices") or []:
+            if choice.get("finish_reason") != "stop":
+                continue
+            holder, key = (choice["message"], "content") if "message" in choice else (choice, "text")
+            text = holder.get(key)
+            for s in stops:
+                if isinstance(text, str) and text.endswith(s):
+                    holder[key] = text[: len(text) - len(s)]
+                    changed = True
+                    break
+        return changed
