@@ -38,7 +38,7 @@ class InferenceSettings(ServiceSettings):
     health_interval_s: float = Field(1.0, description="Engine health-check period.")
     health_failures: int = Field(3, description="Consecutive failed checks before a restart.")
     max_restarts: int = Field(5, description="Restarts of a crashed engine before it is failed.")
-    reconcile_interval_s: float = Field(2.0, description="Desired-state reconcile period.")
+    reconcile_interval_s: float = Field(5.0, description="Desired-state reconcile period.")
     drain_timeout_s: float = Field(120.0, description="Max wait for in-flight requests of a "
                                    "retired engine before it is stopped anyway.")
     smoke_prompt: str = Field("Say OK.", description="Fixed prompt of the post-load smoke check.")

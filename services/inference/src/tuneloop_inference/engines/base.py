@@ -150,11 +150,14 @@ class Engine:
                               code="smoke_failed")
 
     async def check_health(self) -> bool:
-        if self.client is None or not self.alive():
+        """``/health`` answers 200 (over the pooled aiohttp session: cheap, runs every second)."""
+        if self.session is None or not self.alive():
             return False
         try:
-            return (await self.client.get("/health", timeout=5)).status_code == 200
-        except httpx.HTTPError:
+            async with self.session.get("/health", timeout=aiohttp.ClientTimeout(total=5)) as r:
+                await r.read()
+                return r.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False
 
     async def stop(self, timeout: float = 20.0) -> None:
