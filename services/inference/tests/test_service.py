@@ -89,6 +89,11 @@ def test_openai_sdk_plain_streaming_completions_and_models(service) -> None:  # 
     cut = client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=12,
                                          temperature=0, stop=[stop]).choices[0]
     assert cut.finish_reason == "stop" and stop not in cut.message.content
+    chunks = list(client.chat.completions.create(model="base", messages=MESSAGES, max_tokens=12,
+                                                 temperature=0, stop=[stop], stream=True))
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert stop not in streamed
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
 
     assert metric(service, "tuneloop_inference_requests_total", model="base") >= 4
     assert metric(service, "tuneloop_inference_generated_tokens_total", version="base") >= 18

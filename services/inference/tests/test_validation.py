@@ -53,3 +53,27 @@ def test_usage_is_read_from_the_last_sse_event() -> None:
             b"data: [DONE]\n\n")
     assert _usage_from_tail(tail) == {"prompt_tokens": 3, "completion_tokens": 2}
     assert _usage_from_tail(b"data: [DONE]\n\n") is None
+
+
+def test_stop_sequence_is_removed_from_a_stream_however_it_is_chunked() -> None:
+    import json
+
+    from tuneloop_inference.engines.transformers import StopStripper
+
+    def event(text=None, finish=None):  # noqa: ANN001, ANN202
+        choice = {"delta": {} if text is None else {"content": text}, "index": 0}
+        if finish:
+            choice["finish_reason"] = finish
+        return b"data: " + json.dumps({"choices": [choice]}).encode() + b"\n\n"
+
+    stream = (event() + event("Hel") + event("lo") + event(" wor") + event("ld\n")
+              + event(None, "stop") + b"data: [DONE]\n\n")
+    for size in (1, 5, len(stream)):
+        strip = StopStripper(["\n"])
+        out = b"".join(strip.feed(stream[i:i + size]) for i in range(0, len(stream), size))
+        out += strip.flush()
+        events = [json.loads(e[6:]) for e in out.split(b"\n\n") if e.startswith(b"data: {")]
+        text = "".join(e["choices"][0]["delta"].get("content", "") for e in events)
+        assert text == "Hello world"
+        assert events[-1]["choices"][0]["finish_reason"] == "stop"
+        assert out.endswith(b"data: [DONE]\n\n")

@@ -294,6 +294,8 @@ async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
         ctx.done(resp.status, True)
         raise _engine_error(resp.status, content, engine)
 
+    rewrite = engine.stream_filter(body)
+
     async def relay():  # noqa: ANN202
         first, tail, status = True, b"", 200
         try:
@@ -302,7 +304,15 @@ async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
                     ctx.metrics.ttft.labels(ctx.served).observe(time.perf_counter() - ctx.t0)
                     first = False
                 tail = (tail + chunk)[-8192:]
+                if rewrite is not None:
+                    chunk = rewrite.feed(chunk)
+                    if not chunk:
+                        continue
                 yield chunk
+            if rewrite is not None:
+                rest = rewrite.flush()
+                if rest:
+                    yield rest
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             status = 502
             err = error_body(f"{engine.kind} engine stream broke: {exc.__class__.__name__}",

@@ -217,6 +217,11 @@ class Engine:
         """Adjust a non-streaming answer in place; True if changed. Default: nothing."""
         return False
 
+    def stream_filter(self, body: dict[str, Any]) -> Any:
+        """An object with ``feed(bytes) -> bytes`` / ``flush() -> bytes`` rewriting the SSE
+        stream, or None to relay it untouched (the default)."""
+        return None
+
     def log_tail(self, chars: int = 1500) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-chars:].strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
@@ -59,3 +60,93 @@ class TransformersEngine(Engine):
                     changed = True
                     break
         return changed
+
+    def stream_filter(self, body: dict[str, Any]) -> "StopStripper | None":
+        stop = body.get("stop")
+        if not stop:
+            return None
+        return StopStripper([stop] if isinstance(stop, str) else list(stop))
+
+
+class StopStripper:
+    """Removes the stop sequence from a streamed answer (transformers streams it, OpenAI not).
+
+    Text deltas are held back until at least ``len(longest stop)`` characters follow them; when
+    the chunk with ``finish_reason == "stop"`` arrives, the held text loses its stop suffix and is
+    sent as one delta before that chunk. Everything else passes through unchanged.
+    """
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self.keep = max((len(s) for s in self.stops), default=0)
+        self.buf = b""
+        self.held: list[tuple[dict, str]] = []  # (chunk, text)
+
+    @staticmethod
+    def _text_slot(choice: dict) -> tuple[dict, str] | None:
+        if isinstance(choice.get("delta"), dict) and isinstance(choice["delta"].get("content"), str):
+            return choice["delta"], "content"
+        if isinstance(choice.get("text"), str):
+            return choice, "text"
+        return None
+
+    def feed(self, data: bytes) -> bytes:
+        self.buf += data
+        out = []
+        while b"\n\n" in self.buf:
+            event, self.buf = self.buf.split(b"\n\n", 1)
+            out.append(self._event(event))
+        return b"".join(out)
+
+    def flush(self) -> bytes:
+        out = self._emit(self.held) + self.buf
+        self.held, self.buf = [], b""
+        return out
+
+    @staticmethod
+    def _emit(items: list[tuple[dict, str]]) -> bytes:
+        return b"".join(b"data: " + json.dumps(chunk).encode() + b"\n\n" for chunk, _ in items)
+
+    def _event(self, event: bytes) -> bytes:
+        raw = event + b"\n\n"
+        if not event.startswith(b"data: {"):
+            return self.flush_held() + raw
+        try:
+            chunk = json.loads(event[6:])
+            choice = (chunk.get("choices") or [None])[0] or {}
+        except (ValueError, AttributeError, IndexError):
+            return self.flush_held() + raw
+        slot = self._text_slot(choice)
+        if choice.get("finish_reason") == "stop":
+            text = "".join(t for _, t in self.held) + (slot[0][slot[1]] if slot else "")
+            for s in self.stops:
+                if text.endswith(s):
+                    text = text[: len(text) - len(s)]
+                    break
+            out = b""
+            if self.held:
+                first = self.held[0][0]
+                holder = self._text_slot(first["choices"][0])
+                if holder is not None and text:
+                    holder[0][holder[1]] = text
+                    out = self._emit([(first, text)])
+            elif slot and text:
+                slot[0][slot[1]] = text
+                self.held = []
+                return b"data: " + json.dumps(chunk).encode() + b"\n\n"
+            if slot:
+                slot[0][slot[1]] = ""
+            self.held = []
+            return out + b"data: " + json.dumps(chunk).encode() + b"\n\n"
+        if slot is not None and slot[0][slot[1]] and not choice.get("finish_reason"):
+            self.held.append((chunk, slot[0][slot[1]]))
+            released = []
+            while self.held and sum(len(t) for _, t in self.held[1:]) >= self.keep:
+                released.append(self.held.pop(0))
+            return self._emit(released)
+        return self.flush_held() + raw
+
+    def flush_held(self) -> bytes:
+        out = self._emit(self.held)
+        self.held = []
+        return out
