@@ -63,7 +63,7 @@ def test_base_model_checks(client: TestClient, tiny_random_dir: Path, small_data
     (no_tpl / "tokenizer_config.json").write_text(json.dumps(cfg))
     _err(client.post("/v1/jobs", json=_job(no_tpl, small_dataset)), 422,
          "base_model_no_chat_template")
-    hp = {**FAST_HP, "max_seq_length": 4096}  # tiny model: 512 positions
+    hp = {**FAST_HP, "max_seq_length": 4096}  # tiny model: 2048 positions
     _err(client.post("/v1/jobs", json=_job(tiny_random_dir, small_dataset, hyperparameters=hp)), 422,
          "max_seq_length_too_long", "hyperparameters.max_seq_length")
 

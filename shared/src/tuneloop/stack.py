@@ -44,7 +44,8 @@ def _pid(pidfile: Path) -> int | None:
     return pid if _alive(pid) else None
 
 
-def up(var: Path, only: list[str] | None = None, timeout: float = 180.0) -> int:
+def up(var: Path, only: list[str] | None = None, timeout: float = 180.0,
+       ready_timeout: float = 600.0) -> int:
     var = var.resolve()
     (var / "run").mkdir(parents=True, exist_ok=True)
     (var / "logs").mkdir(parents=True, exist_ok=True)
@@ -77,6 +78,27 @@ def up(var: Path, only: list[str] | None = None, timeout: float = 180.0) -> int:
                 return 1
             time.sleep(0.3)
         print(f"{name:10s} up on :{port} (pid {proc.pid}, log {logfile})")
+    return wait_ready(var, only, timeout=ready_timeout)
+
+
+def wait_ready(var: Path, only: list[str] | None = None, timeout: float = 600.0) -> int:
+    """Wait until every service answers /ready (inference: its default model is serving)."""
+    deadline = time.monotonic() + timeout
+    for name, _, port in SERVICES:
+        if only and name not in only:
+            continue
+        port = int(os.environ.get(f"{name.upper()}_PORT", port))
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                print(f"{name} not ready after {timeout}s; log: {_paths(var.resolve(), name)[1]}")
+                return 1
+            time.sleep(0.5)
+    print("all services ready")
     return 0
 
 
