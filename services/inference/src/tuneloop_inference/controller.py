@@ -53,6 +53,7 @@ class LocalDeployment:
     name: str
     engine: Engine | None = None          # own process (None for a LoRA adapter)
     base: Engine | None = None            # the engine an adapter is attached to
+    adapter_dir: str | None = None        # local adapter folder (re-attached after a restart)
     state: str = "starting"
     error: str | None = None
     task: asyncio.Task | None = None      # bring-up / restart in progress
@@ -313,12 +314,13 @@ class Controller:
         adapter_dir = await asyncio.to_thread(self._artifact_dir, f"models/{row.model_id}/adapter",
                                               row.model_id or row.id)
         await base.load_lora(row.name, str(adapter_dir))  # type: ignore[attr-defined]
-        loc.base = base
-        name, base.name = base.name, row.name   # smoke the adapter under its own name
+        loc.base, loc.adapter_dir = base, str(adapter_dir)
         try:
-            await base.smoke()
-        finally:
-            base.name = name
+            await base.smoke(row.name)  # the adapter under its own name (the base keeps its own)
+        except BaseException:
+            with contextlib.suppress(Exception):  # do not leave a broken adapter loaded
+                await base.unload_lora(row.name)  # type: ignore[attr-defined]
+            raise
 
     def _model_dir(self, row: Deployment) -> str:
         if row.path:
@@ -387,9 +389,19 @@ class Controller:
                 raise Conflict(f"deployment '{row.name}' is the target of alias(es) {users}; "
                                "move or delete the alias first", code="deployment_in_use",
                                param="id")
+            adapters = await asyncio.to_thread(self._adapters_of, row.name)
+            if adapters:
+                raise Conflict(f"deployment '{row.name}' serves the LoRA adapter(s) {adapters}; "
+                               "delete them first", code="deployment_in_use", param="id")
             await asyncio.to_thread(self._set_desired, row.id, "stopped")
             await self._retire_local(row.id)
         return await self.get_deployment(row.id)
+
+    def _adapters_of(self, name: str) -> list[str]:
+        """Served names of adapters attached to ``name`` that should still be served."""
+        with self.db.session() as s:
+            return [d.name for d in s.scalars(select(Deployment).where(
+                Deployment.adapter_of == name, Deployment.desired == "serving"))]
 
     def _aliases_pointing_to(self, name: str) -> list[str]:
         with self.db.session() as s:
@@ -496,6 +508,8 @@ class Controller:
         users = await asyncio.to_thread(self._aliases_pointing_to, name)
         if users or name in self.aliases.values():
             return None
+        if await asyncio.to_thread(self._adapters_of, name):
+            return None  # runtime LoRA adapters live in its engine: stopping it kills them
         row = await asyncio.to_thread(self._find_by_name, name)
         if row is None:
             return None
@@ -671,12 +685,27 @@ class Controller:
                 loc.error = f"{exc.code}: {exc}"
                 await asyncio.sleep(min(30.0, 2.0 ** attempt))
                 continue
+            await self._reattach_adapters(engine)
             loc.state, loc.failures, loc.error = "ready", 0, None
             await asyncio.to_thread(self._observe, loc, "ready", aggregate=True)
             return
         loc.state = "failed"
         self.routes.pop(loc.name, None)
         await asyncio.to_thread(self._observe, loc, "failed", loc.error, aggregate=True)
+
+    async def _reattach_adapters(self, engine: Engine) -> None:
+        """A restarted vLLM process has lost its runtime LoRA adapters: load them again."""
+        for other in list(self.local.values()):
+            if other.base is not engine or other.adapter_dir is None or other.state != "ready":
+                continue
+            try:
+                await engine.load_lora(other.name, other.adapter_dir)  # type: ignore[attr-defined]
+            except EngineError as exc:
+                other.state, other.error = "failed", f"{exc.code}: {exc}"
+                if self.routes.get(other.name) is engine:
+                    self.routes.pop(other.name, None)
+                await asyncio.to_thread(self._observe, other, "failed", other.error,
+                                        aggregate=True)
 
     # ================================================================== observed state
     def _observe(self, loc: LocalDeployment, state: str, error: str | None = None, *,

@@ -125,16 +125,18 @@ class Engine:
                           f"{timeout or self.settings.engine_startup_timeout_s:.0f}s",
                           code="model_load_timeout")
 
-    async def smoke(self) -> None:
-        """Listed in ``/v1/models`` and answers a fixed prompt with at least one token."""
+    async def smoke(self, name: str | None = None) -> None:
+        """Listed in ``/v1/models`` and answers a fixed prompt with at least one token.
+        ``name``: check another name this engine serves (a runtime LoRA adapter)."""
         assert self.client is not None
+        name = name or self.name
         try:
             models = (await self.client.get("/v1/models", timeout=30)).json()
             ids = [m.get("id") for m in models.get("data", [])]
-            if self.name not in ids:
-                raise EngineError(f"smoke check: '{self.name}' not listed by the engine "
+            if name not in ids:
+                raise EngineError(f"smoke check: '{name}' not listed by the engine "
                                   f"(it lists {ids})", code="smoke_failed")
-            body = {"model": self.name, "max_tokens": 4, "temperature": 0,
+            body = {"model": name, "max_tokens": 4, "temperature": 0,
                     "messages": [{"role": "user", "content": self.settings.smoke_prompt}]}
             resp = await self.client.post("/v1/chat/completions", json=body, timeout=120)
         except (httpx.HTTPError, ValueError) as exc:
