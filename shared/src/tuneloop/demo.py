@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass, field
@@ -79,25 +78,12 @@ class Timings:
 
 
 # -- configuration of the local stack ------------------------------------------------------------
-def _secret(path: Path) -> str:
-    """A key kept in var/ so a re-run talks to an already running stack with the same key."""
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    key = secrets.token_urlsafe(24)
-    path.write_text(key)
-    path.chmod(0o600)
-    return key
-
-
 def configure_env(var: Path, base_path: Path, eval_max_tokens: int) -> None:
     """Environment the services start with (only where the user has not set it already)."""
+    from .stack import configure_local_env
+
+    configure_local_env(var, base_path)
     env = {
-        "TUNELOOP_DATA_DIR": str(var),
-        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-        # inference serves the base at start-up; its admin API is shared with the gateway only
-        "INFERENCE_BASE_MODEL_PATH": str(base_path),
-        "INFERENCE_ADMIN_KEY": _secret(var / "demo" / "inference-admin-key"),
         "GATEWAY_PROMOTION_ALIAS": ALIAS,
         "GATEWAY_EVAL_MAX_TOKENS": str(eval_max_tokens),
         "GATEWAY_EVAL_CONCURRENCY": "8",

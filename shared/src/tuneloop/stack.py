@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -42,6 +43,42 @@ def _pid(pidfile: Path) -> int | None:
     except (OSError, ValueError):
         return None
     return pid if _alive(pid) else None
+
+
+def _secret(path: Path) -> str:
+    """A key kept in var/ so a re-run talks to an already running stack with the same key."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(24)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def configure_local_env(var: Path, base_path: Path | None = None) -> None:
+    """The embedded default's environment (only where the user has not set it already):
+    offline, the base model served by inference as ``base`` (continuous batching: batched greedy
+    generation on CPU), inference's admin key shared with the gateway through var/."""
+    env = {
+        "TUNELOOP_DATA_DIR": str(var),
+        "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+        "INFERENCE_ADMIN_KEY": _secret(var / "demo" / "inference-admin-key"),
+        "INFERENCE_CONTINUOUS_BATCHING": "true",
+    }
+    if base_path is not None:
+        env["INFERENCE_BASE_MODEL_PATH"] = str(base_path)
+    for k, v in env.items():
+        os.environ.setdefault(k, v)
+
+
+def prepare_embedded_base(var: Path) -> Path:
+    """Convert the embedded SmolLM2 base once (idempotent) and return its folder."""
+    from .basemodel import prepare_base
+    from .storage import ArtifactStore
+
+    url = os.environ.get("TUNELOOP_ARTIFACT_URL") or str((var / "artifacts").resolve())
+    return prepare_base(ArtifactStore(url)).path
 
 
 def up(var: Path, only: list[str] | None = None, timeout: float = 180.0,
@@ -132,7 +169,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--var", default=os.environ.get("TUNELOOP_DATA_DIR", "var"))
     p.add_argument("services", nargs="*")
     a = p.parse_args(argv)
-    var = Path(a.var)
+    var = Path(a.var).resolve()
+    if a.action == "up":
+        base = None if os.environ.get("INFERENCE_BASE_MODEL_PATH") else prepare_embedded_base(var)
+        configure_local_env(var, base)
     return {"up": lambda: up(var, a.services or None), "down": lambda: down(var),
             "status": lambda: status(var)}[a.action]()
 

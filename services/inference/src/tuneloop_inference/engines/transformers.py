@@ -20,6 +20,7 @@ class TransformersEngine(Engine):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.per_request_sampling = not self.settings.continuous_batching
+        self.greedy = _greedy_by_default(self.model_dir)
 
     def command(self) -> list[str]:
         cmd = [sys.executable, "-m", "tuneloop_inference.engines.transformers_serve",
@@ -32,7 +33,8 @@ class TransformersEngine(Engine):
 
     def adapt_body(self, endpoint: str, body: dict[str, Any]) -> None:
         if not self.per_request_sampling:
-            used = [k for k in _SAMPLING if body.get(k) is not None]
+            used = [k for k in _SAMPLING if body.get(k) is not None
+                    and not (k == "temperature" and self.greedy and _is_zero(body[k]))]
             if used:
                 raise InvalidRequest(
                     f"{used[0]}: not supported per request by the CPU engine in continuous-"
@@ -66,6 +68,23 @@ class TransformersEngine(Engine):
         if not stop:
             return None
         return StopStripper([stop] if isinstance(stop, str) else list(stop))
+
+
+def _is_zero(value: Any) -> bool:
+    try:
+        return float(value) == 0.0
+    except (TypeError, ValueError):
+        return False
+
+
+def _greedy_by_default(model_dir: str) -> bool:
+    """True when the model's generation config decodes greedily: then ``temperature: 0`` asks
+    for exactly what the continuous-batching engine does for every request, and is accepted."""
+    try:
+        with open(f"{model_dir}/generation_config.json", encoding="utf-8") as fh:
+            return not json.load(fh).get("do_sample", False)
+    except (OSError, ValueError):
+        return True  # transformers' default GenerationConfig is greedy
 
 
 class StopStripper:
