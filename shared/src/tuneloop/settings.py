@@ -61,3 +61,14 @@ class ServiceSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / f'{self.service_name}.db').resolve()}"
+
+
+def open_service_state(settings: ServiceSettings, migrations_dir: Path):  # noqa: ANN201
+    """What every service's lifespan opens first: its database, migrated to head with its own
+    Alembic version table (``alembic_version_<service>``), and the shared artifact store."""
+    from .db import Database
+    from .storage import ArtifactStore
+
+    db = Database(settings.resolved_database_url())
+    db.migrate(migrations_dir, version_table=f"alembic_version_{settings.service_name}")
+    return db, ArtifactStore(settings.resolved_artifact_url())

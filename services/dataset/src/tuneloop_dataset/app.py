@@ -10,8 +10,7 @@ import anyio
 from fastapi import FastAPI
 
 from tuneloop.app import build_service_app
-from tuneloop.db import Database
-from tuneloop.storage import ArtifactStore
+from tuneloop.settings import open_service_state
 
 from .api import datasets, synthetic
 from .metrics import DatasetMetrics
@@ -28,9 +27,7 @@ def create_app(settings: DatasetSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url())
-        db.migrate(MIGRATIONS, version_table="alembic_version_dataset")
-        store = ArtifactStore(settings.resolved_artifact_url())
+        db, store = open_service_state(settings, MIGRATIONS)
         svc = DatasetService(settings, db, store, metrics)
         svc.cleanup_tmp()
         svc.refresh_gauge()

@@ -13,10 +13,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from tuneloop.app import build_service_app
-from tuneloop.db import Database
+from tuneloop.settings import open_service_state
 from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
-from tuneloop.storage import ArtifactStore
 
 from .api import evals, keys, promotions, proxy
 from .auth import KeyStore, RateLimiter, bootstrap_admin_key
@@ -41,10 +40,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings
-        db = Database(s.resolved_database_url())
-        db.migrate(MIGRATIONS, version_table=VERSION_TABLE)
+        db, app.state.store = open_service_state(s, MIGRATIONS)
         app.state.db = db
-        app.state.store = ArtifactStore(s.resolved_artifact_url())
         app.state.keys = KeyStore(db, ttl=s.key_cache_ttl_s)
         app.state.limiter = RateLimiter()
         app.state.bootstrap_key = bootstrap_admin_key(app.state.keys, s)

@@ -10,8 +10,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from tuneloop.app import build_service_app
-from tuneloop.db import Database
-from tuneloop.storage import ArtifactStore
+from tuneloop.settings import open_service_state
 
 from .api import admin, openai
 from .controller import Controller
@@ -28,9 +27,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url())
-        db.migrate(MIGRATIONS, version_table="alembic_version_inference")
-        store = ArtifactStore(settings.resolved_artifact_url())
+        db, store = open_service_state(settings, MIGRATIONS)
         controller = Controller(settings, db, store, metrics)
         app.state.db, app.state.store, app.state.controller = db, store, controller
         await controller.start()

@@ -9,9 +9,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from tuneloop.app import build_service_app
+from tuneloop.settings import open_service_state
 from tuneloop.clients.dataset import DatasetClient
-from tuneloop.db import Database
-from tuneloop.storage import ArtifactStore
 
 from .api import jobs, models, openai_compat
 from .executors import make_executor
@@ -29,9 +28,7 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db = Database(settings.resolved_database_url())
-        db.migrate(MIGRATIONS, version_table="alembic_version_trainer")
-        store = ArtifactStore(settings.resolved_artifact_url())
+        db, store = open_service_state(settings, MIGRATIONS)
         datasets = DatasetClient(settings.dataset_url, timeout=settings.http_timeout_s)
         svc = TrainerService(settings, db, store, datasets)
         supervisor = Supervisor(svc, make_executor(settings, store), metrics)

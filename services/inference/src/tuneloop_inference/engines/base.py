@@ -9,6 +9,7 @@ engine can be drained before it is stopped.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 import asyncio
 import contextlib
 import importlib.util
@@ -40,7 +41,7 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-class Engine:
+class Engine(ABC):
     """Base class; subclasses give the command line and their capabilities."""
 
     kind = "base"
@@ -67,6 +68,7 @@ class Engine:
         self._idle.set()
 
     # -- subclass hooks --------------------------------------------------------------------
+    @abstractmethod
     def command(self) -> list[str]:
         raise NotImplementedError
 

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
 from ..hparams import Hyperparameters
 
 
-class Backend:
+class Backend(ABC):
     name = "base"
 
+    @abstractmethod
     def load(self, base_model: str, hp: Hyperparameters) -> tuple[Any, Any]:
         """Return ``(model with LoRA adapters, tokenizer)`` ready for SFTTrainer."""
         raise NotImplementedError
 
+    @abstractmethod
     def merge(self, model: Any, tokenizer: Any, base_model: str, adapter_dir: Path,
               out_dir: Path, dtype: str) -> None:
         """Write the merged 16-bit model (safetensors, tokenizer, chat template, generation config)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,20 +16,24 @@ class Exit:
     code: str | None = None
 
 
-class Executor:
+class Executor(ABC):
     name = "base"
 
+    @abstractmethod
     async def start(self, job_id: str) -> dict[str, Any]:
         """Launch ``python -m tuneloop_trainer.run_job <job_id>``; return a JSON-able handle."""
         raise NotImplementedError
 
+    @abstractmethod
     async def poll(self, job_id: str, handle: dict[str, Any]) -> Exit | None:
         """None while running; an :class:`Exit` once it ended."""
         raise NotImplementedError
 
+    @abstractmethod
     async def cancel(self, job_id: str, handle: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    @abstractmethod
     async def recover(self, job_id: str, handle: dict[str, Any] | None) -> bool:
         """After a service restart: True if the job still runs and is re-attached; else the
         executor made sure nothing of it still runs (the job is re-queued and resumes)."""
