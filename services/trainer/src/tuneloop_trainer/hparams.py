@@ -35,6 +35,8 @@ class Hyperparameters(BaseModel):
     gradient_checkpointing: bool | None = Field(None, description="None: on for GPU ('unsloth' "
                                                 "mode with the unsloth backend), off on CPU.")
     packing: bool = Field(False, description="Pack several rows per sequence (TRL BFD packing).")
+    group_by_length: bool = Field(False, description="Batch rows of similar length together (less "
+                                  "padding when short and long rows are mixed, e.g. replay rows).")
     logging_steps: int = Field(10, ge=1, le=100_000, description="Log train loss every N steps.")
     eval_strategy: Literal["epoch", "steps"] = Field("epoch", description="When to evaluate and save.")
     eval_steps: int | None = Field(None, ge=1, description="With eval_strategy=steps: every N steps.")

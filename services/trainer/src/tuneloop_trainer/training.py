@@ -254,6 +254,7 @@ def sft_config(hp: Hyperparameters, out_dir: Path, precision: dict[str, bool], n
         completion_only_loss=True,
         max_length=hp.max_seq_length,
         packing=hp.packing,
+        train_sampling_strategy="group_by_length" if hp.group_by_length else "random",
         seed=hp.seed,
         report_to=[],
         dataloader_num_workers=0,
