@@ -10,14 +10,15 @@ from pathlib import Path
 import math
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
 
 from tuneloop.app import build_service_app
 from tuneloop.settings import open_service_state
 from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
 
-from .api import evals, keys, promotions, proxy
+from .api import evals, keys, passthrough, promotions, proxy
 from .auth import KeyStore, RateLimiter, bootstrap_admin_key
 from .evals.service import EvalService
 from .metrics import GatewayMetrics
@@ -27,6 +28,7 @@ from .proxy import Upstream
 from .settings import GatewaySettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+CONSOLE = Path(__file__).parent / "console"  # the web console: static files, public API only
 VERSION_TABLE = "alembic_version_gateway"
 
 
@@ -87,6 +89,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(promotions.router)
     app.include_router(promotions.callbacks)
     app.include_router(proxy.router)
+    app.include_router(passthrough.router)
+    app.add_api_route("/", lambda: RedirectResponse("/console/"), include_in_schema=False)
+    app.mount("/console", StaticFiles(directory=CONSOLE, html=True), name="console")
     return app
 
 

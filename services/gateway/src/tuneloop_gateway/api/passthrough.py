@@ -1,0 +1,37 @@
+"""Thin passthroughs of public admin state that the gateway did not route yet (used by the web
+console, and scriptable like everything else; no logic of their own):
+
+| path | upstream | scope |
+|---|---|---|
+| `GET /v1/aliases` | inference `GET /admin/aliases` (each alias with its state per replica) | admin |
+| `GET /v1/deployments` | inference `GET /admin/deployments` (engines, state per replica) | admin |
+| `/v1/synthetic/*` | dataset `/v1/synthetic/*` (synthetic-data jobs and their review) | admin |
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import Response
+
+from ..auth import require_admin
+from ..proxy import forward
+
+router = APIRouter(tags=["passthrough"], dependencies=[Depends(require_admin)])
+
+
+@router.get("/v1/aliases", summary="Aliases with their state per inference replica")
+async def aliases(request: Request) -> dict:
+    return {"object": "list", "data": await request.app.state.inference.aliases()}
+
+
+@router.get("/v1/deployments", summary="Deployments (engines) with their state per replica")
+async def deployments(request: Request) -> dict:
+    return {"object": "list", "data": await request.app.state.inference.deployments()}
+
+
+@router.api_route("/v1/synthetic/{rest:path}", methods=["GET", "POST"])
+async def synthetic(request: Request, rest: str) -> Response:
+    """The dataset service's synthetic-data jobs (create, progress, rows, review, publish)."""
+    s = request.app.state.settings
+    return await forward(request, request.app.state.upstreams["dataset"], f"/v1/synthetic/{rest}",
+                         limit=s.max_request_bytes)
