@@ -25,7 +25,7 @@ function rollbackButton(ctx, alias) {
   return h("button", { type: "button", class: "danger", dataset: { rollback: alias }, onclick: async () => {
     if (!(await confirmDialog(`Roll "${alias}" back to its previous model? Traffic flips at once.`, "Roll back"))) return;
     const r = await guarded(() => api("/v1/promotions/rollback", { method: "POST", json: { alias } }));
-    if (r) { notice(`Rolled back: ${alias} → ${r.candidate || r.model_id || "previous"} (${r.status})`); ctx.reload(); }
+    if (r) { await ctx.reload(); notice(`Rolled back: ${alias} → ${r.candidate || r.model_id || "previous"} (${r.status})`); }
   } }, `Roll back ${alias}`);
 }
 
