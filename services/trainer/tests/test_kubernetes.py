@@ -124,3 +124,27 @@ def test_service_runs_jobs_through_kubernetes(k8s_client: TestClient, fake_kube:
     metrics = k8s_client.get("/metrics").text
     assert 'tuneloop_trainer_jobs{state="failed"} 1.0' in metrics
     assert 'tuneloop_trainer_jobs{state="cancelled"} 1.0' in metrics
+
+
+def test_multi_gpu_job_manifest(tmp_path: Path, fake_kube: FakeKube):
+    """gpus: 2 -> nvidia.com/gpu 2 and the entrypoint under torchrun over 2 processes; a CPU
+    cluster (k8s_gpus=0) asks for no GPU and runs the same 2 processes (gloo)."""
+    import kubernetes_validate
+
+    m = build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=1), "job-0123456789abcdef", 2)
+    c = m["spec"]["template"]["spec"]["containers"][0]
+    assert c["command"] == ["python", "-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node=2", "-m", "tuneloop_trainer.run_job",
+                            "job-0123456789abcdef", "--store", "/artifacts"]
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    kubernetes_validate.validate(m, "1.33", strict=True)
+    headers = {"Authorization": f"Bearer {fake_kube.token}"}
+    url = f"{fake_kube.url}/apis/batch/v1/namespaces/{NS}/jobs"
+    assert httpx.post(url, json=m, headers=headers).status_code == 201
+    cpu = build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=0), "job-0123456789abcdef", 2)
+    c = cpu["spec"]["template"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in c["resources"]["limits"] and "--nproc_per_node=2" in c["command"]
+    assert "tolerations" not in cpu["spec"]["template"]["spec"]
+    one = build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=1), "job-0123456789abcdef")
+    assert one["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
+        "python", "-m", "tuneloop_trainer.run_job"]

@@ -20,6 +20,7 @@ class Job(Base):
     dataset_id: Mapped[str] = mapped_column(String(64), index=True)
     base_model: Mapped[str] = mapped_column(Text)
     backend: Mapped[str] = mapped_column(String(16))
+    gpus: Mapped[int] = mapped_column(Integer, default=1, server_default="1")  # torchrun over N when >1
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
     export: Mapped[dict[str, Any]] = mapped_column(JSON)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -34,6 +34,19 @@ class EventWriter:
         self.emit("warning", code=code, message=message, **data)
 
 
+class RankEventWriter(EventWriter):
+    """A DDP worker other than rank 0: it trains but reports nothing, except its own failure
+    (an ``error`` event tagged with its rank)."""
+
+    def __init__(self, path: Path, rank: int) -> None:
+        super().__init__(path)
+        self.rank = rank
+
+    def emit(self, type_: str, **data: Any) -> None:
+        if type_ == "error":
+            super().emit(type_, rank=self.rank, **data)
+
+
 def _jsonable(value: Any) -> Any:
     try:
         return float(value)

@@ -3,7 +3,8 @@
 Reads ``jobs/<id>/spec.json`` from the artifact store, trains, exports, writes
 ``jobs/<id>/result.json`` and exits 0; on failure writes an ``error`` event (code + message)
 and exits non-zero. Events go to ``jobs/<id>/events.jsonl``. The same entrypoint runs under the
-local executor (a child process of the service) and in a Kubernetes Job. Needs only the
+local executor (a child process of the service) and in a Kubernetes Job, once per GPU under
+torchrun for a multi-GPU job (only rank 0 writes events, exports and the result). Needs only the
 artifact store: no database, no service settings (so the GPU image stays small).
 """
 
@@ -33,12 +34,24 @@ def default_store_url() -> str:
     return str((Path(data) / "artifacts").resolve())
 
 
-def watch_parent(parent_pid: int) -> None:
-    """Exit when the supervising service dies (a local job never outlives its supervisor)."""
+def watch_parent(parent_pid: int, direct: bool = True) -> None:
+    """Exit when the supervising service dies (a local job never outlives its supervisor).
+    Under torchrun the service is the grandparent (``direct=False``): watch that it lives."""
+
+    def gone() -> bool:
+        if direct:
+            return os.getppid() != parent_pid
+        try:
+            os.kill(parent_pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
     def loop() -> None:
         while True:
-            if os.getppid() != parent_pid:
+            if gone():
                 os._exit(EXIT_FAILED)
             time.sleep(1.0)
 
@@ -53,25 +66,34 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .launch import dist_info
+
+    rank, local_rank, world = dist_info()
     if a.parent_pid:
-        watch_parent(a.parent_pid)
+        watch_parent(a.parent_pid, direct=world == 1)
     job_id = a.job_id
     if not re.fullmatch(r"job-[a-z0-9]{6,64}", job_id):  # ids only in store keys (no tuneloop.ids:
         p.error(f"invalid job id {job_id!r}")              # it pulls FastAPI into the job image)
     store = ArtifactStore(a.store or default_store_url())
-    from .events import EventWriter
+    from .events import EventWriter, RankEventWriter
 
-    ev = EventWriter(store.local_path(f"jobs/{job_id}/events.jsonl"))
+    path = store.local_path(f"jobs/{job_id}/events.jsonl")
+    # one writer of events, result and exports: rank 0; other ranks only train (and report an
+    # error of their own, tagged with their rank, so a failing rank is not silent)
+    ev = EventWriter(path) if rank == 0 else RankEventWriter(path, rank)
     if store.exists(f"jobs/{job_id}/result.json"):
         ev.emit("info", message="result already written; nothing to do")
         return EXIT_OK
     spec = json.loads(store.read_bytes(f"jobs/{job_id}/spec.json"))
-    ev.emit("process_start", pid=os.getpid(), host=os.uname().nodename)
+    ev.emit("process_start", pid=os.getpid(), host=os.uname().nodename, rank=rank,
+            world_size=world)
     from . import training
 
     try:
-        with tempfile.TemporaryDirectory(prefix=f"tuneloop-{job_id}-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"tuneloop-{job_id}-r{rank}-") as tmp:
             result = training.run(spec, store, ev, Path(tmp))
+        if rank != 0:
+            return EXIT_OK
         store.write_bytes(f"jobs/{job_id}/result.json", training.dumps(result).encode())
         ev.emit("done", model_id=result["model_id"])
         return EXIT_OK

@@ -19,6 +19,8 @@ class JobCreate(BaseModel):
     dataset_id: str = Field(min_length=1, max_length=80, description="Dataset version (ds-...).")
     base_model: str = Field(min_length=1, max_length=500, description="Local model folder or Hub id.")
     backend: Literal["auto", "unsloth", "peft"] | None = Field(None, description="None: TRAINER_BACKEND.")
+    gpus: int = Field(1, ge=1, le=64, description="GPUs of this job: more than 1 trains with DDP "
+                      "under torchrun, one process per GPU (peft backend; unsloth refuses it).")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     export: ExportOptions = Field(default_factory=ExportOptions)
     callback_url: str | None = Field(None, max_length=2000, pattern=r"^https?://\S+$")
@@ -48,7 +50,7 @@ class FineTuningJobCreate(BaseModel):
     suffix: str | None = Field(None, pattern=SUFFIX_PATTERN)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
-    tuneloop: dict[str, Any] | None = Field(None, description="backend / export / callback_url.")
+    tuneloop: dict[str, Any] | None = Field(None, description="backend / gpus / export / callback_url.")
 
 
 def openai_to_native(body: FineTuningJobCreate) -> tuple[dict[str, Any], dict[str, Any]]:

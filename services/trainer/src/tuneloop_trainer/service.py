@@ -106,14 +106,33 @@ class TrainerService:
                                 param="hyperparameters.max_seq_length")
         return {"max_position_embeddings": max_pos, "model_type": getattr(cfg, "model_type", None)}
 
+    def validate_gpus(self, gpus: Any, backend: str) -> int:
+        """``gpus`` is an int in 1..64; more than one needs a backend that trains under DDP
+        (``peft``/``auto``; Unsloth's multi-GPU path is not supported, see docs/trainer.md) and,
+        with a local GPU pool, that many GPUs in it."""
+        if isinstance(gpus, bool) or not isinstance(gpus, int) or not 1 <= gpus <= 64:
+            raise TuneloopError(f"gpus must be an integer from 1 to 64 (got {gpus!r})",
+                                code="invalid_gpus", param="gpus", status=400)
+        if gpus > 1 and backend == "unsloth":
+            raise TuneloopError("backend 'unsloth' trains on one GPU only: its DDP path is not "
+                                "officially supported yet (use backend 'peft' or 'auto' for "
+                                "gpus > 1)", code="multi_gpu_unsupported", param="backend",
+                                status=400)
+        pool = self.settings.gpu_ids
+        if self.settings.executor == "local" and pool and gpus > len(pool):
+            raise Unprocessable(f"gpus={gpus} but this trainer's GPU pool has {len(pool)} "
+                                f"({','.join(pool)})", code="not_enough_gpus", param="gpus")
+        return gpus
+
     # ------------------------------------------------------------------ create
     async def create_job(self, *, dataset_id: str, base_model: str, backend: str,
                          hyperparameters: dict[str, Any] | Hyperparameters,
                          export: dict[str, Any] | ExportOptions, callback_url: str | None,
                          suffix: str | None, source: str = "api", training_file: str | None = None,
-                         validation_file: str | None = None) -> dict[str, Any]:
+                         validation_file: str | None = None, gpus: int = 1) -> dict[str, Any]:
         import anyio
 
+        gpus = self.validate_gpus(gpus, backend)
         hp = _model(Hyperparameters, hyperparameters, "hyperparameters")
         ex = _model(ExportOptions, export, "export")
         ds = await self.validate_dataset(dataset_id)
@@ -121,7 +140,7 @@ class TrainerService:
         job_id, mv_id = new_id("job"), new_id("mv")
         spec = {"job_id": job_id, "model_id": mv_id, "dataset_id": dataset_id,
                 "dataset_key": ds["hf_key"], "base_model": base_model, "backend": backend,
-                "hyperparameters": hp.model_dump(), "export": ex.model_dump()}
+                "gpus": gpus, "hyperparameters": hp.model_dump(), "export": ex.model_dump()}
         self.store.write_bytes(f"jobs/{job_id}/spec.json", json.dumps(spec, indent=1).encode())
         try:
             await self.datasets.lease(dataset_id, job_id)
@@ -129,7 +148,7 @@ class TrainerService:
             raise ServiceUnavailable(f"could not lease dataset {dataset_id}: {exc.message}",
                                      code="dataset_lease_failed") from exc
         job = Job(id=job_id, status="queued", dataset_id=dataset_id, base_model=base_model,
-                  backend=backend, hyperparameters=hp.model_dump(), export=ex.model_dump(),
+                  backend=backend, gpus=gpus, hyperparameters=hp.model_dump(), export=ex.model_dump(),
                   callback_url=callback_url or self.settings.callback_url, suffix=suffix,
                   model_id=mv_id, progress={}, created_at=now(), queued_at=time.time(),
                   source=source, training_file=training_file, validation_file=validation_file)
@@ -258,6 +277,7 @@ class TrainerService:
             "base_revision": result.get("base_revision"), "backend": result.get("backend"),
             "suffix": job.suffix,
             "config": {"backend": job.backend, "resolved_backend": result.get("backend"),
+                       "gpus": job.gpus,
                        "hyperparameters": job.hyperparameters, "export": job.export},
             "metrics": result.get("metrics", {}), "artifacts": result.get("artifacts", {}),
             "export_checks": result.get("export_checks", []),
@@ -323,6 +343,7 @@ def job_view(j: Job) -> dict[str, Any]:
     return {
         "id": j.id, "object": "training_job", "status": j.status, "dataset_id": j.dataset_id,
         "base_model": j.base_model, "backend": j.backend, "resolved_backend": p.get("backend"),
+        "gpus": j.gpus,
         "hyperparameters": j.hyperparameters, "export": j.export,
         "model_id": j.model_id if j.registered else None,
         "progress": {k: p.get(k) for k in ("step", "total_steps", "epoch", "loss", "eval_loss",

@@ -132,18 +132,22 @@ class Supervisor:
     async def _start_queued(self) -> None:
         limit = self.svc.settings.max_concurrent_jobs
         while True:
-            job_id = await anyio.to_thread.run_sync(self._next_queued, limit)
-            if job_id is None:
+            free = self.executor.free_gpus()
+            claimed = await anyio.to_thread.run_sync(self._next_queued, limit, free)
+            if claimed is None:
                 return
+            job_id, gpus = claimed
             try:
-                handle = await self.executor.start(job_id)
+                handle = await self.executor.start(job_id, gpus)
             except Exception as exc:
                 await anyio.to_thread.run_sync(self._fail_start, job_id, str(exc))
                 continue
             self.started_at[job_id] = time.monotonic()
             await anyio.to_thread.run_sync(self._mark_running, job_id, handle)
 
-    def _next_queued(self, limit: int) -> str | None:
+    def _next_queued(self, limit: int, free_gpus: int | None = None) -> tuple[str, int] | None:
+        """Claim the oldest queued job if a slot (and, with a GPU pool, its GPUs) is free. FIFO:
+        a multi-GPU job at the head waits for its GPUs rather than being overtaken."""
         with self.svc.db.session() as s:
             n_running = len(list(s.scalars(select(Job.id).where(Job.status == "running"))))
             if n_running >= limit:
@@ -152,12 +156,15 @@ class Supervisor:
                             .order_by(Job.queued_at, Job.created_at).limit(1)).first()
             if job is None:
                 return None
+            gpus = job.gpus or 1
+            if free_gpus is not None and gpus > free_gpus:
+                return None
             job.status = "running"  # claimed (handle follows)
             job.attempts += 1
             job.started_at = job.started_at or now()
             job.executor = self.executor.name
             job.progress = {k: v for k, v in (job.progress or {}).items() if not k.startswith("_")}
-            return job.id
+            return job.id, gpus
 
     def _mark_running(self, job_id: str, handle: dict[str, Any]) -> None:
         with self.svc.db.session() as s:

@@ -208,8 +208,13 @@ def make_trainer_class():
     model's causal-LM loss on the same collated batch: TRL's collator already set the prompt
     positions of ``labels`` to -100 (``completion_only_loss``), so only response tokens count.
     """
+    import torch
     from transformers import Trainer
     from trl import SFTTrainer
+
+    def out_device(out: Any) -> Any:
+        loss = out[0] if isinstance(out, tuple) else out
+        return loss.device
 
     class TuneloopSFTTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -218,21 +223,37 @@ def make_trainer_class():
             mode = "train" if self.model.training else "eval"
             inputs["use_cache"] = False
             out = Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
-            if mode == "train" and "attention_mask" in inputs:
-                self._total_train_tokens += int(inputs["attention_mask"].sum().item())
-            elif mode == "train" and "position_ids" in inputs:  # padding-free / packed batches
-                self._total_train_tokens += int(inputs["position_ids"].numel())
+            if mode == "train":
+                if "attention_mask" in inputs:
+                    n = inputs["attention_mask"].sum()
+                else:  # padding-free / packed batches
+                    n = torch.tensor(inputs["position_ids"].numel())
+                # every rank's tokens (DDP), as TRL's own loss path counts them
+                n = self.accelerator.gather(n.detach().reshape(1).to(out_device(out))).sum()
+                self._total_train_tokens += int(n.item())
             self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
             return out
 
     return TuneloopSFTTrainer
 
 
-def sft_config(hp: Hyperparameters, out_dir: Path, precision: dict[str, bool], n_train: int) -> Any:
+def ddp_options(world_size: int, cuda: bool) -> dict[str, Any]:
+    """TrainingArguments for a torchrun world: NCCL on GPUs, gloo on CPU; LoRA uses every
+    trainable parameter, so DDP need not search for unused ones (and must not, with gradient
+    checkpointing)."""
+    if world_size <= 1:
+        return {}
+    return {"ddp_backend": "nccl" if cuda else "gloo", "ddp_find_unused_parameters": False}
+
+
+def sft_config(hp: Hyperparameters, out_dir: Path, precision: dict[str, bool], n_train: int,
+               world_size: int = 1) -> Any:
+    import torch
     from trl import SFTConfig
 
     strategy = hp.eval_strategy
     return SFTConfig(
+        **ddp_options(world_size, torch.cuda.is_available()),
         output_dir=str(out_dir),
         per_device_train_batch_size=hp.per_device_train_batch_size,
         per_device_eval_batch_size=hp.per_device_train_batch_size,
@@ -283,21 +304,38 @@ def free_memory() -> None:
         pass
 
 
+def multi_gpu_backend(name: str, world_size: int) -> str:
+    """The backend of a job over ``world_size`` processes: ``auto`` means ``peft`` there (the
+    backend that trains under DDP); ``unsloth`` is refused (single GPU only, docs/trainer.md)."""
+    if world_size <= 1:
+        return name
+    if name == "unsloth":
+        raise JobError("multi_gpu_unsupported", "backend 'unsloth' trains on one GPU only "
+                       "(use 'peft' or 'auto' for gpus > 1)")
+    return "peft"
+
+
 def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Path) -> dict[str, Any]:
     """Run one job to its result record (written by the caller to ``jobs/<id>/result.json``)."""
     from .backends import get_backend
 
     job_id, mv_id = spec["job_id"], spec["model_id"]
+    from .launch import dist_info
+
+    rank, local_rank, world = dist_info()
     hp = Hyperparameters(**spec.get("hyperparameters", {}))
     ex = ExportOptions(**spec.get("export", {}))
-    backend = get_backend(spec.get("backend", "auto"))  # imports unsloth first when chosen
+    backend = get_backend(multi_gpu_backend(spec.get("backend", "auto"), world))
     from transformers import EarlyStoppingCallback
 
     import torch
 
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
-    ev.emit("info", message=f"backend {backend.name} on {device}", backend=backend.name,
-            device=device, load_in_4bit=backend.uses_4bit(hp))
+    if torch.cuda.is_available() and world > 1:
+        torch.cuda.set_device(local_rank)
+    device = torch.cuda.get_device_name(local_rank) if torch.cuda.is_available() else "cpu"
+    ev.emit("info", message=f"backend {backend.name} on {device}"
+            + (f" x {world} processes (DDP)" if world > 1 else ""), backend=backend.name,
+            device=device, load_in_4bit=backend.uses_4bit(hp), world_size=world)
     train, eval_ = load_splits(store, spec["dataset_key"], workdir)
     data_warnings(ev, len(train), hp)
     model, tokenizer = backend.load(spec["base_model"], hp)
@@ -312,7 +350,8 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
     callbacks = [make_callback(ev, ckpt_key)]
     if hp.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(hp.early_stopping_patience, hp.early_stopping_threshold))
-    trainer = make_trainer_class()(model=model, args=sft_config(hp, ckpt_dir, backend.precision(), len(train)),
+    trainer = make_trainer_class()(model=model, args=sft_config(hp, ckpt_dir, backend.precision(),
+                                                                len(train), world),
                          train_dataset=train, eval_dataset=eval_, processing_class=tokenizer,
                          callbacks=callbacks)
     resume = last_checkpoint(ckpt_dir)
@@ -321,6 +360,8 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
     t0 = time.monotonic()
     result = trainer.train(resume_from_checkpoint=resume)
     train_s = time.monotonic() - t0
+    if rank != 0:  # the other DDP ranks only train; rank 0 exports and reports
+        return {"rank": rank}
     state = trainer.state
     best = state.best_model_checkpoint
     stopped_early = state.global_step < state.max_steps
@@ -336,6 +377,7 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
         "epochs_completed": state.epoch,
         "stopped_early": stopped_early,
         "train_rows": len(train),
+        "world_size": world,
         "eval_rows": len(eval_),
         "num_tokens": _num_tokens(state.log_history),
         "trainer_training_loss": getattr(result, "training_loss", None),

@@ -25,7 +25,7 @@ def _svc(request: Request) -> TrainerService:
 async def create_job(body: JobCreate, request: Request) -> JSONResponse:
     job = await _svc(request).create_job(
         dataset_id=body.dataset_id, base_model=body.base_model,
-        backend=body.backend or request.app.state.settings.backend,
+        backend=body.backend or request.app.state.settings.backend, gpus=body.gpus,
         hyperparameters=body.hyperparameters, export=body.export, callback_url=body.callback_url,
         suffix=body.suffix)
     request.app.state.supervisor.wake.set()

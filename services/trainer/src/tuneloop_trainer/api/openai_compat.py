@@ -106,7 +106,7 @@ async def create_ft_job(body: FineTuningJobCreate, request: Request) -> dict:
                                             eval_path=svc.store.local_path(val.key),
                                             name=Path(train.filename).stem[:80] or "upload")
         dataset_id = ds["id"]
-    unknown = set(extra) - {"backend", "export", "callback_url"}
+    unknown = set(extra) - {"backend", "gpus", "export", "callback_url"}
     if unknown:
         raise InvalidRequest(f"unknown tuneloop options: {sorted(unknown)}", param="tuneloop")
     backend = extra.get("backend") or request.app.state.settings.backend
@@ -114,7 +114,7 @@ async def create_ft_job(body: FineTuningJobCreate, request: Request) -> dict:
         raise InvalidRequest(f"backend must be auto|unsloth|peft (got {backend!r})",
                              param="tuneloop.backend")
     job = await svc.create_job(dataset_id=dataset_id, base_model=body.model, backend=backend,
-                               hyperparameters=hp, export=extra.get("export") or {},
+                               gpus=extra.get("gpus", 1), hyperparameters=hp, export=extra.get("export") or {},
                                callback_url=extra.get("callback_url"), suffix=body.suffix,
                                source="openai", training_file=body.training_file,
                                validation_file=body.validation_file)

@@ -5,6 +5,7 @@ Same defaults as the article's recipe; 4-bit QLoRA through bitsandbytes when on 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,8 @@ class PeftBackend(Backend):
         kwargs: dict[str, Any] = {}
         if cuda:
             dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-            kwargs.update(dtype=dtype, device_map={"": 0})
+            # one whole copy per process: DDP rank r trains on GPU LOCAL_RANK (0 alone)
+            kwargs.update(dtype=dtype, device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
             if self.uses_4bit(hp):
                 from transformers import BitsAndBytesConfig
 

@@ -20,8 +20,9 @@ class Executor(ABC):
     name = "base"
 
     @abstractmethod
-    async def start(self, job_id: str) -> dict[str, Any]:
-        """Launch ``python -m tuneloop_trainer.run_job <job_id>``; return a JSON-able handle."""
+    async def start(self, job_id: str, gpus: int = 1) -> dict[str, Any]:
+        """Launch ``python -m tuneloop_trainer.run_job <job_id>`` (under torchrun over ``gpus``
+        GPUs when more than one); return a JSON-able handle."""
         raise NotImplementedError
 
     @abstractmethod
@@ -38,6 +39,11 @@ class Executor(ABC):
         """After a service restart: True if the job still runs and is re-attached; else the
         executor made sure nothing of it still runs (the job is re-queued and resumes)."""
         raise NotImplementedError
+
+    def free_gpus(self) -> int | None:
+        """GPUs free for a new job now; None when the executor does not count them (the
+        cluster's scheduler does)."""
+        return None
 
     async def close(self) -> None:
         """Service shutdown."""

@@ -1,7 +1,8 @@
 """Kubernetes executor: each job becomes a ``batch/v1`` Job running the same entrypoint.
 
 The Job mounts the artifact-store volume (the same PVC the service uses), asks for GPUs, and
-runs ``python -m tuneloop_trainer.run_job <job-id> --store <mount>``. Events and the result come
+runs ``python -m tuneloop_trainer.run_job <job-id> --store <mount>`` (under torchrun, with
+N GPUs requested, for a job with ``gpus: N``). Events and the result come
 back through the shared store, exactly as with the local executor. A pod that dies is retried
 by Kubernetes (``backoffLimit``) and resumes from the last checkpoint. Talks to the API server
 over plain REST (``httpx``): in-cluster token + CA, or any URL for tests.
@@ -16,6 +17,7 @@ from typing import Any
 
 import httpx
 
+from ..launch import job_command
 from .base import Executor, Exit
 
 LABEL_JOB = "tuneloop.io/job-id"
@@ -27,8 +29,15 @@ def k8s_name(job_id: str) -> str:
     return name
 
 
-def build_job_manifest(settings, job_id: str) -> dict[str, Any]:  # noqa: ANN001
-    """The batch/v1 Job for ``job_id`` (pure function: tested against the API contract)."""
+def job_gpu_count(settings, gpus: int) -> int:  # noqa: ANN001
+    """``nvidia.com/gpu`` of a Job: the job's ``gpus`` (at least ``k8s_gpus``); 0 when
+    ``k8s_gpus`` is 0 (a CPU cluster: a multi-process job then runs over gloo)."""
+    return max(settings.k8s_gpus, gpus) if settings.k8s_gpus else 0
+
+
+def build_job_manifest(settings, job_id: str, gpus: int = 1) -> dict[str, Any]:  # noqa: ANN001
+    """The batch/v1 Job for ``job_id`` (pure function: tested against the API contract). A job
+    with ``gpus > 1`` asks for that many GPUs and runs the entrypoint under torchrun."""
     mount = settings.k8s_artifact_mount
     labels = {"app.kubernetes.io/part-of": "tuneloop", "app.kubernetes.io/component": "training-job",
               LABEL_JOB: job_id}
@@ -38,13 +47,14 @@ def build_job_manifest(settings, job_id: str) -> dict[str, Any]:  # noqa: ANN001
     env += [{"name": k, "value": v} for k, v in sorted(settings.job_env.items())]
     requests: dict[str, str] = {"cpu": settings.k8s_cpu, "memory": settings.k8s_memory}
     limits: dict[str, str] = {"memory": settings.k8s_memory}
-    if settings.k8s_gpus:
-        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(settings.k8s_gpus)
+    n_gpu = job_gpu_count(settings, gpus)
+    if n_gpu:
+        requests["nvidia.com/gpu"] = limits["nvidia.com/gpu"] = str(n_gpu)
     container = {
         "name": "trainer",
         "image": settings.k8s_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": ["python", "-m", "tuneloop_trainer.run_job", job_id, "--store", mount],
+        "command": job_command("python", job_id, mount, gpus=gpus),
         "env": env,
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [{"name": "artifacts", "mountPath": mount},
@@ -57,7 +67,7 @@ def build_job_manifest(settings, job_id: str) -> dict[str, Any]:  # noqa: ANN001
                      "persistentVolumeClaim": {"claimName": settings.k8s_artifact_pvc}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
     }
-    if settings.k8s_gpus:
+    if n_gpu:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists",
                                     "effect": "NoSchedule"}]
     return {
@@ -92,8 +102,8 @@ class KubernetesExecutor(Executor):
         base = f"/apis/batch/v1/namespaces/{self.settings.k8s_namespace}/jobs"
         return f"{base}/{name}" if name else base
 
-    async def start(self, job_id: str) -> dict[str, Any]:
-        body = build_job_manifest(self.settings, job_id)
+    async def start(self, job_id: str, gpus: int = 1) -> dict[str, Any]:
+        body = build_job_manifest(self.settings, job_id, gpus)
         resp = await self.http.post(self._path(), json=body)
         if resp.status_code == 409:  # already submitted (e.g. restart between submit and commit)
             return {"name": body["metadata"]["name"], "namespace": self.settings.k8s_namespace}

@@ -1,4 +1,7 @@
-"""Local executor: each job in its own process, supervised by the service.
+"""Local executor: each job in its own process (or torchrun group), supervised by the service.
+
+A job with ``gpus: N > 1`` runs under torchrun (:mod:`..launch`); with a GPU pool
+(``TRAINER_GPU_IDS``) it gets N GPUs of its own through ``CUDA_VISIBLE_DEVICES``.
 
 The child runs in its own session (a cancel kills its whole process group) and exits by itself
 if the service dies (``--parent-pid``). A crash, an OOM kill or a signal fails only that job.
@@ -14,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..launch import job_command, pick_gpus
 from .base import Executor, Exit
 
 _SIGNAL_HINT = {signal.SIGKILL: "killed (SIGKILL: out of memory or killed by an operator)",
@@ -29,24 +33,34 @@ class LocalExecutor(Executor):
         self.store = store
         self.procs: dict[str, subprocess.Popen] = {}
         self.kill_at: dict[str, float] = {}
-        self.gpu_of: dict[str, str] = {}  # job -> the GPU it holds (one job per GPU)
+        self.gpu_of: dict[str, list[str]] = {}  # job -> the GPUs it holds (no GPU is shared)
 
     def log_path(self, job_id: str) -> Path:
         return self.store.local_path(f"jobs/{job_id}/process.log")
 
-    async def start(self, job_id: str) -> dict[str, Any]:
+    def free_gpus(self) -> int | None:
+        """GPUs of the pool not held by a running job (None: no pool, jobs see every GPU)."""
+        if not self.settings.gpu_ids:
+            return None
+        held = {g for gs in self.gpu_of.values() for g in gs}
+        return sum(1 for g in self.settings.gpu_ids if g not in held)
+
+    async def start(self, job_id: str, gpus: int = 1) -> dict[str, Any]:
         log = self.log_path(job_id)
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.job_env, "PYTHONUNBUFFERED": "1",
                "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
-        handle: dict[str, Any] = {}
+        handle: dict[str, Any] = {"gpus": gpus}
         if self.settings.gpu_ids:
-            free = [g for g in self.settings.gpu_ids if g not in self.gpu_of.values()]
-            if not free:
-                raise RuntimeError("no free GPU (raise gpu_ids or lower max_concurrent_jobs)")
-            self.gpu_of[job_id] = env["CUDA_VISIBLE_DEVICES"] = handle["gpu"] = free[0]
-        cmd = [self.settings.job_python or sys.executable, "-m", "tuneloop_trainer.run_job", job_id,
-               "--store", self.store.url, "--parent-pid", str(os.getpid())]
+            held = {g for gs in self.gpu_of.values() for g in gs}
+            mine = pick_gpus(self.settings.gpu_ids, held, gpus)
+            if mine is None:
+                raise RuntimeError(f"no free GPU for {gpus} GPU(s) (raise gpu_ids or lower "
+                                   "max_concurrent_jobs)")
+            self.gpu_of[job_id] = mine
+            env["CUDA_VISIBLE_DEVICES"] = handle["gpu"] = ",".join(mine)
+        cmd = job_command(self.settings.job_python or sys.executable, job_id, self.store.url,
+                          gpus=gpus, parent_pid=os.getpid())
         with open(log, "ab") as fh:
             proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                     start_new_session=True, cwd=str(Path.cwd()))
