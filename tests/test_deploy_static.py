@@ -1,13 +1,22 @@
-"""Deployment files validated statically (no Docker engine or cluster here).
+"""Deployment files checked without a Docker engine or a cluster (tests/test_containers.py builds
+and runs the images for real).
 
-- docker-compose.yml: `docker-compose config` (skips where docker-compose is absent; CI
-  installs it) plus structural checks (GPU reservations, shared artifact volume, Dockerfiles).
-- k8s/: every manifest validated against the Kubernetes schemas shipped in the
-  kubernetes-validate package, plus cross-checks (ports, probes, config references).
+- docker-compose.yml: `docker-compose config` accepts it for both profiles with the secrets of an
+  env file (and refuses it without them), plus structure: profiles, GPU reservations, health
+  checks, depends_on conditions, the one shared artifact volume, only the gateway published.
+- Dockerfiles: multi-stage, non-root, health-checked; trainer/inference flavours share every
+  stage but the base and the engine; dataset/gateway carry no torch.
+- k8s/: the base and every overlay rendered by kustomize (`kubectl kustomize`), every object
+  validated against the Kubernetes 1.31 and 1.33 schemas (strict), plus cross-checks, and the
+  batch/v1 Job the trainer's kubernetes executor renders with each overlay's ConfigMap validated
+  against the schema and against what the overlay provides (PVC, image, namespace, RBAC).
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -20,81 +29,290 @@ from tuneloop.testing import require_tool
 ROOT = Path(__file__).resolve().parents[1]
 PORTS = {name: port for name, _, port in SERVICES}
 MODULES = {name: module for name, module, _ in SERVICES}
+OVERLAYS = sorted(p.name for p in (ROOT / "k8s/overlays").iterdir() if p.is_dir())
+K8S_VERSIONS = ("1.31", "1.33")
+# Custom resources: not in the Kubernetes schemas (prometheus-operator CRDs); checked by hand below.
+CRD_KINDS = {"ServiceMonitor"}
+SECRETS = ("POSTGRES_PASSWORD", "INFERENCE_ADMIN_KEY", "GATEWAY_BOOTSTRAP_ADMIN_KEY",
+           "GRAFANA_ADMIN_PASSWORD")
 
+
+# -- docker-compose ------------------------------------------------------------------------
 
 def _compose() -> dict:
     return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 
 
-def test_compose_config_is_valid() -> None:
+def _env_file(tmp_path: Path, profile: str) -> Path:
+    """.env.example with every secret filled in (what a user does before `up`)."""
+    text = (ROOT / ".env.example").read_text()
+    for key in SECRETS:
+        text = re.sub(rf"^{key}=$", f"{key}=test-{key.lower()}", text, flags=re.M)
+    text = re.sub(r"^COMPOSE_PROFILES=.*$", f"COMPOSE_PROFILES={profile}", text, flags=re.M)
+    path = tmp_path / f"{profile}.env"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("profile", ["gpu", "cpu"])
+def test_compose_config_is_valid(tmp_path: Path, profile: str) -> None:
     exe = require_tool("docker-compose", "validates docker-compose.yml (apt-get install docker-compose)")
-    r = subprocess.run([exe, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"],
-                       capture_output=True, text=True, cwd=ROOT)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
+    for key in SECRETS:
+        env.pop(key, None)
+    r = subprocess.run([exe, "--env-file", str(_env_file(tmp_path, profile)), "-f",
+                        str(ROOT / "docker-compose.yml"), "--profile", profile, "config"],
+                       capture_output=True, text=True, cwd=ROOT, env=env)
     assert r.returncode == 0, r.stderr
+    rendered = yaml.safe_load(r.stdout)
+    assert "test-postgres_password@postgres:5432" in \
+        rendered["services"]["gateway"]["environment"]["TUNELOOP_DATABASE_URL"]
+    # the example file as shipped has no secrets: compose refuses to start without them
+    r = subprocess.run([exe, "--env-file", str(ROOT / ".env.example"), "-f",
+                        str(ROOT / "docker-compose.yml"), "config", "-q"],
+                       capture_output=True, text=True, cwd=ROOT, env=env)
+    assert r.returncode != 0 and "set POSTGRES_PASSWORD in .env" in r.stderr
 
 
 def test_compose_structure() -> None:
     services = _compose()["services"]
+    flavours = {"trainer": ["trainer", "trainer-cpu"], "inference": ["inference", "inference-cpu"]}
     for name in PORTS:
-        svc = services[name]
-        dockerfile = ROOT / svc["build"]["dockerfile"]
-        assert dockerfile.exists(), dockerfile
-        text = dockerfile.read_text()
-        assert MODULES[name] in text and str(PORTS[name]) in text
-        assert "artifacts:/artifacts" in svc["volumes"], name
-        assert svc["environment"]["TUNELOOP_ARTIFACT_URL"] == "/artifacts"
-    for gpu_svc in ("trainer", "inference"):
-        devices = services[gpu_svc]["deploy"]["resources"]["reservations"]["devices"]
-        assert devices[0]["capabilities"] == ["gpu"]
-    assert services["gateway"]["ports"] == ["8000:8000"]
+        for svc_name in flavours.get(name, [name]):
+            svc = services[svc_name]
+            assert svc["build"]["dockerfile"] == f"services/{name}/Dockerfile", svc_name
+            assert "artifacts:/artifacts" in svc["volumes"], svc_name
+            assert svc["environment"]["TUNELOOP_DATABASE_URL"].startswith("postgresql+psycopg2://")
+            test = svc["healthcheck"]["test"]
+            assert test[0] == "CMD-SHELL" and f":{PORTS[name]}/health" in test[1], svc_name
+            assert svc["depends_on"]["postgres"] == {"condition": "service_healthy"}, svc_name
+            assert "ports" not in svc or svc_name == "gateway", f"{svc_name} must not be published"
+    for name, (gpu, cpu) in ((n, flavours[n]) for n in flavours):
+        assert services[gpu]["profiles"] == ["gpu"] and services[cpu]["profiles"] == ["cpu"]
+        assert services[gpu]["build"]["args"] == {"FLAVOR": "gpu"}
+        assert services[cpu]["build"]["args"] == {"FLAVOR": "cpu"}
+        devices = services[gpu]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
+        assert "deploy" not in services[cpu]
+        assert services[cpu]["networks"]["default"]["aliases"] == [name]  # same URL for both
+    assert services["trainer-cpu"]["environment"]["TRAINER_BACKEND"] == "peft"
+    assert services["inference-cpu"]["environment"]["INFERENCE_ENGINE"] == "transformers"
+    assert services["inference"]["environment"]["INFERENCE_ENGINE"] == "vllm"
+    assert services["trainer"]["depends_on"]["dataset"] == {"condition": "service_healthy"}
+    assert services["gateway"]["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
+    assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
     prom = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text())
-    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
-    assert sorted(targets) == sorted(f"{n}:{p}" for n, p in PORTS.items())
+    targets = [t for sc in prom["scrape_configs"] for c in sc.get("static_configs", [])
+               for t in c["targets"]]
+    assert sorted(f"{n}:{p}" for n, p in PORTS.items()) == sorted(
+        t for t in targets if t.split(":")[0] in PORTS)
+    assert any("./deploy/prometheus" in v for v in services["prometheus"]["volumes"])
+    assert any("./deploy/grafana/dashboards" in v for v in services["grafana"]["volumes"])
 
 
-def _k8s_docs() -> list[tuple[Path, dict]]:
-    kust = yaml.safe_load((ROOT / "k8s/kustomization.yaml").read_text())
-    docs = []
-    for res in kust["resources"]:
-        path = ROOT / "k8s" / res
-        docs += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d]
-    return docs
+# -- Dockerfiles -----------------------------------------------------------------------------
+
+def _stages(text: str) -> list[str]:
+    return re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.M)
 
 
-@pytest.mark.parametrize("k8s_version", ["1.31", "1.33"])
-def test_k8s_manifests_match_schema(k8s_version: str) -> None:
+@pytest.mark.parametrize("name", list(PORTS))
+def test_dockerfiles_multistage_nonroot_healthchecked(name: str) -> None:
+    text = (ROOT / f"services/{name}/Dockerfile").read_text()
+    assert len(_stages(text)) >= 2, "multi-stage"
+    assert re.search(r"^USER 10001$", text, flags=re.M)
+    assert re.search(rf"^HEALTHCHECK .*\n?.*127\.0\.0\.1:{PORTS[name]}/health", text, flags=re.M)
+    assert f'ENTRYPOINT ["python", "-m", "{MODULES[name]}"]' in text
+    assert f'CMD ["--host", "0.0.0.0", "--port", "{PORTS[name]}"]' in text
+    assert "psycopg2-binary==" in text
+    # the dependency layer comes before the code: a code change rebuilds only the last layers
+    assert text.index("pyproject.toml") < text.index(f"COPY services/{name} services/{name}")
+    if name in ("trainer", "inference"):
+        stages = dict((alias, base) for base, alias in _stages(text) if alias)
+        assert {"base-cpu", "base-gpu", "engine-cpu", "engine-gpu", "build"} <= set(stages)
+        assert stages["build"] == "engine-${FLAVOR}" and "FROM base-${FLAVOR}" in text
+        assert "torch==2.13.0" in text and "--find-links /wheels" in text
+    else:
+        code = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
+        assert "torch" not in code.lower() and "FLAVOR" not in code
+
+
+def test_slim_images_need_no_torch() -> None:
+    import importlib.util
+    import tomllib
+
+    spec = importlib.util.spec_from_file_location("pydeps", ROOT / "deploy/docker/pydeps.py")
+    pydeps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pydeps)
+    for name in ("dataset", "gateway"):
+        for project in ("shared", f"services/{name}"):
+            deps = tomllib.loads((ROOT / project / "pyproject.toml").read_text())["project"]["dependencies"]
+            assert not [d for d in deps if pydeps._name(d) in ("torch", "vllm", "unsloth")], (name, deps)
+
+
+def test_pydeps_leaves_out_what_the_engine_provides(tmp_path: Path) -> None:
+    script = ROOT / "deploy/docker/pydeps.py"
+    env = {**os.environ, "TUNELOOP_ENGINE_PROVIDES": "torch"}
+    r = subprocess.run(["python", str(script), "shared", "services/trainer"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, check=True)
+    names = [re.split(r"[<>=\[;]", ln)[0] for ln in r.stdout.split()]
+    assert "trl" in " ".join(names) and "torch" not in names and "tuneloop" not in names
+    r = subprocess.run(["python", str(script), "--constraints", "constraints.txt"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, check=True)
+    assert "torch==" not in r.stdout and "transformers==" in r.stdout
+
+
+# -- Kubernetes --------------------------------------------------------------------------------
+
+def _kustomize(target: str) -> list[dict]:
+    if shutil.which("kustomize"):
+        cmd = [shutil.which("kustomize"), "build", target]
+    else:
+        cmd = [require_tool("kubectl", "renders k8s/ with its built-in kustomize"), "kustomize", target]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    return [d for d in yaml.safe_load_all(r.stdout) if d]
+
+
+@pytest.fixture(scope="module")
+def rendered() -> dict[str, list[dict]]:
+    return {t: _kustomize(f"k8s/{t}") for t in ["base", *(f"overlays/{o}" for o in OVERLAYS)]}
+
+
+def _by_kind(docs: list[dict]) -> dict[str, dict[str, dict]]:
+    out: dict[str, dict[str, dict]] = {}
+    for d in docs:
+        out.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+    return out
+
+
+def test_overlays_exist() -> None:
+    assert {"dev", "gpu-cluster"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
+def test_k8s_manifests_match_schema(rendered, k8s_version: str) -> None:
     import kubernetes_validate
 
-    docs = _k8s_docs()
-    assert len(docs) >= 15
-    for path, doc in docs:
-        kubernetes_validate.validate(doc, k8s_version, strict=True)
+    crds_seen = set()
+    for target, docs in rendered.items():
+        assert len(docs) >= 25, target
+        for doc in docs:
+            if doc["kind"] in CRD_KINDS:
+                crds_seen.add(doc["kind"])
+                continue
+            kubernetes_validate.validate(doc, k8s_version, strict=True)
+    assert crds_seen == CRD_KINDS  # the skip list is exactly what is used
 
 
-def test_k8s_cross_references() -> None:
-    docs = _k8s_docs()
-    by_kind: dict[str, dict[str, dict]] = {}
-    for _, d in docs:
-        by_kind.setdefault(d["kind"], {})[d["metadata"]["name"]] = d
+@pytest.mark.parametrize("target", ["base", *(f"overlays/{o}" for o in OVERLAYS)])
+def test_k8s_cross_references(rendered, target: str) -> None:
+    docs = rendered[target]
+    by_kind = _by_kind(docs)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"tuneloop"}
     config = by_kind["ConfigMap"]["tuneloop-config"]["data"]
+    secret_keys = set(by_kind["Secret"]["tuneloop-secrets"]["stringData"])
+    assert {"TUNELOOP_DATABASE_URL", "INFERENCE_ADMIN_KEY", "POSTGRES_PASSWORD"} <= secret_keys
     for name, port in PORTS.items():
         dep = by_kind["Deployment"][name]
-        c = dep["spec"]["template"]["spec"]["containers"][0]
-        assert c["ports"][0]["containerPort"] == port
+        pod = dep["spec"]["template"]
+        assert pod["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tuneloop"  # netpol
+        c = pod["spec"]["containers"][0]
+        assert c["ports"][0]["containerPort"] == port and c["args"][-1] == str(port)
         assert c["readinessProbe"]["httpGet"]["path"] == "/ready"
         assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+        assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
         assert by_kind["Service"][name]["spec"]["ports"][0]["port"] == port
+        expected_type = "LoadBalancer" if name == "gateway" else "ClusterIP"
+        assert by_kind["Service"][name]["spec"]["type"] == expected_type
         assert config[f"TUNELOOP_{name.upper()}_URL"] == f"http://{name}:{port}"
         claims = [v["persistentVolumeClaim"]["claimName"]
-                  for v in dep["spec"]["template"]["spec"]["volumes"] if "persistentVolumeClaim" in v]
-        assert claims == ["tuneloop-artifacts"]
-    gpu = by_kind["Deployment"]["inference"]["spec"]["template"]["spec"]["containers"][0]
-    assert gpu["resources"]["limits"]["nvidia.com/gpu"] == 1
+                  for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
+        assert claims == ["tuneloop-artifacts"] and "tuneloop-artifacts" in by_kind["PersistentVolumeClaim"]
+    for name in ("inference", "gateway"):
+        assert by_kind["HorizontalPodAutoscaler"][name]["spec"]["scaleTargetRef"]["name"] == name
+        assert by_kind["PodDisruptionBudget"][name]["spec"]["selector"]["matchLabels"] == \
+            {"app.kubernetes.io/name": name}
+    # the trainer may manage Jobs in its namespace only, through its own ServiceAccount
     trainer = by_kind["Deployment"]["trainer"]["spec"]["template"]["spec"]
     assert trainer["serviceAccountName"] == "tuneloop-trainer"
-    rules = by_kind["Role"]["tuneloop-trainer-jobs"]["rules"]
-    assert any("jobs" in r["resources"] and "create" in r["verbs"] for r in rules)
+    assert "ClusterRole" not in by_kind and "ClusterRoleBinding" not in by_kind
+    binding = by_kind["RoleBinding"]["tuneloop-trainer-jobs"]
+    assert binding["subjects"][0]["name"] == "tuneloop-trainer"
+    rules = by_kind["Role"][binding["roleRef"]["name"]]["rules"]
+    jobs = [r for r in rules if r["apiGroups"] == ["batch"] and "jobs" in r["resources"]]
+    assert {"create", "get", "watch", "delete"} <= set(jobs[0]["verbs"])
+    # only the gateway is reachable from outside: default deny + one open policy
+    policies = by_kind["NetworkPolicy"]
+    assert policies["default-deny-ingress"]["spec"] == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    open_to_all = [p for p in policies.values()
+                   if any("from" not in rule for rule in p["spec"].get("ingress", []))]
+    assert [p["spec"]["podSelector"] for p in open_to_all] == \
+        [{"matchLabels": {"app.kubernetes.io/name": "gateway"}}]
+    for monitor in by_kind.get("ServiceMonitor", {}).values():  # CRD: checked by hand
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        names = monitor["spec"]["selector"]["matchExpressions"][0]["values"]
+        assert sorted(names) == sorted(PORTS)
+        for ep in monitor["spec"]["endpoints"]:
+            assert ep["path"] == "/metrics"
+            assert all(ep["port"] in [p["name"] for p in by_kind["Service"][n]["spec"]["ports"]]
+                       for n in names)
 
+
+def test_overlays_pick_the_flavour(rendered) -> None:
+    dev = _by_kind(rendered["overlays/dev"])
+    gpu = _by_kind(rendered["overlays/gpu-cluster"])
+    image = lambda kinds, name: kinds["Deployment"][name]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    assert image(dev, "trainer") == "tuneloop/trainer-cpu:0.1.0"
+    assert image(dev, "inference") == "tuneloop/inference-cpu:0.1.0"
+    assert image(gpu, "trainer") == "tuneloop/trainer-gpu:0.1.0"
+    assert image(gpu, "inference") == "tuneloop/inference-gpu:0.1.0"
+    assert dev["ConfigMap"]["tuneloop-config"]["data"]["INFERENCE_ENGINE"] == "transformers"
+    assert gpu["ConfigMap"]["tuneloop-config"]["data"]["INFERENCE_ENGINE"] == "vllm"
+    inf = gpu["Deployment"]["inference"]["spec"]["template"]["spec"]
+    assert inf["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert inf["tolerations"][0]["key"] == "nvidia.com/gpu"
+    assert "nvidia.com/gpu" not in str(dev["Deployment"]["inference"])
+    assert gpu["PersistentVolumeClaim"]["tuneloop-artifacts"]["spec"]["accessModes"] == ["ReadWriteMany"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_trainer_job_for_the_overlay_validates(rendered, overlay: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Job the trainer's kubernetes executor renders from the overlay's ConfigMap: valid
+    batch/v1, running the trainer's image in its namespace, mounting the overlay's PVC."""
+    import kubernetes_validate
+
+    from tuneloop_trainer.executors.kubernetes import build_job_manifest
+    from tuneloop_trainer.settings import TrainerSettings
+
+    by_kind = _by_kind(rendered[f"overlays/{overlay}"])
+    config = by_kind["ConfigMap"]["tuneloop-config"]["data"]
+    for key in [k for k in os.environ if k.startswith(("TRAINER_", "TUNELOOP_"))]:
+        monkeypatch.delenv(key)
+    for key, value in config.items():
+        monkeypatch.setenv(key, value)
+    settings = TrainerSettings()
+    assert settings.executor == "kubernetes"
+    job = build_job_manifest(settings, "job-0123456789abcdef")
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(job, version, strict=True)
+    trainer = by_kind["Deployment"]["trainer"]
+    pod = job["spec"]["template"]["spec"]
+    assert job["metadata"]["namespace"] == trainer["metadata"]["namespace"]
+    assert pod["containers"][0]["image"] == trainer["spec"]["template"]["spec"]["containers"][0]["image"]
+    claim = pod["volumes"][0]["persistentVolumeClaim"]["claimName"]
+    assert claim in by_kind["PersistentVolumeClaim"]
+    mount = pod["containers"][0]["volumeMounts"][0]["mountPath"]
+    assert mount == config["TUNELOOP_ARTIFACT_URL"]  # the same store path as the services
+    gpus = pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
+    assert gpus == (None if overlay == "dev" else "1")
+    # training pods carry the label the internal NetworkPolicy admits (they call nothing,
+    # but the gateway's callback and metrics come from the service pods)
+    assert job["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tuneloop"
+
+
+# -- observability files (deploy/grafana is generated; compose mounts it) -------------------
 
 def test_grafana_dashboard_current_and_queries_real_metrics() -> None:
     """The dashboard is what build_dashboard.py makes, and every metric it queries (and every
