@@ -25,9 +25,10 @@ def data_dir(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def settings(data_dir: Path) -> DatasetSettings:
+def settings(data_dir: Path, database_url: str | None) -> DatasetSettings:
+    """Run on both metadata backends: SQLite (default) and a real PostgreSQL database."""
     return DatasetSettings(data_dir=data_dir, log_json=False, log_level="WARNING",
-                           max_line_bytes=1 << 20)
+                           max_line_bytes=1 << 20, database_url=database_url)
 
 
 @pytest.fixture

@@ -15,6 +15,13 @@ GOOD = generate(30, seed=3)
 
 
 @pytest.fixture
+def database_url() -> None:
+    """Parsing and refusals do not depend on the metadata backend: SQLite only (test_api.py and
+    test_process.py run on both SQLite and PostgreSQL)."""
+    return None
+
+
+@pytest.fixture
 def seeded(client, jsonl, snapshot):
     """One stored version, so 'nothing changed' is checked against a non-empty store."""
     r = client.post("/v1/datasets", json={"rows": GOOD, "name": "seed"})

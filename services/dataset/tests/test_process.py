@@ -14,9 +14,10 @@ from tuneloop.testing import ServiceProcess
 
 
 @pytest.fixture
-def service(tmp_path: Path):
+def service(tmp_path: Path, database_url: str | None):
+    """The real process on both metadata backends (SQLite default, real PostgreSQL)."""
     env = {"DATASET_DATA_DIR": str(tmp_path / "var"), "DATASET_LOG_JSON": "true",
-           "HF_HUB_OFFLINE": "1"}
+           "HF_HUB_OFFLINE": "1", **({"DATASET_DATABASE_URL": database_url} if database_url else {})}
     proc = ServiceProcess("tuneloop_dataset", env=env, log_path=tmp_path / "dataset.log")
     with proc:
         yield proc

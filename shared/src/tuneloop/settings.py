@@ -6,8 +6,9 @@ Settings are passed to ``create_app(settings)``; nothing reads the environment a
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import (
     BaseSettings,
     EnvSettingsSource,
@@ -38,6 +39,20 @@ class ServiceSettings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL (default: sqlite:///<data_dir>/<service>.db)."
     )
+    s3_endpoint_url: str | None = Field(
+        None,
+        description="S3-compatible endpoint for an s3:// artifact store (MinIO, Ceph, R2, "
+        "...); unset: AWS S3.",
+    )
+    s3_access_key_id: str | None = Field(
+        None, description="S3 access key id; unset: the AWS default chain (AWS_ACCESS_KEY_ID, "
+        "~/.aws, instance/IRSA role)."
+    )
+    s3_secret_access_key: SecretStr | None = Field(
+        None, description="S3 secret access key (with S3_ACCESS_KEY_ID)."
+    )
+    s3_region: str | None = Field(None, description="S3 region (e.g. us-east-1); unset: "
+                                  "AWS_DEFAULT_REGION or the endpoint's default.")
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(True, description="Emit one JSON object per log line.")
     http_timeout_s: float = Field(30.0, description="Timeout for calls to peer services.")
@@ -57,6 +72,27 @@ class ServiceSettings(BaseSettings):
     def resolved_artifact_url(self) -> str:
         return self.artifact_url or str((self.data_dir / "artifacts").resolve())
 
+    def artifact_storage_options(self) -> dict[str, Any]:
+        """fsspec storage options for the artifact URL (only S3 takes any today)."""
+        if not self.resolved_artifact_url().startswith(("s3://", "s3a://")):
+            return {}
+        opts: dict[str, Any] = {}
+        if self.s3_endpoint_url:
+            opts["endpoint_url"] = self.s3_endpoint_url
+        if self.s3_access_key_id:
+            opts["key"] = self.s3_access_key_id
+        if self.s3_secret_access_key:
+            opts["secret"] = self.s3_secret_access_key.get_secret_value()
+        if self.s3_region:
+            opts["client_kwargs"] = {"region_name": self.s3_region}
+        return opts
+
+    def open_artifact_store(self):  # noqa: ANN201
+        """The shared artifact store this configuration names (local folder or any fsspec URL)."""
+        from .storage import ArtifactStore
+
+        return ArtifactStore(self.resolved_artifact_url(), **self.artifact_storage_options())
+
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
@@ -67,8 +103,7 @@ def open_service_state(settings: ServiceSettings, migrations_dir: Path):  # noqa
     """What every service's lifespan opens first: its database, migrated to head with its own
     Alembic version table (``alembic_version_<service>``), and the shared artifact store."""
     from .db import Database
-    from .storage import ArtifactStore
 
     db = Database(settings.resolved_database_url())
     db.migrate(migrations_dir, version_table=f"alembic_version_{settings.service_name}")
-    return db, ArtifactStore(settings.resolved_artifact_url())
+    return db, settings.open_artifact_store()

@@ -46,7 +46,7 @@ def create_app(settings: DatasetSettings | None = None) -> FastAPI:
     async def ready(app: FastAPI) -> dict:
         store = app.state.store
         return {"database": await anyio.to_thread.run_sync(app.state.db.ping),
-                "artifact_store": await anyio.to_thread.run_sync(store.fs.exists, store.root)}
+                "artifact_store": await anyio.to_thread.run_sync(store.ping)}
 
     app = build_service_app(settings, title="tuneloop dataset service", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)

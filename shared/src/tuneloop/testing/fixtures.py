@@ -3,6 +3,10 @@
 - ``tiny_base_dir``: a tiny Llama base, pretrained briefly on ticket text (LoRA can learn on it)
 - ``tiny_random_dir``: a tiny Llama base with purely random weights (fast; for plumbing tests)
 - ``ticket_rows``: 300 rows of the built-in support-ticket task
+- ``postgres_server`` / ``postgres_url`` / ``database_url`` (sqlite | postgresql): a real
+  throwaway PostgreSQL server (:mod:`tuneloop.testing.postgres`)
+- ``s3_server`` / ``s3_artifact_url`` / ``s3_store_env``: a real local S3-compatible server
+  (:mod:`tuneloop.testing.s3`)
 """
 
 from __future__ import annotations
@@ -11,6 +15,9 @@ import os
 from pathlib import Path
 
 import pytest
+
+from .postgres import database_url, postgres_server, postgres_url  # noqa: F401 (fixtures)
+from .s3 import s3_artifact_url, s3_server, s3_storage_options, s3_store_env  # noqa: F401
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
