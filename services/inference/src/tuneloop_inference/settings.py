@@ -48,12 +48,26 @@ class InferenceSettings(ServiceSettings):
         False, description="transformers serve --continuous-batching. Faster under load, but "
         "transformers 5.17 then applies the FIRST request's temperature/top_p to all requests "
         "and ignores `stop`; the proxy rejects such per-request params with 400 in that mode.")
+    cb_kv_cache_tokens: int = Field(
+        16384, ge=256, le=10_000_000, description="Continuous batching: KV-cache size in tokens "
+        "(blocks of 256). transformers sizes it from *device* memory otherwise, which on a CPU is "
+        "a fraction of all RAM (~9 GiB per engine on a 24 GiB machine).")
     engine_device: str = Field("cpu", description="transformers serve --device.")
 
     # vLLM (GPU engine)
     gpu_memory_utilization: float = Field(
         0.40, description="--gpu-memory-utilization per vLLM engine: two engines (blue + green) "
         "must fit on one GPU during a swap, so keep it <= ~0.45.")
+    gpu_ids: list[str] = Field(
+        default_factory=list, description="GPUs vLLM engines are placed on (each engine gets "
+        "CUDA_VISIBLE_DEVICES); empty: this process's CUDA_VISIBLE_DEVICES, else every GPU "
+        "`nvidia-smi -L` lists.")
+    gpu_memory_budget: float = Field(
+        0.95, gt=0, le=1, description="Sum of the engines' gpu_memory_utilization allowed on "
+        "one GPU: a new engine (the green side of a swap too) that would exceed it is refused.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, le=64, description="Default tensor_parallel_size of deployments that name "
+        "none (the base deployment too): vLLM shards the model over that many GPUs.")
     vllm_max_model_len: int | None = Field(None, description="--max-model-len for vllm serve.")
     vllm_enable_lora: bool = Field(
         False, description="Start vLLM engines with --enable-lora so candidates can be attached "

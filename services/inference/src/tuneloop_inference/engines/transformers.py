@@ -28,7 +28,7 @@ class TransformersEngine(Engine):
                "--host", self.host, "--port", str(self.port),
                "--device", self.settings.engine_device]
         if self.settings.continuous_batching:
-            cmd.append("--continuous-batching")
+            cmd += ["--continuous-batching", "--cb-kv-cache-tokens", str(self.settings.cb_kv_cache_tokens)]
         return cmd
 
     def adapt_body(self, endpoint: str, body: dict[str, Any]) -> None:

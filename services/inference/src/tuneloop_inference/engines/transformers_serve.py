@@ -67,6 +67,9 @@ def _patch(served_name: str, model_dir: str) -> None:
     completion.CompletionHandler._build_generation_config = _completion_build
 
 
+CB_BLOCK_SIZE = 256
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="tuneloop-transformers-engine")
     parser.add_argument("--model-dir", required=True)
@@ -75,14 +78,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--continuous-batching", action="store_true")
+    parser.add_argument("--cb-kv-cache-tokens", type=int, default=16384,
+                        help="continuous batching KV cache, in tokens (default sizing takes a "
+                             "fraction of all RAM on a CPU)")
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
 
     _patch(args.served_model_name, args.model_dir)
     from transformers.cli.serve import Serve
 
+    cb: dict = {}
+    if args.continuous_batching:
+        cb = {"cb_num_blocks": max(1, -(-args.cb_kv_cache_tokens // CB_BLOCK_SIZE)),
+              "cb_block_size": CB_BLOCK_SIZE,
+              "cb_max_batch_tokens": min(args.cb_kv_cache_tokens, 4096)}
     Serve(force_model=args.model_dir, continuous_batching=args.continuous_batching,
-          device=args.device, host=args.host, port=args.port, log_level=args.log_level)
+          device=args.device, host=args.host, port=args.port, log_level=args.log_level, **cb)
 
 
 if __name__ == "__main__":
