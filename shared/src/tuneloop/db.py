@@ -64,9 +64,8 @@ class Database:
             conn.exec_driver_sql("SELECT 1")
         return True
 
-    def migrate(self, migrations_dir: Path, version_table: str) -> None:
-        """Upgrade this database to head with the service's Alembic scripts."""
-        from alembic import command
+    def alembic_config(self, migrations_dir: Path, version_table: str):  # noqa: ANN201
+        """The Alembic config of one service's migrations on this database."""
         from alembic.config import Config
 
         cfg = Config()
@@ -74,7 +73,30 @@ class Database:
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
         cfg.attributes["connection_engine"] = self.engine
         cfg.attributes["version_table"] = version_table
-        command.upgrade(cfg, "head")
+        return cfg
+
+    def migrate(self, migrations_dir: Path, version_table: str, revision: str = "head") -> None:
+        """Upgrade this database to ``revision`` (head) with the service's Alembic scripts.
+
+        On PostgreSQL several replicas may start at once: a transaction-level advisory lock
+        (keyed by the version table) makes them migrate one after the other."""
+        from alembic import command
+
+        cfg = self.alembic_config(migrations_dir, version_table)
+        if self.engine.dialect.name != "postgresql":
+            command.upgrade(cfg, revision)
+            return
+        with self.engine.begin() as conn:
+            conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(k)s))",
+                                 {"k": f"tuneloop-migrate:{version_table}"})
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+
+    def downgrade(self, migrations_dir: Path, version_table: str, revision: str = "base") -> None:
+        """Downgrade this database to ``revision`` (operators rolling back a release; tests)."""
+        from alembic import command
+
+        command.downgrade(self.alembic_config(migrations_dir, version_table), revision)
 
     def dispose(self) -> None:
         self.engine.dispose()
@@ -93,16 +115,25 @@ def run_alembic_env(target_metadata: MetaData) -> None:
     from alembic import context
 
     cfg = context.config
-    engine = cfg.attributes.get("connection_engine")
     version_table = cfg.attributes.get("version_table", "alembic_version")
+    connection = cfg.attributes.get("connection")
+    if connection is not None:  # the caller's transaction (it holds the migration lock)
+        _run_migrations(context, connection, target_metadata, version_table)
+        return
+    engine = cfg.attributes.get("connection_engine")
     if engine is None:
         engine = create_engine(cfg.get_main_option("sqlalchemy.url"))
     with engine.connect() as connection:
-        context.configure(
-            connection=connection,
-            target_metadata=target_metadata,
-            version_table=version_table,
-            render_as_batch=connection.dialect.name == "sqlite",
-        )
-        with context.begin_transaction():
-            context.run_migrations()
+        _run_migrations(context, connection, target_metadata, version_table)
+
+
+def _run_migrations(context, connection, target_metadata: MetaData,  # noqa: ANN001
+                    version_table: str) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=target_metadata,
+        version_table=version_table,
+        render_as_batch=connection.dialect.name == "sqlite",
+    )
+    with context.begin_transaction():
+        context.run_migrations()

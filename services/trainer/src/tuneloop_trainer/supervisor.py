@@ -152,8 +152,11 @@ class Supervisor:
             n_running = len(list(s.scalars(select(Job.id).where(Job.status == "running"))))
             if n_running >= limit:
                 return None
+            # FOR UPDATE SKIP LOCKED on PostgreSQL: two supervisors never claim the same job
+            # (SQLite renders no locking clause; its single writer serialises the claim)
             job = s.scalars(select(Job).where(Job.status == "queued")
-                            .order_by(Job.queued_at, Job.created_at).limit(1)).first()
+                            .order_by(Job.queued_at, Job.created_at).limit(1)
+                            .with_for_update(skip_locked=True)).first()
             if job is None:
                 return None
             gpus = job.gpus or 1
