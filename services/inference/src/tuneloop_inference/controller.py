@@ -10,12 +10,17 @@ counts as flipped only when every live replica routes it to the new version.
 Routing is a dict lookup (served name or alias -> engine) done without awaiting, so a flip is
 atomic for the event loop: a request either got the old engine (and holds an in-flight slot
 that the drain waits for) or gets the new one.
+
+vLLM engines are placed on GPUs by :class:`~.placement.GpuAllocator` (``tensor_parallel_size``
+GPUs each, ``CUDA_VISIBLE_DEVICES``): a new engine that does not fit next to the ones serving is
+refused up front, so a swap never needs to stop the serving side first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import re
@@ -34,6 +39,7 @@ from tuneloop.storage import ArtifactStore
 from .db import Alias, AliasHistory, Deployment, Replica, ReplicaAlias, ReplicaDeployment
 from .engines import Engine, EngineError, make_engine, resolve_engine_kind
 from .metrics import InferenceMetrics
+from .placement import GpuAllocator, PlacementError, detect_gpus
 from .settings import InferenceSettings
 
 log = logging.getLogger("tuneloop.inference.controller")
@@ -86,6 +92,8 @@ class Controller:
         self._stopping = False
         self.log_dir = settings.data_dir / "logs" / "engines"
         self.cache_dir = settings.data_dir / "model-cache"
+        self.gpus = (GpuAllocator(gpu_pool(settings), settings.gpu_memory_budget)
+                     if self.kind == "vllm" else None)
 
     # ================================================================== lifecycle
     async def start(self) -> None:
@@ -180,11 +188,16 @@ class Controller:
     # ================================================================== deployments
     async def create_deployment(self, *, model_id: str | None = None, name: str | None = None,
                                 path: str | None = None, adapter_of: str | None = None,
+                                tensor_parallel_size: int | None = None,
                                 wait: bool = False) -> tuple[dict[str, Any], bool]:
         """Register (or re-activate) a deployment and bring it up here. Returns (object, created)."""
         name, path, adapter_of = self._validate_source(model_id, name, path, adapter_of)
+        if tensor_parallel_size is None:  # re-creating keeps what it was deployed with
+            existing = await asyncio.to_thread(self._find_by_name, name)
+            tensor_parallel_size = existing.tensor_parallel_size if existing else None
+        tp = self._validate_tp(tensor_parallel_size, name, model_id, path, adapter_of)
         row, created = await asyncio.to_thread(self._upsert_deployment, name, model_id, path,
-                                               adapter_of)
+                                               adapter_of, tp)
         loc = self._ensure_local(row)
         if wait and loc.task is not None:
             await asyncio.shield(loc.task)
@@ -235,8 +248,58 @@ class Controller:
                                      param="adapter_of", code="model_not_ready")
         return name, path, adapter_of
 
+    def _validate_tp(self, tp: int | None, name: str, model_id: str | None, path: str | None,
+                     adapter_of: str | None) -> int:
+        """``tensor_parallel_size``: vLLM only, a divisor of the model's attention heads, at most
+        the GPUs of this replica, and (for an engine not up yet) room on them right now."""
+        if adapter_of:
+            if tp not in (None, 1):
+                raise InvalidRequest("a runtime LoRA adapter runs in its base's engine (and its "
+                                     "tensor parallelism); omit tensor_parallel_size",
+                                     param="tensor_parallel_size", code="invalid_request")
+            return 1
+        tp = tp or self.settings.tensor_parallel_size
+        if tp == 1 and self.gpus is None:
+            return tp
+        if self.gpus is None:
+            raise InvalidRequest(f"tensor_parallel_size={tp} needs the vllm engine (this "
+                                 f"replica runs the {self.kind} engine, one process per model)",
+                                 param="tensor_parallel_size", code="tensor_parallel_unsupported")
+        heads = self._attention_heads(model_id, path)
+        if heads and heads % tp:
+            raise InvalidRequest(f"tensor_parallel_size={tp} must divide the model's "
+                                 f"{heads} attention heads", param="tensor_parallel_size",
+                                 code="invalid_tensor_parallel_size")
+        existing = self.local.get(self._dep_id_of(name) or "")
+        if existing is not None and existing.state in ("ready", "restarting", "starting"):
+            return tp  # already holds its GPUs here
+        try:
+            self.gpus.check(tp, self.settings.gpu_memory_utilization)
+        except PlacementError as exc:
+            if exc.code == "not_enough_gpus":
+                raise InvalidRequest(str(exc), param="tensor_parallel_size",
+                                     code="not_enough_gpus") from exc
+            raise Conflict(f"cannot place '{name}': {exc}", code=exc.code,
+                           param="tensor_parallel_size") from exc
+        return tp
+
+    def _dep_id_of(self, name: str) -> str | None:
+        return next((d for d, loc in self.local.items() if loc.name == name), None)
+
+    def _attention_heads(self, model_id: str | None, path: str | None) -> int | None:
+        try:
+            if path:
+                cfg = json.loads(Path(path, "config.json").read_text())
+            else:
+                cfg = json.loads(self.store.read_bytes(f"models/{model_id}/merged/config.json"))
+        except (OSError, ValueError, KeyError):
+            return None
+        cfg = cfg.get("text_config") or cfg
+        heads = cfg.get("num_attention_heads")
+        return heads if isinstance(heads, int) else None
+
     def _upsert_deployment(self, name: str, model_id: str | None, path: str | None,
-                           adapter_of: str | None) -> tuple[Deployment, bool]:
+                           adapter_of: str | None, tp: int = 1) -> tuple[Deployment, bool]:
         with self.db.session() as s:
             row = s.scalars(select(Deployment).where(Deployment.name == name)).first()
             if row is not None:
@@ -244,12 +307,19 @@ class Controller:
                     raise Conflict(f"served name '{name}' already names other weights; served "
                                    "names are immutable (deploy under a new name)",
                                    code="served_name_taken", param="name")
+                if (row.tensor_parallel_size or 1) != tp:
+                    if row.desired == "serving":
+                        raise Conflict(f"'{name}' is serving with tensor_parallel_size="
+                                       f"{row.tensor_parallel_size}; delete it first to change that",
+                                       code="deployment_conflict", param="tensor_parallel_size")
+                    row.tensor_parallel_size = tp
                 if row.desired != "serving" or row.state == "failed":
                     row.desired, row.state, row.error, row.updated_at = ("serving", "starting",
                                                                          None, _now())
                 return row, False
             row = Deployment(id=new_id("dep"), name=name, model_id=model_id, path=path,
-                             adapter_of=adapter_of, engine=self.kind, desired="serving",
+                             adapter_of=adapter_of, engine=self.kind, tensor_parallel_size=tp,
+                             desired="serving",
                              state="starting", created_at=_now(), updated_at=_now())
             s.add(row)
             return row, True
@@ -268,22 +338,28 @@ class Controller:
 
     async def _bring_up(self, loc: LocalDeployment, row: Deployment) -> None:
         t0 = time.monotonic()
-        await asyncio.to_thread(self._observe, loc, "starting")
         try:
+            tp = row.tensor_parallel_size or 1
+            gpus = None  # placed before the first await: concurrent bring-ups see each other
+            if not row.adapter_of and self.gpus is not None:
+                gpus = self.gpus.place(row.id, tp, self.settings.gpu_memory_utilization)
+            await asyncio.to_thread(self._observe, loc, "starting")
             if row.adapter_of:
                 await self._attach_adapter(loc, row)
             else:
                 model_dir = await asyncio.to_thread(self._model_dir, row)
                 loc.engine = make_engine(self.kind, name=row.name, model_dir=model_dir,
                                          settings=self.settings,
-                                         log_path=self.log_dir / f"{row.id}.log")
+                                         log_path=self.log_dir / f"{row.id}.log",
+                                         tensor_parallel_size=tp, gpus=gpus)
                 await self._start_engine(loc.engine)
-        except (EngineError, OSError, ValueError) as exc:
+        except (EngineError, PlacementError, OSError, ValueError) as exc:
             code = getattr(exc, "code", "model_load_failed")
             loc.state, loc.error = "failed", f"{code}: {exc}"
             log.warning("deployment failed", extra={"deployment": row.id, "error": loc.error})
             if loc.engine is not None:
                 await loc.engine.stop()
+            self._release_gpus(row.id)
             await asyncio.to_thread(self._observe, loc, "failed", loc.error, aggregate=True)
             return
         loc.state, loc.error = "ready", None
@@ -322,6 +398,10 @@ class Controller:
                 await base.unload_lora(row.name)  # type: ignore[attr-defined]
             raise
 
+    def _release_gpus(self, dep_id: str) -> None:
+        if self.gpus is not None:
+            self.gpus.release(dep_id)
+
     def _model_dir(self, row: Deployment) -> str:
         if row.path:
             if not Path(row.path, "config.json").is_file():
@@ -352,7 +432,8 @@ class Controller:
         return {
             "id": row.id, "object": "deployment", "model": row.name, "model_id": row.model_id,
             "path": row.path, "adapter_of": row.adapter_of, "state": state, "desired": row.desired,
-            "engine": row.engine, "error": error, "created_at": row.created_at,
+            "engine": row.engine, "tensor_parallel_size": row.tensor_parallel_size or 1,
+            "error": error, "created_at": row.created_at,
             "local": ({**engine.describe(), "restarts": loc.restarts} if engine and loc else None),
             "replicas": [{"replica": r.replica_id, "state": r.state, "url": r.url,
                           "restarts": r.restarts, "error": r.error, "updated_at": r.updated_at}
@@ -436,6 +517,7 @@ class Controller:
                                                       "in_flight": engine.in_flight})
             if loc.engine is not None:
                 await loc.engine.stop()
+                self._release_gpus(dep_id)
             elif loc.base is not None and hasattr(loc.base, "unload_lora"):
                 with contextlib.suppress(Exception):
                     await loc.base.unload_lora(loc.name)  # type: ignore[attr-defined]
@@ -445,7 +527,8 @@ class Controller:
 
     # ================================================================== aliases
     async def set_alias(self, alias: str, model: str, *, retire_previous: bool = True,
-                        action: str = "set") -> dict[str, Any]:
+                        action: str = "set",
+                        tensor_parallel_size: int | None = None) -> dict[str, Any]:
         """Blue/green: bring ``model`` up (if needed) and smoke it, flip atomically, drain and
         stop the previous version. On load/smoke failure the alias is unchanged (422)."""
         if not NAME_RE.match(alias):
@@ -460,15 +543,17 @@ class Controller:
             if target is None:
                 if alias == model:
                     raise InvalidRequest("an alias cannot point to itself", param="model")
-                if is_valid_id(model, "mv"):
-                    await self.create_deployment(model_id=model)
+                if is_valid_id(model, "mv"):  # same GPUs per engine as the version it replaces
+                    tp = tensor_parallel_size or await asyncio.to_thread(self._alias_tp, alias)
+                    await self.create_deployment(model_id=model, tensor_parallel_size=tp)
                     target = await asyncio.to_thread(self._find_by_name, model)
                 else:
                     raise NotFound(f"no deployment serves '{model[:120]}'",
                                    code="model_not_found", param="model")
             elif target.desired != "serving" or target.state == "failed":
                 await self.create_deployment(model_id=target.model_id, name=target.name,
-                                             path=target.path, adapter_of=target.adapter_of)
+                                             path=target.path, adapter_of=target.adapter_of,
+                                             tensor_parallel_size=target.tensor_parallel_size)
             assert target is not None
             loc = self._ensure_local(target)
             if loc.task is not None and not loc.task.done():
@@ -500,6 +585,15 @@ class Controller:
         out["swap"] = {"previous": previous, "retired": retired, "seconds": round(seconds, 3),
                        "flip_after_seconds": round(flipped_at, 3)}
         return out
+
+    def _alias_tp(self, alias: str) -> int | None:
+        """tensor_parallel_size of the deployment ``alias`` points to now (None: no alias)."""
+        with self.db.session() as s:
+            row = s.get(Alias, alias)
+            if row is None:
+                return None
+            dep = s.scalars(select(Deployment).where(Deployment.name == row.model)).first()
+            return dep.tensor_parallel_size if dep is not None and not dep.adapter_of else None
 
     async def _maybe_retire(self, name: str) -> str | None:
         """Stop the previous version unless another alias or the default model still uses it."""
@@ -691,6 +785,8 @@ class Controller:
             return
         loc.state = "failed"
         self.routes.pop(loc.name, None)
+        engine.kill_process()
+        self._release_gpus(loc.id)
         await asyncio.to_thread(self._observe, loc, "failed", loc.error, aggregate=True)
 
     async def _reattach_adapters(self, engine: Engine) -> None:
@@ -734,6 +830,17 @@ class Controller:
         if name is None:
             return {"ok": True, "model": None}
         return {"ok": self.serves(name), "model": name}
+
+
+def gpu_pool(settings: InferenceSettings) -> list[str]:
+    """GPUs this replica places vLLM engines on: ``INFERENCE_GPU_IDS``, else the service's own
+    ``CUDA_VISIBLE_DEVICES``, else what ``nvidia-smi -L`` lists, else GPU 0."""
+    if settings.gpu_ids:
+        return list(settings.gpu_ids)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if visible:
+        return [g.strip() for g in visible.split(",") if g.strip()]
+    return detect_gpus() or ["0"]
 
 
 def _kill_orphan(pid: int) -> None:

@@ -26,6 +26,7 @@ class Deployment(Base):
     path: Mapped[str | None] = mapped_column(Text, nullable=True)
     adapter_of: Mapped[str | None] = mapped_column(String(128), nullable=True)
     engine: Mapped[str] = mapped_column(String(16))
+    tensor_parallel_size: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     desired: Mapped[str] = mapped_column(String(16), default="serving")
     state: Mapped[str] = mapped_column(String(16), default="starting")
     error: Mapped[str | None] = mapped_column(Text, nullable=True)

@@ -35,6 +35,9 @@ class DeploymentIn(BaseModel):
     path: str | None = Field(None, description="Local model folder (e.g. the base model).")
     adapter_of: str | None = Field(None, description="Attach `model_id`'s LoRA adapter to this "
                                    "served vLLM base at run time instead of a new engine.")
+    tensor_parallel_size: int | None = Field(None, ge=1, le=64, description="GPUs the vLLM "
+                                             "engine shards the model over (default: "
+                                             "INFERENCE_TENSOR_PARALLEL_SIZE).")
 
 
 class AliasIn(BaseModel):
@@ -44,6 +47,9 @@ class AliasIn(BaseModel):
                        "a model version id not deployed yet is deployed first.")
     retire_previous: bool = Field(True, description="After the flip, drain and stop the "
                                   "previous version unless something else still uses it.")
+    tensor_parallel_size: int | None = Field(None, ge=1, le=64, description="For a model "
+                                             "version deployed by this flip: default, the "
+                                             "tensor_parallel_size of the version it replaces.")
 
 
 def _ctl(request: Request) -> Any:
@@ -56,7 +62,7 @@ async def create_deployment(body: DeploymentIn, request: Request, response: Resp
     """Load a model version (or a local folder) into a new engine; ``?wait=true`` blocks."""
     obj, created = await _ctl(request).create_deployment(
         model_id=body.model_id, name=body.name, path=body.path, adapter_of=body.adapter_of,
-        wait=wait)
+        tensor_parallel_size=body.tensor_parallel_size, wait=wait)
     if not created:
         response.status_code = 200
     return obj
@@ -78,6 +84,14 @@ async def delete_deployment(dep_id: str, request: Request) -> dict[str, Any]:
     return await _ctl(request).delete_deployment(dep_id)
 
 
+@router.get("/gpus", dependencies=admin)
+async def gpus(request: Request) -> dict[str, Any]:
+    """GPU placement on this replica: each GPU's used share and which engine holds which GPUs
+    (``enabled: false`` for the CPU engine)."""
+    alloc = _ctl(request).gpus
+    return {"enabled": alloc is not None, **(alloc.describe() if alloc is not None else {})}
+
+
 @router.get("/aliases", dependencies=admin)
 async def list_aliases(request: Request) -> dict[str, Any]:
     return {"object": "list", "data": await _ctl(request).list_aliases(), "has_more": False}
@@ -92,7 +106,8 @@ async def get_alias(alias: str, request: Request) -> dict[str, Any]:
 async def set_alias(alias: str, body: AliasIn, request: Request) -> dict[str, Any]:
     """Blue/green flip: load + smoke the target if needed, flip, drain + stop the old one."""
     return await _ctl(request).set_alias(alias, body.model,
-                                         retire_previous=body.retire_previous)
+                                         retire_previous=body.retire_previous,
+                                         tensor_parallel_size=body.tensor_parallel_size)
 
 
 @router.post("/aliases/{alias}/rollback", dependencies=admin)

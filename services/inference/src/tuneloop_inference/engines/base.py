@@ -49,9 +49,18 @@ class Engine(ABC):
     supports_n = True
     #: per-request temperature / top_p / stop are honoured
     per_request_sampling = True
+    #: the engine can shard one model over several GPUs (tensor parallelism)
+    supports_tensor_parallel = False
 
     def __init__(self, *, name: str, model_dir: str, settings: InferenceSettings,
-                 log_path: Path, port: int | None = None) -> None:
+                 log_path: Path, port: int | None = None, tensor_parallel_size: int = 1,
+                 gpus: list[str] | None = None) -> None:
+        if tensor_parallel_size > 1 and not self.supports_tensor_parallel:
+            raise EngineError(f"the {self.kind} engine has no tensor parallelism "
+                              f"(tensor_parallel_size={tensor_parallel_size}); use the vllm "
+                              "engine", "tensor_parallel_unsupported")
+        self.tensor_parallel_size = tensor_parallel_size
+        self.gpus = list(gpus) if gpus else None  # CUDA_VISIBLE_DEVICES of the process
         self.name = name
         self.model_dir = model_dir
         self.settings = settings
@@ -234,7 +243,8 @@ class Engine(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "url": self.url, "pid": self.pid, "state": self.state,
-                "restarts": self.restarts, "in_flight": self.in_flight}
+                "restarts": self.restarts, "in_flight": self.in_flight,
+                "tensor_parallel_size": self.tensor_parallel_size, "gpus": self.gpus}
 
 
 def vllm_available() -> bool:

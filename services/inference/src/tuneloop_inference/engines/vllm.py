@@ -1,5 +1,8 @@
 """GPU engine: ``vllm serve <dir> --served-model-name <id> --gpu-memory-utilization <split>``.
 
+With ``tensor_parallel_size`` N > 1 it adds ``--tensor-parallel-size N``; the controller's
+placement (:mod:`..placement`) sets ``CUDA_VISIBLE_DEVICES`` to the N GPUs the engine may use.
+
 With ``INFERENCE_VLLM_ENABLE_LORA`` the engine starts with ``--enable-lora`` and
 ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` so candidates can be attached at run time as LoRA
 adapters (``/v1/load_lora_adapter``) under their immutable model-version id.
@@ -7,7 +10,6 @@ adapters (``/v1/load_lora_adapter``) under their immutable model-version id.
 
 from __future__ import annotations
 
-import os
 import shlex
 import shutil
 import sys
@@ -20,6 +22,7 @@ from .base import Engine, EngineError
 
 class VllmEngine(Engine):
     kind = "vllm"
+    supports_tensor_parallel = True
 
     def command(self) -> list[str]:
         exe = shutil.which("vllm")
@@ -28,6 +31,8 @@ class VllmEngine(Engine):
                "--host", self.host, "--port", str(self.port),
                "--gpu-memory-utilization", str(self.settings.gpu_memory_utilization),
                ]
+        if self.tensor_parallel_size > 1:  # one rank per visible GPU (CUDA_VISIBLE_DEVICES)
+            cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
         if self.settings.vllm_max_model_len:
             cmd += ["--max-model-len", str(self.settings.vllm_max_model_len)]
         if self.settings.vllm_enable_lora:
@@ -37,6 +42,8 @@ class VllmEngine(Engine):
     def env(self) -> dict[str, str]:
         env = super().env()
         env["VLLM_NO_USAGE_STATS"] = "1"
+        if self.gpus:  # the controller's placement: exactly the GPUs this engine may use
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
         if self.settings.vllm_enable_lora:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         return env
@@ -60,5 +67,5 @@ class VllmEngine(Engine):
     def describe(self) -> dict[str, Any]:
         out = super().describe()
         out["gpu_memory_utilization"] = self.settings.gpu_memory_utilization
-        out["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        out["cuda_visible_devices"] = self.env().get("CUDA_VISIBLE_DEVICES")
         return out
