@@ -22,6 +22,29 @@ def _settings(tmp_path, **kw):
     return GatewaySettings(**{**base, **kw})
 
 
+@pytest.fixture(autouse=True)
+def backend(database_url, monkeypatch):
+    """Every test here runs on both metadata backends: SQLite (default) and a real PostgreSQL
+    database (through the env, so the keys CLI subprocess uses it too)."""
+    if database_url:
+        monkeypatch.setenv("GATEWAY_DATABASE_URL", database_url)
+    return database_url
+
+
+def _stored(tmp_path, database_url) -> bytes:
+    """Everything the key table holds, as bytes (the SQLite file, or the PostgreSQL rows)."""
+    if database_url is None:
+        return (tmp_path / "gateway.db").read_bytes()
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(text("SELECT * FROM gateway_api_keys")).all()
+    engine.dispose()
+    assert rows
+    return repr(rows).encode()
+
+
 @pytest.fixture
 def gw(tmp_path, capsys):
     with TestClient(create_app(_settings(tmp_path))) as client:
@@ -38,7 +61,7 @@ def _err(resp, status, code):
     return body["error"]
 
 
-def test_first_start_prints_and_writes_an_admin_key_instead_of_running_open(gw, tmp_path):
+def test_first_start_prints_and_writes_an_admin_key_instead_of_running_open(gw, tmp_path, backend):
     key = (tmp_path / "gateway-admin-key").read_text().strip()
     assert key.startswith("tlk-") and key in gw.printed
     assert oct((tmp_path / "gateway-admin-key").stat().st_mode & 0o777) == "0o600"
@@ -50,8 +73,8 @@ def test_first_start_prints_and_writes_an_admin_key_instead_of_running_open(gw, 
     not_ready = gw.get("/ready")  # inference is down here
     assert not_ready.status_code == 503
     assert not_ready.json()["error"]["details"] == {"database": True, "inference": False}
-    # keys are stored hashed: the DB file never contains the key itself
-    assert key.encode() not in (tmp_path / "gateway.db").read_bytes()
+    # keys are stored hashed: the DB never contains the key itself
+    assert key.encode() not in _stored(tmp_path, backend)
 
 
 def test_second_start_does_not_make_another_key(tmp_path):

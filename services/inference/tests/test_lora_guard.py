@@ -20,10 +20,10 @@ from tuneloop_inference.settings import InferenceSettings
 BASE, CAND = "mv-00000000000000f1", "mv-00000000000000f2"
 
 
-def test_base_with_adapters_is_not_retired_or_deleted(tmp_path: Path) -> None:
+def test_base_with_adapters_is_not_retired_or_deleted(tmp_path: Path, database_url: str | None) -> None:
     settings = InferenceSettings(data_dir=tmp_path, engine="vllm", vllm_enable_lora=True,
                                  replica_id="r1")
-    db = Database(f"sqlite:///{tmp_path / 'inference.db'}")
+    db = Database(database_url or f"sqlite:///{tmp_path / 'inference.db'}")
     db.migrate(MIGRATIONS, version_table="alembic_version_inference")
     ctl = Controller(settings, db, ArtifactStore(str(tmp_path / "artifacts")), InferenceMetrics())
     with db.session() as s:
@@ -47,14 +47,14 @@ def test_base_with_adapters_is_not_retired_or_deleted(tmp_path: Path) -> None:
         db.dispose()
 
 
-def test_restarted_base_gets_its_adapters_back(tmp_path: Path) -> None:
+def test_restarted_base_gets_its_adapters_back(tmp_path: Path, database_url: str | None) -> None:
     """A health restart starts a fresh vLLM process: the controller loads the adapters again."""
     from tuneloop_inference.controller import LocalDeployment
     from tuneloop_inference.engines import EngineError
 
     settings = InferenceSettings(data_dir=tmp_path, engine="vllm", vllm_enable_lora=True,
                                  replica_id="r1", max_restarts=1)
-    db = Database(f"sqlite:///{tmp_path / 'inference.db'}")
+    db = Database(database_url or f"sqlite:///{tmp_path / 'inference.db'}")
     db.migrate(MIGRATIONS, version_table="alembic_version_inference")
     ctl = Controller(settings, db, ArtifactStore(str(tmp_path / "artifacts")), InferenceMetrics())
 

@@ -17,9 +17,11 @@ from trainer_testlib import FAST_HP, Stack
 
 
 @pytest.fixture
-def client(stack: Stack, tmp_path: Path) -> Iterator[TestClient]:
+def client(stack: Stack, tmp_path: Path, database_url: str | None) -> Iterator[TestClient]:
+    """The trainer app on both metadata backends (SQLite default, real PostgreSQL)."""
     s = TrainerSettings(data_dir=tmp_path / "var", artifact_url=str(stack.artifacts),
-                        dataset_url=stack.dataset.url, log_json=False, log_level="WARNING")
+                        dataset_url=stack.dataset.url, log_json=False, log_level="WARNING",
+                        database_url=database_url)
     with TestClient(create_app(s)) as c:
         yield c
 
