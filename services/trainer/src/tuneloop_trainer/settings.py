@@ -29,9 +29,10 @@ class TrainerSettings(ServiceSettings):
     # -- queue / executor --------------------------------------------------------------
     executor: Literal["local", "kubernetes"] = Field("local", description="Where jobs run.")
     max_concurrent_jobs: int = Field(1, ge=1, le=64, description="Jobs running at once (one per GPU).")
-    gpu_ids: list[str] = Field(default_factory=list, description="Local executor: GPUs handed out one "
-                               "per job through CUDA_VISIBLE_DEVICES (e.g. [\"0\",\"1\"] with "
-                               "max_concurrent_jobs=2); empty: jobs see every GPU.")
+    gpu_ids: list[str] = Field(default_factory=list, description="Local executor: GPUs handed out "
+                               "to jobs through CUDA_VISIBLE_DEVICES, `gpus` of them per job (e.g. "
+                               "[\"0\",\"1\"]: two 1-GPU jobs at once with max_concurrent_jobs=2, "
+                               "or one 2-GPU job); empty: jobs see every GPU.")
     poll_interval_s: float = Field(0.5, gt=0, le=30, description="Supervisor loop period.")
     cancel_grace_s: float = Field(5.0, ge=0, le=120, description="SIGTERM -> SIGKILL grace on cancel.")
     job_python: str | None = Field(None, description="Python for job processes (default: this one).")
@@ -47,7 +48,8 @@ class TrainerSettings(ServiceSettings):
     k8s_image: str = Field("tuneloop/trainer-gpu:0.1.0", description="Image running run_job.")
     k8s_artifact_pvc: str = Field("tuneloop-artifacts", description="PVC holding the artifact store.")
     k8s_artifact_mount: str = Field("/artifacts", description="Mount path of the PVC in the Job.")
-    k8s_gpus: int = Field(1, ge=0, le=16, description="nvidia.com/gpu per Job.")
+    k8s_gpus: int = Field(1, ge=0, le=16, description="nvidia.com/gpu per Job (a job with "
+                          "gpus: N > this asks for N); 0: a CPU cluster, no GPU requested.")
     k8s_cpu: str = Field("4", description="CPU request per Job.")
     k8s_memory: str = Field("32Gi", description="Memory request/limit per Job.")
     k8s_token_file: str = Field("/var/run/secrets/kubernetes.io/serviceaccount/token",
