@@ -27,26 +27,43 @@ ROWS = [
         ("Step time", "s", ['tuneloop_trainer_step_time_seconds']),
         ("Job progress", "percentunit", ['tuneloop_trainer_progress_ratio']),
         ("Peak GPU memory", "bytes", ['tuneloop_trainer_gpu_memory_peak_bytes']),
+        ("Jobs finished by state (1h)", "short",
+         ['sum by (state) (increase(tuneloop_trainer_jobs_finished_total[1h]))']),
+        ("Running jobs", "short", ['sum(tuneloop_trainer_running_jobs)']),
     ]),
     ("Evaluation and promotion", [
         ("Eval runs", "short", ['sum by (status) (increase(tuneloop_gateway_eval_runs_total[1h]))']),
         ("Promotion decisions", "short",
-         ['sum by (outcome) (increase(tuneloop_gateway_promotion_decisions_total[1h]))']),
-        ("Alias swaps", "short", ['sum by (alias, result) (increase(tuneloop_inference_swaps_total[1h]))']),
-        ("Swap duration p90", "s",
-         ['histogram_quantile(0.9, sum by (le) (rate(tuneloop_inference_swap_duration_seconds_bucket[1h])))']),
+         ['sum by (kind, status) (increase(tuneloop_gateway_promotion_decisions_total[1h]))']),
+        ("Alias swaps by result", "short",
+         ['sum by (alias, action, result) (increase(tuneloop_inference_swaps_total[1h]))']),
+        ("Swap duration p90 by alias", "s",
+         ['histogram_quantile(0.9, sum by (alias, le) (rate(tuneloop_inference_swap_duration_seconds_bucket[1h])))']),
     ]),
-    ("Serving", [
-        ("Requests / s by version", "reqps", ['sum by (version) (rate(tuneloop_inference_requests_total[1m]))']),
-        ("Time to first token p50 / p95", "s", [
-            'histogram_quantile(0.5, sum by (le) (rate(tuneloop_inference_time_to_first_token_seconds_bucket[5m])))',
-            'histogram_quantile(0.95, sum by (le) (rate(tuneloop_inference_time_to_first_token_seconds_bucket[5m])))']),
-        ("Request latency p95", "s",
-         ['histogram_quantile(0.95, sum by (le) (rate(tuneloop_inference_request_duration_seconds_bucket[5m])))']),
-        ("Generated tokens / s", "short", ['sum by (version) (rate(tuneloop_inference_generated_tokens_total[1m]))']),
+    ("Serving (model = the alias or version asked for, version = the one that answered)", [
+        ("Requests / s by alias and version", "reqps",
+         ['sum by (model, version) (rate(tuneloop_inference_requests_total[1m]))']),
+        ("5xx ratio by alias", "percentunit", [
+            'sum by (model) (rate(tuneloop_inference_requests_total{status=~"5.."}[5m]))'
+            ' / sum by (model) (rate(tuneloop_inference_requests_total[5m]))']),
+        ("Time to first token p50 / p95 by alias and version", "s", [
+            'histogram_quantile(0.5, sum by (model, version, le) '
+            '(rate(tuneloop_inference_time_to_first_token_seconds_bucket[5m])))',
+            'histogram_quantile(0.95, sum by (model, version, le) '
+            '(rate(tuneloop_inference_time_to_first_token_seconds_bucket[5m])))']),
+        ("Request latency p50 / p95 by alias and version", "s", [
+            'histogram_quantile(0.5, sum by (model, version, le) '
+            '(rate(tuneloop_inference_request_duration_seconds_bucket[5m])))',
+            'histogram_quantile(0.95, sum by (model, version, le) '
+            '(rate(tuneloop_inference_request_duration_seconds_bucket[5m])))']),
+        ("Generated tokens / s by alias and version", "short",
+         ['sum by (model, version) (rate(tuneloop_inference_generated_tokens_total[1m]))']),
+        ("Prompt tokens / s by alias and version", "short",
+         ['sum by (model, version) (rate(tuneloop_inference_prompt_tokens_total[1m]))']),
         ("Requests in flight", "short", ['sum(tuneloop_inference_requests_in_flight)']),
-        ("Engines ready / restarts", "short",
-         ['sum(tuneloop_inference_engines_ready)', 'sum(increase(tuneloop_inference_engine_restarts_total[1h]))']),
+        ("Engines ready", "short", ['sum(tuneloop_inference_engines_ready)']),
+        ("Engine restarts by deployment (1h)", "short",
+         ['sum by (deployment) (increase(tuneloop_inference_engine_restarts_total[1h]))']),
         ("Gateway upstream errors", "short", ['sum by (upstream) (rate(tuneloop_gateway_upstream_errors_total[5m]))']),
         ("Auth failures / rate limited", "short",
          ['sum(rate(tuneloop_gateway_auth_failures_total[5m]))', 'sum(rate(tuneloop_gateway_rate_limited_total[5m]))']),

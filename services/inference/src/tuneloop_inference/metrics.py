@@ -1,7 +1,7 @@
 """Inference metrics (prefix ``tuneloop_inference_``) on the app's registry.
 
-Labels stay low-cardinality: ``model`` is the name the client asked for (an alias or a served
-version id, both bounded by what is deployed: requests for unknown names are rejected before
+Labels stay low-cardinality: ``model`` is the name the client asked for (an alias such as
+``production``, or a served version id, both bounded by what is deployed: requests for unknown names are rejected before
 they are counted here, and appear only in the HTTP metrics), ``version`` is the served version
 that answered.
 """
@@ -26,17 +26,19 @@ class InferenceMetrics(ServiceMetrics):
         self.in_flight = Gauge(self.name("requests_in_flight"),
                                "Requests being proxied right now.", registry=r)
         self.ttft = Histogram(self.name("time_to_first_token_seconds"),
-                              "Time to the first streamed chunk from the engine.", ["version"],
+                              "Time to the first streamed chunk from the engine.",
+                              ["model", "version"],
                               buckets=LATENCY_BUCKETS, registry=r)
         self.latency = Histogram(self.name("request_duration_seconds"),
                                  "Total proxied request latency (to the last byte).",
-                                 ["version", "stream"], buckets=LATENCY_BUCKETS, registry=r)
+                                 ["model", "version", "stream"], buckets=LATENCY_BUCKETS,
+                                 registry=r)
         self.tokens = Counter(self.name("generated_tokens_total"),
                               "Completion tokens generated (from the engine's usage).",
-                              ["version"], registry=r)
+                              ["model", "version"], registry=r)
         self.prompt_tokens = Counter(self.name("prompt_tokens_total"),
                                      "Prompt tokens processed (from the engine's usage).",
-                                     ["version"], registry=r)
+                                     ["model", "version"], registry=r)
         self.swaps = Counter(self.name("swaps_total"), "Alias flips by alias, action and result.",
                              ["alias", "action", "result"], registry=r)
         self.swap_duration = Histogram(self.name("swap_duration_seconds"),

@@ -165,11 +165,11 @@ class _Ctx:
         m = self.metrics
         m.in_flight.dec()
         m.requests.labels(self.requested, self.served, self.endpoint, str(status)).inc()
-        m.latency.labels(self.served, "true" if stream else "false").observe(
+        m.latency.labels(self.requested, self.served, "true" if stream else "false").observe(
             time.perf_counter() - self.t0)
         if usage:
-            m.tokens.labels(self.served).inc(usage.get("completion_tokens") or 0)
-            m.prompt_tokens.labels(self.served).inc(usage.get("prompt_tokens") or 0)
+            m.tokens.labels(self.requested, self.served).inc(usage.get("completion_tokens") or 0)
+            m.prompt_tokens.labels(self.requested, self.served).inc(usage.get("prompt_tokens") or 0)
 
 
 def _engine_error(resp_status: int, content: bytes, engine: Engine) -> TuneloopError:
@@ -301,7 +301,7 @@ async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
         try:
             async for chunk in resp.content.iter_any():
                 if first:
-                    ctx.metrics.ttft.labels(ctx.served).observe(time.perf_counter() - ctx.t0)
+                    ctx.metrics.ttft.labels(ctx.requested, ctx.served).observe(time.perf_counter() - ctx.t0)
                     first = False
                 tail = (tail + chunk)[-8192:]
                 if rewrite is not None:
