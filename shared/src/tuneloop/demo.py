@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 from rich.console import Console
 from rich.panel import Panel
 from rich.rule import Rule
@@ -43,6 +44,7 @@ ALIAS = "support-bot"
 DEFAULTS = {
     "train_rows": 128, "eval_rows": 48, "epochs": 2.0, "learning_rate": 2e-3,
     "max_seq_length": 160, "batch_size": 8, "grad_accum": 1, "eval_max_tokens": 64,
+    "replay_rows": 64,
 }
 
 console = Console()
@@ -147,19 +149,60 @@ def wait_ready(api: GatewayAPI, var: Path, timeout_s: float = 600.0) -> None:
 
 
 def step_dataset(api: GatewayAPI, var: Path, cfg: argparse.Namespace, base_path: Path) -> dict:
-    from .examples.support_tickets import write_jsonl
+    """Tickets (train) + replay rows from the base (train) + held-out tickets (eval_file)."""
+    from .examples.support_tickets import generate
 
-    path = var / "demo" / "support_tickets.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_jsonl(str(path), cfg.train_rows + cfg.eval_rows, seed=cfg.seed)
-    console.print(f"generated {cfg.train_rows + cfg.eval_rows} rows -> {path}")
-    ds = api.upload_dataset(path, options={
-        "name": "support-tickets-demo", "eval_size": cfg.eval_rows, "seed": cfg.seed,
+    out = var / "demo"
+    out.mkdir(parents=True, exist_ok=True)
+    tickets = generate(cfg.train_rows + cfg.eval_rows, seed=cfg.seed)
+    train, held_out = tickets[:cfg.train_rows], tickets[cfg.train_rows:]
+    replay = step_replay(api, out, cfg) if cfg.replay_rows > 0 else []
+    train_path, eval_path = out / "train.jsonl", out / "eval.jsonl"
+    _write_jsonl(train_path, _interleave(train, replay))
+    _write_jsonl(eval_path, held_out)
+    console.print(f"train: {len(train)} tickets + {len(replay)} replay rows -> {train_path}\n"
+                  f"eval:  {len(held_out)} held-out tickets -> {eval_path}")
+    ds = api.upload_dataset(train_path, eval_file=eval_path, options={
+        "name": "support-tickets-demo", "seed": cfg.seed,
         "max_seq_length": cfg.max_seq_length, "tokenizer": str(base_path)})
     console.print(dataset_table(ds))
     text = api.report_text(ds["id"])
     console.print(Panel(_summary(text), title="quality report (summary)", expand=False))
     return ds
+
+
+def step_replay(api: GatewayAPI, out: Path, cfg: argparse.Namespace) -> list[dict]:
+    """Rehearsal rows against forgetting: the base model's own answers to general prompts that
+    are disjoint from the gateway's general suite (tuneloop.examples.general_replay)."""
+    from .examples.general_replay import build_replay_rows, replay_prompts
+
+    prompts = replay_prompts(cfg.replay_rows, seed=cfg.seed)
+
+    def ask(prompt: str) -> tuple[str, str | None]:
+        body = {"model": "base", "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 48, "temperature": 0}
+        choice = api.post("/v1/chat/completions", body, timeout=httpx.Timeout(600.0, connect=5.0))["choices"][0]
+        return choice["message"]["content"] or "", choice.get("finish_reason")
+
+    with console.status(f"replay rows: asking the base model {len(prompts)} general questions..."):
+        rows, dropped = build_replay_rows(ask, prompts)
+    _write_jsonl(out / "replay.jsonl", rows)
+    console.print(f"replay: {len(rows)} rows from the base model's own answers "
+                  f"({len(dropped)} dropped: {', '.join(sorted({d['reason'] for d in dropped})) or 'none'}); "
+                  f"e.g. {rows[0]['instruction']!r} -> {rows[0]['output']!r}" if rows else
+                  "replay: the base gave no usable answer; training on tickets only")
+    return rows
+
+
+def _interleave(a: list[dict], b: list[dict]) -> list[dict]:
+    """Spread ``b`` evenly through ``a`` (so any slice of the file has both kinds of rows)."""
+    keyed = [((i + 0.5) / len(a), 0, r) for i, r in enumerate(a)]
+    keyed += [((j + 0.5) / len(b), 1, r) for j, r in enumerate(b)]
+    return [r for _, _, r in sorted(keyed, key=lambda t: (t[0], t[1]))]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _summary(text: str, max_lines: int = 40) -> str:
@@ -212,6 +255,7 @@ def step_train(api: GatewayAPI, ds: dict, base_path: Path, cfg: argparse.Namespa
                 "max_seq_length": cfg.max_seq_length, "per_device_train_batch_size": cfg.batch_size,
                 "gradient_accumulation_steps": cfg.grad_accum, "warmup_steps": 3,
                 "logging_steps": 1, "lora_r": 16, "lora_alpha": 16,
+                "group_by_length": cfg.replay_rows > 0,
                 # an eval loss at mid-run and at the end: the bar shows it, early stopping uses it
                 "eval_strategy": "steps", "eval_steps": max(1, steps // 2),
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
@@ -313,6 +357,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
     p.add_argument("--grad-accum", type=int, default=DEFAULTS["grad_accum"])
     p.add_argument("--eval-max-tokens", type=int, default=DEFAULTS["eval_max_tokens"])
+    p.add_argument("--replay-rows", type=int, default=DEFAULTS["replay_rows"],
+                   help="general rows answered by the base, mixed into training against "
+                        "forgetting (0: tickets only)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--skip-base-eval", action="store_true",
                    help="skip step 3 (the gate still evaluates the base beside the candidate)")
