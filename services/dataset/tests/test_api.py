@@ -248,3 +248,13 @@ def test_single_row_has_an_empty_eval_split(client, settings):
     dd = datasets.load_from_disk(str(Path(settings.resolved_artifact_url()) / ds["artifacts"]["hf"]))
     assert len(dd["train"]) == 1 and len(dd["eval"]) == 0
     assert dd["eval"].column_names == ["messages", "line"]
+
+
+def test_name_length_is_checked_the_same_on_every_backend(client, upload, jsonl):
+    """The column holds 128 characters (PostgreSQL enforces it, SQLite does not): the API
+    refuses a longer name before the database sees it, and stores exactly 128 on both."""
+    rows = generate(20, seed=4)
+    long = upload(jsonl(rows), name="n" * 129)
+    assert long.status_code == 400 and long.json()["error"]["param"] == "name", long.text
+    ok = upload(jsonl(rows), name="n" * 128)
+    assert ok.status_code == 201 and ok.json()["name"] == "n" * 128, ok.text
