@@ -410,7 +410,9 @@ class DatasetService:
         key = f"datasets/{ds_id}"
         trash = f"trash/{ds_id}-{uuid.uuid4().hex[:8]}"
         with self.db.session() as s:
-            row = s.get(DatasetRow, ds_id)
+            # row lock on PostgreSQL: a lease being inserted (its FK check locks the row) either
+            # commits first and is seen below, or waits and then fails (SQLite: one writer)
+            row = s.get(DatasetRow, ds_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"dataset '{ds_id}' not found", code="dataset_not_found", param="id")
             holders = list(s.scalars(select(LeaseRow.holder).where(LeaseRow.dataset_id == ds_id)))
