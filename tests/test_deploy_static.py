@@ -101,6 +101,7 @@ def test_compose_structure() -> None:
     assert services["trainer-cpu"]["environment"]["TRAINER_BACKEND"] == "peft"
     assert services["inference-cpu"]["environment"]["INFERENCE_ENGINE"] == "transformers"
     assert services["inference"]["environment"]["INFERENCE_ENGINE"] == "vllm"
+    assert services["gateway"]["environment"]["GATEWAY_PUBLIC_URL"] == "http://gateway:8000"
     assert services["trainer"]["depends_on"]["dataset"] == {"condition": "service_healthy"}
     assert services["gateway"]["ports"] == ["${GATEWAY_PORT:-8000}:8000"]
     assert services["postgres"]["healthcheck"]["test"][0] == "CMD-SHELL"
@@ -234,6 +235,7 @@ def test_k8s_cross_references(rendered, target: str) -> None:
         claims = [v["persistentVolumeClaim"]["claimName"]
                   for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
         assert claims == ["tuneloop-artifacts"] and "tuneloop-artifacts" in by_kind["PersistentVolumeClaim"]
+    assert config["GATEWAY_PUBLIC_URL"] == config["TUNELOOP_GATEWAY_URL"]  # trainer callbacks
     for name in ("inference", "gateway"):
         assert by_kind["HorizontalPodAutoscaler"][name]["spec"]["scaleTargetRef"]["name"] == name
         assert by_kind["PodDisruptionBudget"][name]["spec"]["selector"]["matchLabels"] == \
