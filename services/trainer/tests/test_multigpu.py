@@ -48,7 +48,8 @@ def test_backend_and_ddp_options_per_world_size():
     assert e.value.code == "multi_gpu_unsupported"
     assert ddp_options(1, True) == {}
     assert ddp_options(2, True) == {"ddp_backend": "nccl", "ddp_find_unused_parameters": False}
-    assert ddp_options(2, False)["ddp_backend"] == "gloo"
+    assert ddp_options(2, False) == {"ddp_backend": "gloo", "use_cpu": True,
+                                     "ddp_find_unused_parameters": False}
 
 
 def test_local_executor_starts_torchrun_with_its_own_gpus(tmp_path: Path):
@@ -168,7 +169,21 @@ def test_two_process_ddp_job_on_cpu(stack: Stack, tiny_base_dir: Path, small_dat
     assert begin["total_steps"] == 6
     assert [e["data"]["name"] for e in evs if e["type"] == "checkpoint"] == ["checkpoint-6"]
     end = next(e["data"] for e in evs if e["type"] == "train_end")
-    assert end["world_size"] == 2 and end["num_tokens"] > 0
+    # really DDP (gradients all-reduced), not two processes each training half the data alone
+    assert end["world_size"] == 2 and end["parallel"] == "DistributedDataParallel"
+    # tokens/s counts both ranks: (about) every train row's tokens, not one rank's half
+    from datasets import load_from_disk
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_base_dir)
+    train = load_from_disk(str(stack.artifacts / "datasets" / small_dataset / "hf"))["train"]
+
+    def n_tokens(messages: list) -> int:
+        ids = tok.apply_chat_template(messages, tokenize=True)
+        return min(len(ids["input_ids"] if hasattr(ids, "keys") else ids), FAST_HP["max_seq_length"])
+
+    expected = sum(n_tokens(r["messages"]) for r in train)
+    assert 0.9 * expected <= end["num_tokens"] <= 1.1 * expected, (end["num_tokens"], expected)
 
     mv = httpx.get(f"{t.url}/v1/models/{done['model_id']}").json()
     assert mv["config"]["gpus"] == 2

@@ -243,7 +243,11 @@ def ddp_options(world_size: int, cuda: bool) -> dict[str, Any]:
     checkpointing)."""
     if world_size <= 1:
         return {}
-    return {"ddp_backend": "nccl" if cuda else "gloo", "ddp_find_unused_parameters": False}
+    if cuda:
+        return {"ddp_backend": "nccl", "ddp_find_unused_parameters": False}
+    # on CPU, accelerate only sets up a multi-process world when told it is a CPU run: without
+    # use_cpu the gloo group exists but the model is never wrapped in DDP (no gradient sync)
+    return {"ddp_backend": "gloo", "use_cpu": True, "ddp_find_unused_parameters": False}
 
 
 def sft_config(hp: Hyperparameters, out_dir: Path, precision: dict[str, bool], n_train: int,
@@ -378,6 +382,7 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
         "stopped_early": stopped_early,
         "train_rows": len(train),
         "world_size": world,
+        "parallel": type(trainer.model_wrapped).__name__ if world > 1 else None,
         "eval_rows": len(eval_),
         "num_tokens": _num_tokens(state.log_history),
         "trainer_training_loss": getattr(result, "training_loss", None),
