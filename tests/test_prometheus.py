@@ -102,6 +102,8 @@ def _poll(fn: Callable[[], Any], what: str, timeout: float = 90) -> Any:
 
 @pytest.fixture(scope="module")
 def services(tmp_path_factory: pytest.TempPathFactory, tiny_random_dir: Path) -> Iterator[dict]:
+    """The four services as real processes (inference serving the tiny model as ``base``)."""
+    require_tool("prometheus", "Debian package prometheus (scripts/ci/install-prometheus.sh)")
     root = tmp_path_factory.mktemp("prom-stack")
     common = {"TUNELOOP_DATA_DIR": str(root / "var"), "TUNELOOP_LOG_JSON": "false",
               "HF_HUB_OFFLINE": "1"}
