@@ -93,10 +93,13 @@ export async function detail(ctx, id) {
 function metricTable(targets, baseline) {
   const rows = METRICS.filter(([k]) => targets.some((t) => t.metrics?.[k] != null));
   const best = {};
-  for (const [k] of rows) best[k] = Math.max(...targets.map((t) => t.metrics?.[k]?.value ?? -Infinity));
+  for (const [k] of rows) {
+    const values = targets.map((t) => t.metrics?.[k]?.value ?? -Infinity);
+    best[k] = new Set(values).size > 1 ? Math.max(...values) : null;   // a tie highlights nobody
+  }
   return h("div", { class: "scroll" }, h("table", { id: "metric-table" },
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "metric"), targets.map((t) =>
-      h("th", { scope: "col" }, t.name, t.name === baseline ? " (baseline)" : t.role ? ` (${t.role})` : "", h("br"),
+      h("th", { scope: "col" }, t.name, t.name === baseline ? " (baseline)" : t.role && t.role !== t.name ? ` (${t.role})` : "", h("br"),
         h("span", { class: "hint" }, modelLink(t.model)), " ", t.status && t.status !== "succeeded" ? badge(t.status) : null)))),
     h("tbody", {}, rows.map(([k, label]) => h("tr", {}, h("th", { scope: "row" }, label), targets.map((t) => {
       const m = t.metrics?.[k];

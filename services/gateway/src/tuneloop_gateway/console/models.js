@@ -44,7 +44,8 @@ export async function list(ctx) {
     api("/v1/deployments", { signal: ctx.signal }).catch(() => ({ data: [] })),
   ]);
   const latest = {};
-  for (const p of decisions.data) if (p.model_id && !latest[p.model_id]) latest[p.model_id] = p;
+  for (const p of decisions.data) if (p.kind === "gate" && p.model_id && !latest[p.model_id]) latest[p.model_id] = p;
+  const servedBy = (mv) => aliases.data.filter((a) => a.model === mv).map((a) => a.id);
   const versions = jobs.data.filter((j) => j.model_id);
   fill(ctx.main, 
     h("h1", {}, "Models"),
@@ -54,6 +55,7 @@ export async function list(ctx) {
       table([
         { label: "version", get: (j) => link(`#/models/${j.model_id}`, j.model_id) },
         { label: "gate", get: (j) => latest[j.model_id] ? badge(latest[j.model_id].status) : h("span", { class: "muted" }, "not gated") },
+        { label: "serving as", get: (j) => servedBy(j.model_id).map((a) => h("code", {}, a, " ")) },
         { label: "job", get: (j) => link(`#/jobs/${j.id}`, j.id) },
         { label: "dataset", get: (j) => link(`#/datasets/${j.dataset_id}`, j.dataset_id) },
         { label: "final loss", get: (j) => fmt.num(j.progress?.loss, 4) },
@@ -98,13 +100,15 @@ function evidence(p) {
 
 export async function detail(ctx, id) {
   ctx.reload = () => detail(ctx, id);
-  const [mv, aliases, gate] = await Promise.all([
+  const [mv, aliases, gate, runs] = await Promise.all([
     api(`/v1/models/${id}`, { signal: ctx.signal }),
     api("/v1/aliases", { signal: ctx.signal }).catch(() => ({ data: [] })),
     api("/v1/promotions/gate", { signal: ctx.signal }).catch(() => ({ alias: "production" })),
+    api("/v1/evals?limit=100", { signal: ctx.signal }).catch(() => ({ data: [] })),
   ]);
   const promotions = mv.promotions || [];
-  const evalIds = [...new Set(promotions.map((p) => p.eval_id).filter(Boolean))];
+  const evalIds = [...new Set([...promotions.map((p) => p.eval_id),
+    ...runs.data.filter((r) => (r.config?.targets || []).some((t) => t.model === id)).map((r) => r.id)].filter(Boolean))];
   const serving = aliases.data.filter((a) => a.model === id).map((a) => a.id);
   const art = mv.artifacts || {};
   const artifacts = [
