@@ -190,9 +190,9 @@ def main() -> int:
         swap.pop("gpu_peak_used_mib", None)
         step("swap_under_load", **swap, gpu_peak_mib_per_gpu=peak.peak, placement_during=during,
              placement_after=admin.get("/admin/gpus").json())
-        metric("swap_failed_requests (tensor_parallel_size=2 deployment, 16 clients)",
+        metric(f"swap_failed_requests (tensor_parallel_size={args.tp} deployment, 16 clients)",
                swap["errors"], "requests", requests_during_swap=swap["requests"])
-        metric("swap_seconds (load v2 on both GPUs + smoke + flip + drain/stop v1)",
+        metric(f"swap_seconds (load v2 on {args.tp} GPU(s) + smoke + flip + drain/stop v1)",
                swap["response"].get("swap", {}).get("seconds", swap["swap_call_seconds"]), "s")
         deps = {d["model"]: d for d in admin.get("/admin/deployments").json()["data"]}
         step("deployments_after", **{k: {"state": v["state"], "tp": v["tensor_parallel_size"],

@@ -72,7 +72,7 @@ def run_job(store: Path, job_id: str, mv: str, model_dir: Path, data_key: str, g
     end = next((e["data"] for e in events if e["type"] == "train_end"), None)
     if end:
         out["train_end"] = {k: end.get(k) for k in ("global_step", "max_steps", "num_tokens",
-                                                    "train_runtime_s", "world_size",
+                                                    "train_runtime_s", "world_size", "parallel",
                                                     "peak_gpu_bytes", "final_train_loss")}
     if len(metrics) >= 3:  # steady state: skip the first logged step (warm-up, compile)
         a, b = metrics[1], metrics[-1]
