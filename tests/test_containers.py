@@ -53,12 +53,17 @@ ADMIN = "tlk-containers-admin-" + secrets.token_hex(8)
 
 def _run(cmd: list[str], env: dict, log: Path | None = None, timeout: float = 1800,
          check: bool = True) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    if log is not None:
-        log.write_text(r.stdout + r.stderr)
+    """Run ``cmd``; with ``log``, its output streams into that file (builds take minutes)."""
+    if log is None:
+        r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        out = r.stdout + r.stderr
+    else:
+        with open(log, "w") as f:
+            r = subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, text=True,
+                               timeout=timeout, cwd=ROOT)
+        out = log.read_text()
     if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd[:4])}... exited {r.returncode}:\n"
-                             f"{(r.stdout + r.stderr)[-4000:]}")
+        raise AssertionError(f"{' '.join(cmd[:4])}... exited {r.returncode}:\n{out[-4000:]}")
     return r
 
 
@@ -98,7 +103,8 @@ def podman(tmp_path_factory) -> dict:
     work = tmp_path_factory.mktemp("podman")
     sock = work / "podman.sock"
     env = {**os.environ, "CONTAINERS_CONF": str(PODMAN / "containers.conf"),
-           "DOCKER_HOST": f"unix://{sock}", "COMPOSE_DOCKER_CLI_BUILD": "0"}
+           "DOCKER_HOST": f"unix://{sock}", "COMPOSE_DOCKER_CLI_BUILD": "0",
+           "COMPOSE_HTTP_TIMEOUT": "600"}
     for k in [k for k in env if k.startswith("COMPOSE_PROFILES")]:
         env.pop(k)
     t0 = time.monotonic()
@@ -110,7 +116,8 @@ def podman(tmp_path_factory) -> dict:
         cmd = ["podman", "build", "--format", "docker", "--layers", "-t", tag, "-f",
                str(ROOT / dockerfile), "--build-arg", "TORCH_INDEX_URL="]
         cmd += [a for k, v in args.items() for a in ("--build-arg", f"{k}={v}")]
-        _run([*cmd, str(context)], env, work / f"build-{tag.replace('/', '_')}.log", timeout=2400)
+        log = work / f"build-{tag.replace('/', '_').replace(':', '_')}.log"
+        _run([*cmd, str(context)], env, log, timeout=2400)
         timings[f"build {tag}"] = time.monotonic() - t
     api = _spawn(["bash", str(PODMAN / "api-service.sh"), str(sock)], env, work / "api.log")
     health = _spawn(["bash", str(PODMAN / "healthcheck-loop.sh"), "2"], env, work / "health.log")
