@@ -314,6 +314,12 @@ def test_trainer_job_for_the_overlay_validates(rendered, overlay: str,
     assert mount == config["TUNELOOP_ARTIFACT_URL"]  # the same store path as the services
     gpus = pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
     assert gpus == (None if overlay == "dev" else "1")
+    # a multi-GPU job (`gpus: 2`) on the same overlay: also a valid Job, asking for both GPUs
+    multi = build_job_manifest(settings, "job-0123456789abcdef", gpus=2)
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(multi, version, strict=True)
+    limits = multi["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+    assert limits.get("nvidia.com/gpu") == (None if overlay == "dev" else "2")
     # training pods carry the label the internal NetworkPolicy admits (they call nothing,
     # but the gateway's callback and metrics come from the service pods)
     assert job["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tuneloop"
