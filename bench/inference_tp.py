@@ -39,7 +39,7 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 sys.path.insert(0, str(ROOT / "shared/src"))
-from inference_gpu import PROMPTS, build_model, swap_under_load, throughput  # noqa: E402
+from inference_gpu import build_model, swap_under_load, throughput  # noqa: E402
 
 V1, V2 = "mv-00000000000tp001", "mv-00000000000tp002"
 ADMIN = "bench-admin"
