@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from playwright.sync_api import expect
 
 from tuneloop.testing import ServiceProcess, require_tool
 
@@ -56,7 +57,7 @@ def console_stack(tmp_path_factory, tiny_base_dir):
             "GATEWAY_EVAL_MAX_TOKENS": "24", "GATEWAY_EVAL_CONCURRENCY": "2"},
             log_path=var / "logs" / "gateway.log")
         procs.append(gateway.start())
-        yield {"url": gateway.url, "var": var, "base_dir": tiny_base_dir}
+        yield {"url": gateway.url, "var": var, "base_dir": tiny_base_dir, "inference": inference.url}
     finally:
         for p in reversed(procs):
             p.stop(timeout=60)
@@ -128,8 +129,7 @@ def test_sign_in_and_upload_a_dataset_then_read_its_report(page, console_stack, 
     pg.wait_for_selector("#login[open]")
     pg.fill("#login-key", "tlk-not-a-key-000000000000000000")
     pg.click("#login-form button[type=submit]")
-    assert "invalid" in pg.locator("#login-error").inner_text().lower() or \
-        "401" in pg.locator("#login-error").inner_text()
+    expect(pg.locator("#login-error")).to_contain_text("invalid_api_key")   # the envelope's code
     pg.fill("#login-key", ADMIN)
     pg.keyboard.press("Enter")                                  # the form works from the keyboard
     pg.wait_for_selector("h1:has-text('Overview')")
@@ -154,7 +154,7 @@ def test_sign_in_and_upload_a_dataset_then_read_its_report(page, console_stack, 
     pg.click("#upload-form button[type=submit]")
     pg.wait_for_url("**#/datasets/ds-*")
     flow["dataset_id"] = pg.url.rsplit("/", 1)[1]
-    pg.wait_for_selector("[data-chart=token-histogram] canvas")
+    pg.wait_for_function("document.querySelector('[data-chart=token-histogram]')?.chart")
     report = api(console_stack, "GET", f"/v1/datasets/{flow['dataset_id']}/report").json()
     assert pg.locator("[data-field=valid]").inner_text() == str(report["counts"]["valid"]) == "126"
     truncated = report["tokens"]["truncated"]["rows"]
@@ -190,16 +190,16 @@ def test_start_a_job_and_watch_the_curve_update_live(page, console_stack, flow):
                          timeout=600_000)
     assert pg.evaluate("window.__sameDocument") is True
     pg.wait_for_selector("#job-status [data-status=succeeded]", timeout=900_000)
-    assert int(loss.get_attribute("data-points")) == HYPER["max_steps"]
-    assert int(loss.get_attribute("data-eval-points")) >= 3
     job = api(console_stack, "GET", f"/v1/jobs/{flow['job_id']}").json()
     flow["model_id"] = job["model_id"]
     assert flow["model_id"]
-    best = pg.locator("#best-checkpoint")
-    best.wait_for()
+    pg.wait_for_selector(f"#job-result a[href='#/models/{flow['model_id']}']")   # the stream has ended
+    expect(loss).to_have_attribute("data-points", str(HYPER["max_steps"]))        # every step plotted
+    assert int(loss.get_attribute("data-eval-points")) >= 3
     model = api(console_stack, "GET", f"/v1/models/{flow['model_id']}").json()
+    best = pg.locator("#best-checkpoint")
+    expect(best).to_contain_text(f"eval loss {model['metrics']['best_eval_loss']:.4f}")
     assert best.inner_text().startswith("Best checkpoint: step")
-    assert f"{model['metrics']['best_eval_loss']:.4f}" in best.inner_text()
     assert pg.locator("#job-warnings li").count() >= 1          # e.g. too_few_rows, from the stream
     assert pg.locator("#job-cancel").is_hidden()                # final jobs cannot be cancelled
     shot(pg, "job-live")
@@ -263,7 +263,7 @@ def test_promote_then_evaluate_side_by_side(page, console_stack, flow):
     if differ:
         assert pg.locator("#samples ins.diff, #samples del.diff").count() > 0   # differences highlighted
     pg.select_option("#cmp-filter", "all")
-    shot(pg, "eval-side-by-side", views={"metrics": "#a-h", "examples": "#s-h"})
+    shot(pg, "eval-side-by-side", views={"metrics": "h1", "examples": "#s-h"})
 
 
 def test_roll_back_from_the_models_page(page, console_stack, flow):
@@ -311,6 +311,53 @@ def test_chat_in_the_playground(page, console_stack):
     pg.click("#pg-send")
     pg.locator(".msg.assistant[data-done=true]").wait_for(timeout=120_000)
     shot(pg, "playground")
+
+
+def test_synthetic_draft_review_and_publish(page, console_stack):
+    """A teacher (here: inference serving the tiny base) answers three inputs; one row is
+    rejected, the rest accepted, and the accepted rows are published as a dataset version."""
+    pg = page
+    pg.click("nav >> text=Datasets")
+    pg.click("text=Start a synthetic-data job")
+    pg.fill("#syn-base-url", console_stack["inference"] + "/v1")
+    pg.fill("#syn-model", "base")
+    pg.fill("#syn-instruction", "Answer the customer in one sentence.")
+    pg.select_option("#syn-mode", "completions")
+    pg.fill("#syn-seeds", json.dumps({"instruction": "Answer the customer in one sentence.",
+                                      "input": "Where is my order?", "output": "It ships tomorrow."}))
+    pg.fill("#syn-inputs", "My app crashes.\nI was charged twice.\nHow do I reset my password?")
+    pg.fill("#syn-n", "3")
+    pg.click("#syn-form button[type=submit]")
+    pg.wait_for_url("**#/synthetic/syn-*")
+    syn_id = pg.url.rsplit("/", 1)[1]
+    pg.wait_for_function("document.querySelectorAll('#main [data-row]').length === 3", timeout=120_000)
+    shot(pg, "synthetic-review")
+    first = pg.locator("#main [data-row]").first
+    rejected = int(first.get_attribute("data-row"))
+    first.locator("button:has-text('Reject')").click()
+    pg.wait_for_function("document.querySelectorAll('#main [data-row]').length === 2")
+    pg.click("text=Accept all pending")
+    pg.wait_for_selector("#syn-publish:not([disabled])")
+    rows = api(console_stack, "GET", f"/v1/synthetic/jobs/{syn_id}/rows").json()["data"]
+    assert {r["id"]: r["status"] for r in rows}[rejected] == "rejected"
+    assert sorted(r["status"] for r in rows) == ["accepted", "accepted", "rejected"]
+    pg.click("#syn-publish")
+    pg.wait_for_url("**#/datasets/ds-*")
+    assert pg.locator("[data-field=valid]").inner_text() == "2"
+
+
+def test_passthrough_routes_are_admin_only(console_stack):
+    """The routes added for the console: admin scope, and the upstream's answer unchanged."""
+    key = api(console_stack, "POST", "/v1/keys", json={"name": "app", "scopes": ["inference"]}).json()["key"]
+    for path in ("/v1/aliases", "/v1/deployments", "/v1/synthetic/jobs"):
+        r = httpx.get(console_stack["url"] + path, headers={"Authorization": f"Bearer {key}"})
+        assert r.status_code == 403 and r.json()["error"]["type"], (path, r.text)
+        assert httpx.get(console_stack["url"] + path).status_code == 401
+    deployments = api(console_stack, "GET", "/v1/deployments").json()["data"]
+    assert any(d["model"] == "base" and d["state"] == "ready" for d in deployments)
+    missing = api(console_stack, "GET", "/v1/synthetic/jobs/syn-0000000000000000")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "synthetic_job_not_found"
+    assert httpx.get(console_stack["url"] + "/console/vendor/chart.js.LICENSE.md").status_code == 200
 
 
 def _alias(stack) -> dict:

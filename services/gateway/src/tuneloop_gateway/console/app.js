@@ -61,11 +61,17 @@ async function route() {
 }
 
 async function overview(ctx) {
-  const [aliases, jobList, decisions] = await Promise.all([
-    api("/v1/aliases", { signal: ctx.signal }),
-    api("/v1/jobs?limit=8", { signal: ctx.signal }),
-    api("/v1/promotions?limit=8", { signal: ctx.signal }),
-  ]);
+  let aliases, jobList, decisions;
+  try {
+    [aliases, jobList, decisions] = await Promise.all([
+      api("/v1/aliases", { signal: ctx.signal }),
+      api("/v1/jobs?limit=8", { signal: ctx.signal }),
+      api("/v1/promotions?limit=8", { signal: ctx.signal }),
+    ]);
+  } catch (e) {
+    if (e.status === 403) { location.hash = "#/playground"; return; }   // an inference-scoped key
+    throw e;
+  }
   fill(ctx.main, 
     h("h1", {}, "Overview"),
     h("p", { class: "muted" }, "Data → training → evaluation → serving. Is this fine-tune worth shipping? ",

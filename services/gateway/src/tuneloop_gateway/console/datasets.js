@@ -166,7 +166,7 @@ function synthForm() {
   const seeds = h("textarea", { id: "syn-seeds", placeholder: '{"instruction": "...", "input": "...", "output": "..."} one per line' });
   const inputs = h("textarea", { id: "syn-inputs", placeholder: "completions mode: one input per line" });
   const n = h("input", { id: "syn-n", type: "number", min: "1", value: "20" });
-  const form = h("form", {}, h("div", { class: "toolbar" }, field("Teacher base URL", base), field("Teacher model", model),
+  const form = h("form", { id: "syn-form" }, h("div", { class: "toolbar" }, field("Teacher base URL", base), field("Teacher model", model),
     field("Teacher API key", key), field("Mode", mode), field("Rows wanted", n)),
   field("Instruction", instruction), field("Seed examples (JSONL)", seeds), field("Inputs", inputs),
   h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Start")));

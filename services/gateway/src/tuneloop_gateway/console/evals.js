@@ -100,7 +100,7 @@ function metricTable(targets, baseline) {
   return h("div", { class: "scroll" }, h("table", { id: "metric-table" },
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "metric"), targets.map((t) =>
       h("th", { scope: "col" }, t.name, t.name === baseline ? " (baseline)" : t.role && t.role !== t.name ? ` (${t.role})` : "", h("br"),
-        h("span", { class: "hint" }, modelLink(t.model)), " ", t.status && t.status !== "succeeded" ? badge(t.status) : null)))),
+        t.model !== t.name ? h("span", { class: "hint" }, modelLink(t.model)) : null, " ", t.status && t.status !== "succeeded" ? badge(t.status) : null)))),
     h("tbody", {}, rows.map(([k, label]) => h("tr", {}, h("th", { scope: "row" }, label), targets.map((t) => {
       const m = t.metrics?.[k];
       const top = m && m.value === best[k] && targets.length > 1;

@@ -73,6 +73,22 @@ function newJobForm(datasets, jobs, preselect) {
   return form;
 }
 
+/** Run the gate now: deploy, evaluate against base and production, promote only if it passes. */
+function gateButton(jobId, done) {
+  const b = h("button", { type: "button", id: "run-gate" }, "Run the gate now…");
+  b.addEventListener("click", async () => {
+    if (!(await confirmDialog("Deploy this job's model, evaluate it against the base and production, and " +
+      "promote the alias if every check passes?", "Run the gate"))) return;
+    b.disabled = true;
+    b.textContent = "Gating (deploy + evaluate)…";
+    await guarded(() => api("/v1/promotions/gate", { method: "POST", json: { job_id: jobId } }));
+    b.disabled = false;
+    b.textContent = "Run the gate now…";
+    done();
+  });
+  return b;
+}
+
 export async function detail(ctx, id) {
   let job = await api(`/v1/jobs/${id}`, { signal: ctx.signal });
   const series = { loss: [], eval: [], lr: [], tps: [] };
@@ -202,7 +218,8 @@ export async function detail(ctx, id) {
       decisions.data.length ? table([{ label: "gate decision", get: (p) => badge(p.status) },
         { label: "alias", get: (p) => p.alias || "–" }, { label: "reasons", get: (p) => (p.reasons || []).join("; ") || "–" },
         { label: "eval", get: (p) => p.eval_id ? link(`#/evals/${p.eval_id}`, p.eval_id) : "–" }], decisions.data)
-        : h("p", { class: "muted" }, "No gate decision yet (the gateway gates each succeeded job).")));
+        : h("p", { class: "muted" }, "No gate decision for this job yet (with auto-promote on, the gateway gates every succeeded job). ",
+          gateButton(j.id, () => guarded(finish)))));
   }
 
   let lastId = null, ended = false, pending = false;
