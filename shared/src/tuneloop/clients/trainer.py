@@ -87,11 +87,12 @@ class TrainerClient(ServiceClient):
                          backend: Literal["auto", "unsloth", "peft"] = "auto",
                          hyperparameters: dict[str, Any] | None = None,
                          export: dict[str, Any] | None = None, callback_url: str | None = None,
-                         suffix: str | None = None) -> TrainingJob:
-        """Validate and queue a job (4xx ``ServiceError`` on a bad dataset, model or setting)."""
+                         suffix: str | None = None, gpus: int | None = None) -> TrainingJob:
+        """Validate and queue a job (4xx ``ServiceError`` on a bad dataset, model or setting).
+        ``gpus`` > 1 launches DDP over that many GPUs (torchrun; peft backend only)."""
         body = {"dataset_id": dataset_id, "base_model": base_model, "backend": backend,
                 **_options(hyperparameters=hyperparameters, export=export,
-                           callback_url=callback_url, suffix=suffix)}
+                           callback_url=callback_url, suffix=suffix, gpus=gpus)}
         return await self.post_json("/v1/jobs", body)
 
     async def get_job(self, job_id: str) -> TrainingJob:
