@@ -57,13 +57,6 @@ export async function api(path, opts = {}) {
   return text ? JSON.parse(text) : null;
 }
 
-/** Text (e.g. ``?format=text`` reports). */
-export async function apiText(path, opts = {}) {
-  const resp = await send(path, opts);
-  if (!resp.ok) throw await failure(resp);
-  return resp.text();
-}
-
 /**
  * Server-sent events over fetch (EventSource cannot send an Authorization header).
  * Yields {id, event, data} with ``data`` parsed as JSON when it is JSON.

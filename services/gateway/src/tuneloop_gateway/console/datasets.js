@@ -1,6 +1,6 @@
 // Datasets: versions, upload, the quality report, synthetic drafts with review.
 import { api } from "./api.js";
-import { badge, cards, chartBox, fill, fmt, guarded, h, link, showError, table } from "./ui.js";
+import { badge, cards, chartBox, fill, fmt, guarded, h, link, table } from "./ui.js";
 
 export async function list(ctx) {
   const [ds, syn] = await Promise.all([
@@ -218,5 +218,4 @@ export async function synthetic(ctx, id) {
         (r.messages || []).map((m) => h("div", {}, h("span", { class: "badge info" }, m.role), " ", h("span", { class: "out" }, m.content)))))
         : h("p", { class: "muted" }, "No rows here.")));
   if (job.status === "running" || job.status === "queued") setTimeout(() => !ctx.signal.aborted && synthetic(ctx, id), 3000);
-  void showError;
 }

@@ -1,7 +1,7 @@
 // Models: lineage (dataset version → job → artifacts → evals → alias), export checks, alias state
 // per replica, the gate's decisions with their evidence, promote and roll back (confirmed).
 import { api } from "./api.js";
-import { badge, confirmDialog, fill, fmt, guarded, h, link, modelLink, showError, table } from "./ui.js";
+import { badge, confirmDialog, fill, fmt, guarded, h, link, modelLink, table } from "./ui.js";
 
 function aliasTable(ctx, aliases, { only } = {}) {
   const rows = only ? aliases.filter((a) => a.model === only || a.previous === only) : aliases;
@@ -179,5 +179,4 @@ export async function detail(ctx, id) {
         h("p", {}, `base `, h("code", {}, mv.base_model), ` · backend ${mv.config?.resolved_backend || mv.backend}`),
         h("details", {}, h("summary", {}, "Hyperparameters and export"), h("pre", {}, JSON.stringify(mv.config, null, 2))),
         mv.base_revision ? h("p", { class: "hint" }, "base revision: ", JSON.stringify(mv.base_revision)) : null)));
-  void showError;
 }

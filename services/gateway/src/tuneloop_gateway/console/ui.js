@@ -158,8 +158,6 @@ export function chartBox(ctx, { label, config, small = false, id }) {
   return box;
 }
 
-export const palette = ["#0b57d0", "#b3261e", "#146c2e", "#7a4b00", "#6b2fa0", "#00696f"];
-
 /** Word-level diff (LCS) of a against b: [{op: "=", "-", "+", text}] */
 export function wordDiff(a, b) {
   const A = String(a ?? "").split(/(\s+)/), B = String(b ?? "").split(/(\s+)/);
