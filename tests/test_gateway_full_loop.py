@@ -73,6 +73,15 @@ def test_openai_fine_tuning_through_gateway_then_gated_promotion(loop, ticket_ro
         extra_body={"tuneloop": {"backend": "peft",
                                  "export": {"verify_prompts": 2, "verify_max_new_tokens": 16}}})
     assert job.id in [j.id for j in sdk.fine_tuning.jobs.list().data]
+    admin_h = {"Authorization": f"Bearer {ADMIN}"}
+    # the article: evaluate the base first (on the job's eval split, while the job trains)
+    dataset_id = httpx.get(f"{gw}/v1/jobs/{job.id}", headers=admin_h).json()["dataset_id"]
+    base_eval = httpx.post(f"{gw}/v1/evals", headers=admin_h, timeout=900, json={
+        "dataset_id": dataset_id, "general_suite": True, "wait": True,
+        "targets": [{"name": "base", "model": "base", "role": "base"}]}).json()
+    assert base_eval["status"] == "succeeded", base_eval
+    assert base_eval["report"]["reused_generations"] == {}
+    assert base_eval["config"]["targets"][0]["weights"].startswith("base@")
     # an inference key cannot create jobs
     inf = httpx.post(gw + "/v1/keys", json={"name": "i", "scopes": ["inference"]},
                      headers={"Authorization": f"Bearer {ADMIN}"}).json()["key"]
@@ -109,6 +118,23 @@ def test_openai_fine_tuning_through_gateway_then_gated_promotion(loop, ticket_ro
     print(f"gate decision: {decision['status']}\n" + "\n".join(decision["reasons"]) + "\n"
           + run["report"]["table"])  # shown with -s: what the tiny LoRA achieved
     assert run["report"]["n_examples"] == 16 and run["report"]["advice"][0].startswith("Base")
+    # the gate did not generate the base again: same weights, eval set and settings (greedy)
+    assert run["report"]["reused_generations"] == {"base": base_eval["id"]}
+
+    def outputs(eval_id: str, target: str) -> list:
+        data = httpx.get(f"{gw}/v1/evals/{eval_id}/samples", params={"limit": 500},
+                         headers=admin_h).json()["data"]
+        return [(x["suite"], x["index"], x["outputs"][target]["output"]) for x in data]
+
+    assert outputs(run["id"], "base") == outputs(base_eval["id"], "base")
+    cand = next(t for t in run["report"]["targets"] if t["name"] != "base")
+    assert cand["metrics"]["generations"] == 16 + 40 and "weights" in run["config"]["targets"][1]
+    # asked not to reuse, the base is generated afresh (and scores the same: greedy)
+    fresh = httpx.post(f"{gw}/v1/evals", headers=admin_h, timeout=900, json={
+        "dataset_id": dataset_id, "general_suite": True, "wait": True, "reuse_generations": False,
+        "targets": [{"name": "base", "model": "base", "role": "base"}]}).json()
+    assert fresh["status"] == "succeeded" and fresh["report"]["reused_generations"] == {}
+    assert fresh["config"]["reuse_generations"] is False
     # lineage through the gateway carries the decision
     lineage = httpx.get(f"{gw}/v1/models/{model_id}", headers={"Authorization": f"Bearer {inf}"}).json()
     assert lineage["dataset_id"] == native["dataset_id"]

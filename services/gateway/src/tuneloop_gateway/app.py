@@ -59,7 +59,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         inference = InferencePeer(s.inference_url, timeout=t, api_key=s.inference_admin_key,
                                   deploy_timeout=s.deploy_timeout_s)
         app.state.inference = inference
-        app.state.evals = EvalService(s, db, app.state.store, dataset, gw_metrics)
+        app.state.evals = EvalService(s, db, app.state.store, dataset, gw_metrics, inference)
         app.state.evals.recover()
         app.state.promotions = PromotionService(s, db, trainer, inference, app.state.evals, gw_metrics)
         app.state.promotions.start()

@@ -48,6 +48,9 @@ class EvalCreate(BaseModel):
     concurrency: int | None = Field(None, ge=1, le=256, description="In flight per target.")
     general_suite: bool | None = Field(None, description="Run the general-capability suite.")
     judge: JudgeSpec | None = None
+    reuse_generations: bool | None = Field(
+        None, description="Reuse an earlier run's generations for a target whose served weights, "
+        "eval set and settings are the same (default: GATEWAY_EVAL_REUSE_GENERATIONS).")
     wait: bool = Field(False, description="Answer when the report is ready (else 202).")
 
     @model_validator(mode="after")

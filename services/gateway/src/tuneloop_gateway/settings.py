@@ -59,6 +59,11 @@ class GatewaySettings(ServiceSettings):
     eval_max_tokens: int = Field(256, ge=1, description="max_tokens per eval generation.")
     eval_request_timeout_s: float = Field(120.0, description="Timeout of one eval generation.")
     eval_max_examples: int = Field(200, ge=1, description="Cap on eval examples (article: 100-200).")
+    eval_reuse_generations: bool = Field(
+        True, description="A target served by inference whose weights were already evaluated on the "
+        "same eval set with the same settings (greedy) reuses that run's generations instead of "
+        "generating again (the gate's base, every time). Off, or reuse_generations=false per run, "
+        "to measure latency afresh.")
     general_suite: bool = Field(True, description="Run the general-capability suite by default.")
 
     # -- promotion ----------------------------------------------------------------------

@@ -227,6 +227,8 @@ def samples(runs: list[TargetRun], examples: list[Example], per: dict, general_i
         out.append(item)
     for i, it in enumerate(general_items):
         outputs = {r.target.name: {"output": r.general[i].output, "error": r.general[i].error,
+                                   "latency_ms": round(r.general[i].latency_s * 1000, 1),
+                                   "completion_tokens": r.general[i].completion_tokens,
                                    "correct": per[r.target.name][2][i]} for r in runs}
         out.append({"suite": "general", "index": i, "id": it["id"], "prompt": it["question"],
                     "reference": it["answers"], "outputs": outputs})

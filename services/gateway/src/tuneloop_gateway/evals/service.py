@@ -22,11 +22,11 @@ from tuneloop.ids import is_valid_id, new_id
 from tuneloop.storage import ArtifactStore
 
 from ..db import EvalRun
-from ..peers import DatasetPeer
+from ..peers import DatasetPeer, InferencePeer
 from ..schemas import EvalCreate
 from ..settings import GatewaySettings
 from .report import build_report, detect_task, general_prompts, load_general_suite
-from .runner import Example, Target, judge_pairs, rows_to_examples, run_all
+from .runner import Example, Generation, Target, TargetRun, judge_pairs, rows_to_examples, run_all
 
 log = logging.getLogger("tuneloop.gateway.evals")
 
@@ -42,11 +42,12 @@ def run_view(row: EvalRun, *, full: bool = True) -> dict[str, Any]:
 
 class EvalService:
     def __init__(self, settings: GatewaySettings, db: Database, store: ArtifactStore,
-                 dataset: DatasetPeer, metrics: Any) -> None:
+                 dataset: DatasetPeer, metrics: Any, inference: InferencePeer | None = None) -> None:
         self.settings = settings
         self.db = db
         self.store = store
         self.dataset = dataset
+        self.inference = inference
         self.metrics = metrics
         self.general_items = load_general_suite()
         self._tasks: dict[str, asyncio.Task] = {}
@@ -118,10 +119,14 @@ class EvalService:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="metric") from exc
         targets = self._targets(spec)
+        reuse = self.settings.eval_reuse_generations if spec.reuse_generations is None else spec.reuse_generations
+        weights = await self._weights(targets) if reuse else {}
         config = {
             "source": source or ({"dataset_id": spec.dataset_id} if spec.dataset_id
                                  else {"rows": len(spec.rows or [])}),
-            "targets": [t.public() for t in targets],
+            "targets": [{**t.public(), **({"weights": weights[t.name]} if weights.get(t.name) else {})}
+                        for t in targets],
+            "reuse_generations": reuse,
             "baseline": spec.baseline or targets[0].name, "metric": spec.metric,
             "max_tokens": spec.max_tokens or self.settings.eval_max_tokens,
             "concurrency": spec.concurrency or self.settings.eval_concurrency,
@@ -157,9 +162,14 @@ class EvalService:
         start = time.perf_counter()
         general = self.general_items if config["general_suite"] else []
         try:
-            runs = await run_all(targets, examples, general_prompts(general),
-                                 max_tokens=config["max_tokens"], concurrency=config["concurrency"],
-                                 timeout=self.settings.eval_request_timeout_s)
+            reused = (await run_in_threadpool(self._reusable, run_id, targets, examples, general, config)
+                      if config.get("reuse_generations") else {})
+            fresh = [t for t in targets if t.name not in reused]
+            generated = await run_all(fresh, examples, general_prompts(general),
+                                      max_tokens=config["max_tokens"], concurrency=config["concurrency"],
+                                      timeout=self.settings.eval_request_timeout_s)
+            by_name = {r.target.name: r for r in generated}
+            runs = [reused[t.name][1] if t.name in reused else by_name[t.name] for t in targets]
             for r in runs:
                 for g in r.task + r.general:
                     self.metrics.eval_generations.labels("error" if g.error else "ok").inc()
@@ -168,6 +178,7 @@ class EvalService:
                 judge, pair = await self._judge(spec, targets, runs, examples, config)
             report, samples = await run_in_threadpool(
                 build_report, runs, examples, task, general, config["baseline"], judge, pair)
+            report["reused_generations"] = {name: src for name, (src, _) in reused.items()}
             await run_in_threadpool(self._finish, run_id, "succeeded", report, samples, None,
                                     time.perf_counter() - start)
         except asyncio.CancelledError:
@@ -195,6 +206,56 @@ class EvalService:
                                 concurrency=config["concurrency"],
                                 timeout=self.settings.eval_request_timeout_s, limit=j.max_examples)
         return res, (cand, base)
+
+    # -- reuse of earlier generations ----------------------------------------------------
+    async def _weights(self, targets: list[Target]) -> dict[str, str]:
+        """Which immutable weights each target is served by: ``<served name>@<model id or path>``.
+
+        Only for targets on our own inference (served names never change weights; an alias is
+        resolved to the served name it points at now). Unknown → no entry → generated afresh."""
+        default = self.settings.inference_url.rstrip("/") + "/v1"
+        ours = [t for t in targets if t.base_url == default]
+        if not ours or self.inference is None:
+            return {}
+        try:
+            deployments = await self.inference.deployments()
+            aliases = {a.get("id"): a.get("model") for a in await self.inference.aliases()}
+        except Exception as exc:  # noqa: BLE001 - reuse is an optimisation, never a failure
+            log.info("eval reuse off for this run: %s", exc)
+            return {}
+        out = {}
+        for t in ours:
+            served = aliases.get(t.model, t.model)
+            dep = next((d for d in deployments if d.get("model") == served), None)
+            if dep and (dep.get("model_id") or dep.get("path")):
+                out[t.name] = f"{served}@{dep.get('model_id') or dep.get('path')}"
+        return out
+
+    def _reusable(self, run_id: str, targets: list[Target], examples: list[Example],
+                  general: list[dict], config: dict[str, Any]) -> dict[str, tuple[str, TargetRun]]:
+        """Earlier succeeded runs' generations for targets with the same weights, on the same
+        eval set (same source, prompts and general suite) with the same max_tokens, where every
+        one of that target's generations succeeded. Greedy decoding makes them the same answers."""
+        want = {t["name"]: t["weights"] for t in config["targets"] if t.get("weights")}
+        if not want:
+            return {}
+        same = ("max_tokens", "general_suite", "n_examples")
+        eval_set = _eval_set(config)
+        with self.db.session() as s:
+            rows = list(s.scalars(select(EvalRun).where(EvalRun.status == "succeeded", EvalRun.id != run_id)
+                                  .order_by(EvalRun.finished_at.desc()).limit(50)))
+            found: dict[str, tuple[str, TargetRun]] = {}
+            for row in rows:
+                if (any(row.config.get(k) != config.get(k) for k in same) or not row.samples
+                        or _eval_set(row.config) != eval_set):
+                    continue
+                for prior in row.config.get("targets", []):
+                    for t in targets:
+                        if (t.name not in found and prior.get("weights") and prior["weights"] == want.get(t.name)):
+                            run = _target_run_from_samples(t, prior["name"], row.samples, examples, general)
+                            if run is not None:
+                                found[t.name] = (row.id, run)
+            return found
 
     # -- storage -----------------------------------------------------------------------
     def _save(self, row: EvalRun) -> None:
@@ -237,3 +298,31 @@ class EvalService:
     async def list(self, limit: int, offset: int) -> dict[str, Any]:
         data = await run_in_threadpool(self._list, limit, offset)
         return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
+
+
+def _target_run_from_samples(target: Target, name: str, samples: list[dict], examples: list[Example],
+                             general: list[dict]) -> TargetRun | None:
+    """Rebuild one target's generations from stored samples, or None if anything differs or failed."""
+    task = [x for x in samples if x.get("suite") == "task"]
+    gen = [x for x in samples if x.get("suite") == "general"]
+    if len(task) != len(examples) or len(gen) != len(general):
+        return None
+    out = TargetRun(target)
+    for x, ex in zip(task, examples, strict=True):
+        o = (x.get("outputs") or {}).get(name)
+        if not o or o.get("error") or x.get("prompt") != ex.messages or "latency_ms" not in o:
+            return None
+        out.task.append(Generation(o["output"], o["latency_ms"] / 1000, int(o.get("completion_tokens") or 0)))
+    for x, it in zip(gen, general, strict=True):
+        o = (x.get("outputs") or {}).get(name)
+        if not o or o.get("error") or x.get("id") != it["id"] or "latency_ms" not in o:
+            return None
+        out.general.append(Generation(o["output"], o["latency_ms"] / 1000, int(o.get("completion_tokens") or 0)))
+    return out
+
+
+def _eval_set(config: dict[str, Any]) -> Any:
+    """The eval set a run used: a dataset version (immutable), or inline rows (then the prompts
+    are compared one by one as well)."""
+    src = config.get("source") or {}
+    return src.get("dataset_id") or ("rows", src.get("rows"))
