@@ -148,3 +148,30 @@ def test_multi_gpu_job_manifest(tmp_path: Path, fake_kube: FakeKube):
     one = build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=1), "job-0123456789abcdef")
     assert one["spec"]["template"]["spec"]["containers"][0]["command"][:3] == [
         "python", "-m", "tuneloop_trainer.run_job"]
+
+
+def test_node_selector_and_tolerations_are_configurable(tmp_path: Path, fake_kube: FakeKube, monkeypatch):
+    """From the environment (JSON), as a ConfigMap sets them; the Job stays schema-valid."""
+    import kubernetes_validate
+
+    monkeypatch.setenv("TRAINER_K8S_NODE_SELECTOR", '{"nvidia.com/gpu.product": "NVIDIA-H200"}')
+    monkeypatch.setenv("TRAINER_K8S_TOLERATIONS",
+                       '[{"key": "dedicated", "operator": "Equal", "value": "training", "effect": "NoSchedule"}]')
+    m = build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=1), "job-0123456789abcdef")
+    spec = m["spec"]["template"]["spec"]
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H200"}
+    assert spec["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "training",
+                                    "effect": "NoSchedule"}]
+    kubernetes_validate.validate(m, "1.33", strict=True)
+    monkeypatch.setenv("TRAINER_K8S_TOLERATIONS", "[]")  # explicitly none, even with GPUs
+    assert "tolerations" not in build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=1),
+                                                   "job-0123456789abcdef")["spec"]["template"]["spec"]
+    monkeypatch.delenv("TRAINER_K8S_TOLERATIONS")
+    monkeypatch.delenv("TRAINER_K8S_NODE_SELECTOR")
+    default = build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=1), "job-0123456789abcdef")
+    assert "nodeSelector" not in default["spec"]["template"]["spec"]
+    assert default["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
+    bad = build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=1), "job-0123456789abcdef")
+    bad["spec"]["template"]["spec"]["tolerations"] = [{"key": "x", "operatr": "Exists"}]
+    with pytest.raises(Exception):  # a typo in a toleration is caught by the real schema
+        kubernetes_validate.validate(bad, "1.33", strict=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
@@ -50,6 +50,12 @@ class TrainerSettings(ServiceSettings):
     k8s_artifact_mount: str = Field("/artifacts", description="Mount path of the PVC in the Job.")
     k8s_gpus: int = Field(1, ge=0, le=16, description="nvidia.com/gpu per Job (a job with "
                           "gpus: N > this asks for N); 0: a CPU cluster, no GPU requested.")
+    k8s_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="nodeSelector of training Jobs (JSON object, e.g. "
+        "{\"nvidia.com/gpu.product\": \"NVIDIA-H200\"}).")
+    k8s_tolerations: list[dict[str, Any]] | None = Field(
+        None, description="tolerations of training Jobs (JSON array of Kubernetes Toleration "
+        "objects). Unset: tolerate the nvidia.com/gpu taint when GPUs are requested; [] none.")
     k8s_cpu: str = Field("4", description="CPU request per Job.")
     k8s_memory: str = Field("32Gi", description="Memory request/limit per Job.")
     k8s_token_file: str = Field("/var/run/secrets/kubernetes.io/serviceaccount/token",

@@ -67,7 +67,12 @@ def build_job_manifest(settings, job_id: str, gpus: int = 1) -> dict[str, Any]: 
                      "persistentVolumeClaim": {"claimName": settings.k8s_artifact_pvc}},
                     {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
     }
-    if n_gpu:
+    if settings.k8s_node_selector:
+        pod_spec["nodeSelector"] = dict(settings.k8s_node_selector)
+    if settings.k8s_tolerations is not None:
+        if settings.k8s_tolerations:
+            pod_spec["tolerations"] = [dict(t) for t in settings.k8s_tolerations]
+    elif n_gpu:
         pod_spec["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists",
                                     "effect": "NoSchedule"}]
     return {
