@@ -314,6 +314,9 @@ def test_trainer_job_for_the_overlay_validates(rendered, overlay: str,
     assert mount == config["TUNELOOP_ARTIFACT_URL"]  # the same store path as the services
     gpus = pod["containers"][0]["resources"]["limits"].get("nvidia.com/gpu")
     assert gpus == (None if overlay == "dev" else "1")
+    if overlay != "dev":  # GPU nodes only, and the GPU taint tolerated
+        assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+        assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     # a multi-GPU job (`gpus: 2`) on the same overlay: also a valid Job, asking for both GPUs
     multi = build_job_manifest(settings, "job-0123456789abcdef", gpus=2)
     for version in K8S_VERSIONS:
