@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import expect
 
-from tuneloop.testing import ServiceProcess, require_tool
+from tuneloop.testing import require_tool
+from tuneloop.testing.stack import four_services
 
 pytestmark = pytest.mark.slow
 
@@ -35,32 +35,12 @@ SHOTS = Path(os.environ.get("TUNELOOP_TEST_ARTIFACTS", ROOT / "var" / "test-arti
 def console_stack(tmp_path_factory, tiny_base_dir):
     """dataset + trainer + inference + gateway as real processes; the console is the gateway's."""
     var = tmp_path_factory.mktemp("console")
-    common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false", "HF_HUB_OFFLINE": "1"}
-    procs: list[ServiceProcess] = []
-    try:
-        dataset = ServiceProcess("tuneloop_dataset", env={
-            **common, "DATASET_DEFAULT_TOKENIZER": str(tiny_base_dir)}, log_path=var / "logs" / "dataset.log")
-        procs.append(dataset.start())
-        trainer = ServiceProcess("tuneloop_trainer", env={
-            **common, "TUNELOOP_DATASET_URL": dataset.url, "TRAINER_DATASET_URL": dataset.url,
-            "TRAINER_POLL_INTERVAL_S": "0.3"}, log_path=var / "logs" / "trainer.log", startup_timeout=120)
-        procs.append(trainer.start())
-        inference = ServiceProcess("tuneloop_inference", env={
-            **common, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN, "INFERENCE_BASE_MODEL_PATH": str(tiny_base_dir),
-            "INFERENCE_ENGINE": "transformers"}, log_path=var / "logs" / "inference.log",
-            health_path="/ready", startup_timeout=240)
-        procs.append(inference.start())
-        gateway = ServiceProcess("tuneloop_gateway", env={
-            **common, "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
-            "TUNELOOP_DATASET_URL": dataset.url, "TUNELOOP_TRAINER_URL": trainer.url,
-            "TUNELOOP_INFERENCE_URL": inference.url, "GATEWAY_AUTO_PROMOTE": "false",
-            "GATEWAY_EVAL_MAX_TOKENS": "24", "GATEWAY_EVAL_CONCURRENCY": "2"},
-            log_path=var / "logs" / "gateway.log")
-        procs.append(gateway.start())
-        yield {"url": gateway.url, "var": var, "base_dir": tiny_base_dir, "inference": inference.url}
-    finally:
-        for p in reversed(procs):
-            p.stop(timeout=60)
+    with four_services(var, tiny_base_dir, admin_key=ADMIN, inference_admin_key=INFERENCE_ADMIN, env={
+            "dataset": {"DATASET_DEFAULT_TOKENIZER": str(tiny_base_dir)},
+            "gateway": {"GATEWAY_AUTO_PROMOTE": "false", "GATEWAY_EVAL_MAX_TOKENS": "24",
+                        "GATEWAY_EVAL_CONCURRENCY": "2"}}) as s:
+        yield {"url": s["gateway"].url, "var": var, "base_dir": tiny_base_dir,
+               "inference": s["inference"].url}
 
 
 @pytest.fixture(scope="module")

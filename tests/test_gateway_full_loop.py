@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from tuneloop.testing import ServiceProcess
+from tuneloop.testing.stack import four_services
 
 pytestmark = pytest.mark.slow
 
@@ -30,33 +30,10 @@ def _chat(r: dict) -> dict:
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory, tiny_base_dir):
     var = tmp_path_factory.mktemp("loop")
-    common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false", "HF_HUB_OFFLINE": "1"}
-    procs = []
-    try:
-        dataset = ServiceProcess("tuneloop_dataset", env=common, log_path=var / "logs" / "dataset.log")
-        procs.append(dataset.start())
-        trainer = ServiceProcess("tuneloop_trainer", env={
-            **common, "TUNELOOP_DATASET_URL": dataset.url, "TRAINER_DATASET_URL": dataset.url,
-            "TRAINER_POLL_INTERVAL_S": "0.3"}, log_path=var / "logs" / "trainer.log",
-            startup_timeout=120)
-        procs.append(trainer.start())
-        inference = ServiceProcess("tuneloop_inference", env={
-            **common, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
-            "INFERENCE_BASE_MODEL_PATH": str(tiny_base_dir), "INFERENCE_ENGINE": "transformers"},
-            log_path=var / "logs" / "inference.log", health_path="/ready", startup_timeout=240)
-        procs.append(inference.start())
-        gateway = ServiceProcess("tuneloop_gateway", env={
-            **common, "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
-            "TUNELOOP_DATASET_URL": dataset.url, "TUNELOOP_TRAINER_URL": trainer.url,
-            "TUNELOOP_INFERENCE_URL": inference.url, "GATEWAY_RECONCILE_INTERVAL_S": "5",
-            "GATEWAY_EVAL_MAX_TOKENS": "64", "GATEWAY_EVAL_CONCURRENCY": "2"},
-            log_path=var / "logs" / "gateway.log")
-        procs.append(gateway.start())
-        yield {"gateway": gateway, "trainer": trainer, "inference": inference, "var": var,
-               "base_dir": tiny_base_dir}
-    finally:
-        for p in reversed(procs):
-            p.stop(timeout=60)
+    with four_services(var, tiny_base_dir, admin_key=ADMIN, inference_admin_key=INFERENCE_ADMIN, env={
+            "gateway": {"GATEWAY_RECONCILE_INTERVAL_S": "5", "GATEWAY_EVAL_MAX_TOKENS": "64",
+                        "GATEWAY_EVAL_CONCURRENCY": "2"}}) as s:
+        yield {**s, "var": var, "base_dir": tiny_base_dir}
 
 
 def test_openai_fine_tuning_through_gateway_then_gated_promotion(loop, ticket_rows):

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from tuneloop.testing import ServiceProcess, require_tool
+from tuneloop.testing.stack import four_services
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "deploy/prometheus"
@@ -105,31 +106,9 @@ def services(tmp_path_factory: pytest.TempPathFactory, tiny_random_dir: Path) ->
     """The four services as real processes (inference serving the tiny model as ``base``)."""
     require_tool("prometheus", "Debian package prometheus (scripts/ci/install-prometheus.sh)")
     root = tmp_path_factory.mktemp("prom-stack")
-    common = {"TUNELOOP_DATA_DIR": str(root / "var"), "TUNELOOP_LOG_JSON": "false",
-              "HF_HUB_OFFLINE": "1"}
-    started: dict[str, ServiceProcess] = {}
-    try:
-        started["dataset"] = ServiceProcess("tuneloop_dataset", env=common,
-                                            log_path=root / "dataset.log").start()
-        started["trainer"] = ServiceProcess(
-            "tuneloop_trainer", env={**common, "TRAINER_DATASET_URL": started["dataset"].url},
-            log_path=root / "trainer.log").start()
-        started["inference"] = ServiceProcess(
-            "tuneloop_inference", env={**common, "INFERENCE_ADMIN_KEY": ADMIN_KEY,
-                                       "INFERENCE_BASE_MODEL_PATH": str(tiny_random_dir),
-                                       "INFERENCE_ENGINE": "transformers"},
-            log_path=root / "inference.log", health_path="/ready", startup_timeout=240).start()
-        started["gateway"] = ServiceProcess(
-            "tuneloop_gateway", env={**common, "GATEWAY_INFERENCE_URL": started["inference"].url,
-                                     "GATEWAY_DATASET_URL": started["dataset"].url,
-                                     "GATEWAY_TRAINER_URL": started["trainer"].url,
-                                     "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
-                                     "GATEWAY_RECONCILE_INTERVAL_S": "0"},
-            log_path=root / "gateway.log").start()
+    with four_services(root / "var", tiny_random_dir, admin_key=ADMIN_KEY, inference_admin_key=ADMIN_KEY,
+                       env={"gateway": {"GATEWAY_RECONCILE_INTERVAL_S": "0"}}) as started:
         yield started
-    finally:
-        for proc in reversed(list(started.values())):
-            proc.stop(timeout=60)
 
 
 def test_prometheus_scrapes_the_running_services(services: dict, tmp_path: Path,

@@ -1,0 +1,49 @@
+"""The four services as real processes on free ports, wired to each other (for tests).
+
+    with four_services(var, base_model, admin_key=ADMIN, inference_admin_key=INF) as s:
+        s["gateway"].url ...
+
+Each service's extra environment goes in ``env={"gateway": {...}, ...}``; logs go to
+``var/logs/<service>.log``. Started in dependency order, stopped in reverse, always.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from .process import ServiceProcess
+
+
+@contextmanager
+def four_services(var: Path, base_model: Path, *, admin_key: str, inference_admin_key: str,
+                  env: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[dict[str, ServiceProcess]]:
+    """dataset, trainer, inference (serving ``base_model`` as ``base`` on the CPU engine) and
+    the gateway (bootstrap admin key ``admin_key``) sharing the data dir ``var``."""
+    extra = {k: dict(v) for k, v in (env or {}).items()}
+    common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false", "HF_HUB_OFFLINE": "1"}
+    logs = var / "logs"
+    started: dict[str, ServiceProcess] = {}
+
+    def start(name: str, env_: dict[str, str], **kw) -> ServiceProcess:  # noqa: ANN003
+        proc = ServiceProcess(f"tuneloop_{name}", env={**common, **env_, **extra.get(name, {})},
+                              log_path=logs / f"{name}.log", **kw)
+        started[name] = proc.start()
+        return proc
+
+    try:
+        dataset = start("dataset", {})
+        trainer = start("trainer", {"TUNELOOP_DATASET_URL": dataset.url, "TRAINER_DATASET_URL": dataset.url,
+                                    "TRAINER_POLL_INTERVAL_S": "0.3"}, startup_timeout=120)
+        inference = start("inference", {"INFERENCE_ADMIN_KEY": inference_admin_key,
+                                        "INFERENCE_BASE_MODEL_PATH": str(base_model),
+                                        "INFERENCE_ENGINE": "transformers"},
+                          health_path="/ready", startup_timeout=240)
+        start("gateway", {"GATEWAY_BOOTSTRAP_ADMIN_KEY": admin_key, "INFERENCE_ADMIN_KEY": inference_admin_key,
+                          "TUNELOOP_DATASET_URL": dataset.url, "TUNELOOP_TRAINER_URL": trainer.url,
+                          "TUNELOOP_INFERENCE_URL": inference.url})
+        yield started
+    finally:
+        for proc in reversed(list(started.values())):
+            proc.stop(timeout=60)
