@@ -67,6 +67,7 @@ def test_eval_base_vs_tuned_vs_damaged_full_report_and_gate(admin, engines, tick
     targets = [{"name": n, "base_url": engines[n].base_url, "model": engines[n].model, "role": r}
                for n, r in (("base", "base"), ("tuned", "candidate"), ("damaged", "other"))]
     r = admin.post("/v1/evals", json={"name": "tiny", "rows": rows, "targets": targets,
+                                      "train_rows": ticket_rows[:40],
                                       "concurrency": 2, "max_tokens": 64, "wait": True})
     assert r.status_code == 200, r.text
     run = r.json()
@@ -74,23 +75,37 @@ def test_eval_base_vs_tuned_vs_damaged_full_report_and_gate(admin, engines, tick
     rep = run["report"]
     assert rep["task"]["kind"] == "json" and rep["task"]["primary_metric"] == "json_fields"
     assert rep["task"]["fields"] == {"summary": "text", "urgency": "label", "category": "label"}
-    assert [t["name"] for t in rep["targets"]] == ["base", "tuned", "damaged"]
+    # the prompted baseline runs beside the zero-shot base: same model, 3 train rows as examples
+    assert [t["name"] for t in rep["targets"]] == ["base", "base_3shot", "tuned", "damaged"]
+    kshot = rep["targets"][1]
+    assert kshot["role"] == "base_kshot" and kshot["shots"] == 3 and kshot["model"] == engines["base"].model
+    assert run["config"]["kshot"]["target"] == "base_3shot" and rep["complete"] and rep["failed_requests"] == []
     m = {t["name"]: t["metrics"] for t in rep["targets"]}
     for name, met in m.items():
-        for metric in ("task_score", "exact_match", "json_valid", "rouge1", "rouge2", "rougeL", "general"):
+        for metric in ("task_score", "exact_match", "json_valid", "rouge1", "rouge2", "rougeL"):
             ci = met[metric]
             assert ci["ci_low"] <= ci["value"] <= ci["ci_high"], (name, metric, ci)
         assert set(met["fields"]) == {"summary", "urgency", "category"}
-        assert met["latency_ms"]["p50"] > 0 and met["tokens_per_s"] > 0
-        assert met["general"]["n"] == rep["n_general"] >= 30
+        assert met["latency_ms"]["p50"] > 0 and met["tokens_per_s"] > 0 and met["errors"] == 0
+        if name == "base_3shot":
+            assert met["general"] is None  # the few-shot prompt is for the task only
+        else:
+            assert met["general"]["n"] == rep["n_general"] >= 30
+            assert met["general"]["ci_low"] <= met["general"]["value"] <= met["general"]["ci_high"]
+    # the k-shot prompt really was sent: its answers differ from the zero-shot base's
+    assert m["base_3shot"]["json_valid"]["value"] != m["base"]["json_valid"]["value"] or \
+        m["base_3shot"]["task_score"]["value"] != m["base"]["task_score"]["value"]
     assert m["tuned"]["json_valid"]["value"] >= 0.9
     assert m["damaged"]["json_valid"]["value"] == 0.0
     assert m["tuned"]["task_score"]["value"] > m["base"]["task_score"]["value"] + 0.3
     assert m["tuned"]["fields"]["category"]["value"] > m["base"]["fields"]["category"]["value"]
-    up = {c["target"]: c for c in rep["comparisons"]}
-    assert up["tuned"]["uplift"]["ci_low"] > 0 and up["damaged"]["uplift"]["value"] <= 0
+    up = {(c["target"], c["vs"]): c for c in rep["comparisons"]}
+    assert up["tuned", "base"]["uplift"]["ci_low"] > 0 and up["damaged", "base"]["uplift"]["value"] <= 0
+    assert ("tuned", "base_3shot") in up and "general_drop" not in up["tuned", "base_3shot"]
     assert rep["advice"][0].startswith("Base 'base' scores")
-    assert "tuned" in rep["table"] and "json_ok" in rep["table"]
+    assert any("prompted with 3 examples" in a for a in rep["advice"])
+    assert "tuned" in rep["table"] and "json valid" in rep["table"]
+    assert max(len(line) for line in rep["table"].splitlines()) <= 80
 
     # stored and queryable, with per-example outputs side by side
     again = admin.get(f"/v1/evals/{run['id']}").json()
@@ -108,11 +123,11 @@ def test_eval_base_vs_tuned_vs_damaged_full_report_and_gate(admin, engines, tick
     # the gate on this real report: the tuned model passes, the damaged one is refused
     gate = GateConfig(min_uplift=0.05, min_vs_production=0.0, max_general_drop=0.05,
                       min_json_validity=0.9)
-    ok, _, _ = apply_gate(rep, gate, candidate="tuned", base="base")
-    assert ok
-    ok, checks, reasons = apply_gate(rep, gate, candidate="damaged", base="base")
-    failed = {c["check"] for c in checks if not c["passed"]}
-    assert not ok and {"uplift_vs_base", "json_validity"} <= failed
+    decision, checks, _ = apply_gate(rep, gate, candidate="tuned", base="base")
+    assert decision != "fail", checks
+    decision, checks, reasons = apply_gate(rep, gate, candidate="damaged", base="base")
+    failed = {c["check"] for c in checks if c["verdict"] == "fail"}
+    assert decision == "fail" and {"uplift_vs_base", "json_validity"} <= failed
 
 
 def test_eval_from_uploaded_file_with_pairwise_judge(admin, engines, ticket_rows):

@@ -24,9 +24,28 @@ def test_rebuilds_generations_with_latency_and_tokens():
     assert run.task[0].latency_s == 0.12 and run.general[0].completion_tokens == 3
 
 
-def test_refuses_failed_changed_or_incomplete_samples():
+def test_keeps_answers_and_marks_failed_generations_for_regeneration():
     t = Target("b", "u", "base")
+    samples = _samples()
+    samples[1]["outputs"]["base"] = {"output": "", "error": "timeout after 30s", "attempts": 5,
+                                     "latency_ms": 30000.0, "completion_tokens": 0}
+    run = _target_run_from_samples(t, "base", samples, EXAMPLES, GENERAL)
+    assert run is not None and run.reused == 2
+    assert [g.error for g in run.task] == [None, "timeout after 30s"] and run.task[0].output == "x"
+    # nothing answered: nothing to reuse
     assert _target_run_from_samples(t, "base", _samples(error="timeout"), EXAMPLES, GENERAL) is None
+
+
+def test_prompted_baseline_takes_task_samples_only():
+    kshot = Target("base_3shot", "u", "base", shots=[{"role": "user", "content": "q"},
+                                                     {"role": "assistant", "content": "a"}],
+                   general=False)
+    run = _target_run_from_samples(kshot, "base", _samples(), EXAMPLES, GENERAL)
+    assert run is not None and len(run.task) == 2 and run.general == []
+
+
+def test_refuses_changed_or_incomplete_samples():
+    t = Target("b", "u", "base")
     assert _target_run_from_samples(t, "other", _samples(), EXAMPLES, GENERAL) is None
     changed = _samples()
     changed[1]["prompt"] = [{"role": "user", "content": "different"}]

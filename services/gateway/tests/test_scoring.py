@@ -45,8 +45,18 @@ def test_json_fields_use_rouge_for_free_text_and_exact_for_labels():
     assert s["task_score"] == pytest.approx((1.0 + s["fields"]["summary"]) / 2)
     bad = score_example(Generation(output="garbage {"), examples[0], task)
     assert bad["json_valid"] == 0.0 and bad["task_score"] == 0.0
-    failed = score_example(Generation(output="", error="timeout"), examples[0], task)
-    assert failed["task_score"] == 0.0
+    # an infrastructure error is not a wrong answer: no score at all
+    assert score_example(Generation(output="", error="timeout"), examples[0], task) is None
+
+
+def test_null_reference_equals_null_prediction():
+    ref = {"order_id": None, "urgency": "high"}
+    text = {"urgency"} - {"urgency"}
+    assert scoring.field_scores({"order_id": None, "urgency": "high"}, ref, text) == {
+        "order_id": 1.0, "urgency": 1.0}
+    assert scoring.field_scores({"order_id": "A-1", "urgency": "high"}, ref, text)["order_id"] == 0.0
+    assert scoring.field_scores({"urgency": "high"}, ref, text)["order_id"] == 0.0  # missing is not null
+    assert scoring.field_scores(None, ref, text) == {"order_id": 0.0, "urgency": 0.0}
 
 
 def test_task_detection_for_plain_text():
@@ -85,6 +95,8 @@ def test_bootstrap_is_seeded_and_brackets_the_mean():
     assert a["ci_low"] < a["value"] == 0.5 < a["ci_high"]
     d = scoring.paired_difference([1, 1, 1, 0], [0, 0, 1, 0])
     assert d["value"] == 0.5
+    c = scoring.paired_difference([0.5, 1.0, 0.25, 0.0], [0.0, 0.5, 0.25, 0.0])
+    assert c["value"] == 0.25 and c["method"] == "bootstrap"
 
 
 def test_answer_match_needs_whole_words():

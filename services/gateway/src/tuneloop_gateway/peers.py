@@ -17,10 +17,17 @@ class DatasetPeer(ServiceClient):
 
     async def eval_rows(self, dataset_id: str, limit: int) -> list[dict[str, Any]]:
         """Rows of the eval split, paged through the rows API (up to ``limit``)."""
+        return await self.split_rows(dataset_id, "eval", limit)
+
+    async def train_rows(self, dataset_id: str, limit: int) -> list[dict[str, Any]]:
+        """The first rows of the train split (the prompted baseline's examples)."""
+        return await self.split_rows(dataset_id, "train", limit)
+
+    async def split_rows(self, dataset_id: str, split: str, limit: int) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         while len(rows) < limit:
             page = await self.get_json(f"/v1/datasets/{dataset_id}/rows", params={
-                "split": "eval", "offset": len(rows), "limit": min(100, limit - len(rows))})
+                "split": split, "offset": len(rows), "limit": min(100, limit - len(rows))})
             data = page.get("data", [])
             rows.extend(data)
             if not data or not page.get("has_more"):

@@ -1,9 +1,22 @@
-"""Gated promotion: a finished training job -> deploy candidate -> evaluate base, candidate and
-production on the held-out split + general suite -> gate -> alias flip or refusal, recorded.
+"""Gated promotion: a finished training job -> deploy candidate -> evaluate base, base k-shot,
+candidate and production on the held-out split + general suite -> gate -> alias flip, refusal,
+or ``inconclusive``, recorded.
+
+The gate decides on intervals, never on point estimates: each check passes when its 95%
+interval lies on the right side of its threshold, fails when it lies entirely on the wrong side,
+and is *inconclusive* otherwise (saying about how many eval rows would decide it). A run with
+generations that failed after their retries is inconclusive too: an infrastructure error is not
+a wrong answer. Any failed check -> ``rejected``; else any inconclusive one -> ``inconclusive``
+(the alias is not touched and the gate can be run again: ``POST /v1/promotions/gate``, which
+generates only what is missing); else ``promoted``.
+
+The alias a job is gated for is its own (``gate_alias`` on the job), the gateway's
+``GATEWAY_PROMOTION_ALIAS`` being only the default.
 
 Triggers: the trainer's callback (``POST /internal/training-events``) and a reconcile loop that
 lists succeeded jobs, so a lost callback or a gateway restart misses nothing. One worker runs
-gates one at a time (evaluations are heavy); a job is gated once (``job_id`` is unique).
+gates one at a time (evaluations are heavy); a job is gated once (``job_id`` is unique) unless
+its gate was inconclusive or failed and is asked to run again.
 """
 
 from __future__ import annotations
@@ -24,13 +37,16 @@ from tuneloop.errors import Conflict, NotFound, TuneloopError
 from tuneloop.ids import is_valid_id, new_id
 
 from .db import Promotion
+from .evals.scoring import decide
 from .evals.service import EvalService
 from .peers import InferencePeer, TrainerPeer
 from .schemas import EvalCreate, PromoteRequest, RollbackRequest, TargetSpec
 from .settings import GatewaySettings
 
 log = logging.getLogger("tuneloop.gateway.promotion")
-TERMINAL = {"promoted", "rejected", "failed", "done"}
+TERMINAL = {"promoted", "rejected", "inconclusive", "failed", "done"}
+RERUNNABLE = {"inconclusive", "failed"}
+DECISION = {"pass": "promoted", "fail": "rejected", "inconclusive": "inconclusive"}
 
 
 @dataclass(frozen=True)
@@ -46,41 +62,95 @@ class GateConfig:
                    s.gate_min_json_validity)
 
 
+def _comparison(report: dict[str, Any], target: str, vs: str) -> dict[str, Any] | None:
+    return next((c for c in report.get("comparisons") or []
+                 if c["target"] == target and c["vs"] == vs), None)
+
+
 def apply_gate(report: dict[str, Any], gate: GateConfig, *, candidate: str, base: str,
-               production: str | None = None) -> tuple[bool, list[dict[str, Any]], list[str]]:
-    """Decide from an eval report. Returns ``(passed, checks, reasons)``; every check records
-    its value and threshold so the decision can be audited."""
+               production: str | None = None) -> tuple[str, list[dict[str, Any]], list[str]]:
+    """Decide from an eval report: ``(decision, checks, reasons)`` with ``decision`` one of
+    ``pass``, ``fail``, ``inconclusive``. Every check records its estimate, its 95% interval,
+    the threshold and its verdict, so the decision can be audited. The candidate must beat the
+    best baseline: the zero-shot base and every prompted (k-shot) baseline in the report."""
     by = {t["name"]: t for t in report["targets"]}
-    cand_m, base_m = by[candidate]["metrics"], by[base]["metrics"]
+    cand_m = by[candidate]["metrics"]
     metric = report["task"]["primary_metric"]
     checks: list[dict[str, Any]] = []
+    n_eval = report.get("n_examples")
 
-    def check(name: str, value: float, op: str, threshold: float, what: str) -> None:
-        ok = value >= threshold if op == ">=" else value <= threshold
-        checks.append({"check": name, "value": round(value, 4), "op": op, "threshold": threshold,
-                       "passed": ok, "detail": what})
+    def check(name: str, ci: dict[str, Any] | None, op: str, threshold: float, what: str,
+              unit: str = "eval rows") -> None:
+        if ci is None:
+            return
+        d = decide(ci, op, threshold)
+        c = {"check": name, "value": round(float(ci["value"]), 4), "ci_low": ci.get("ci_low"),
+             "ci_high": ci.get("ci_high"), "n": ci.get("n"), "op": op, "threshold": threshold,
+             "verdict": d["verdict"], "passed": d["verdict"] == "pass", "detail": what}
+        if ci.get("method"):
+            c["method"] = ci["method"]
+        if "mcnemar_p" in ci:
+            c["mcnemar_p"] = ci["mcnemar_p"]
+        if d["verdict"] == "inconclusive":
+            c["rows_needed"], c["unit"] = d["rows_needed"], unit
+        checks.append(c)
 
-    if by[candidate].get("status") == "failed":
-        checks.append({"check": "candidate_answers", "value": 0, "op": ">=", "threshold": 1,
-                       "passed": False, "detail": "every generation of the candidate failed"})
-    uplift = cand_m["task_score"]["value"] - base_m["task_score"]["value"]
-    check("uplift_vs_base", uplift, ">=", gate.min_uplift,
-          f"{metric}: candidate {cand_m['task_score']['value']:.3f} vs base {base_m['task_score']['value']:.3f}")
+    failed = report.get("n_failed_requests", 0)
+    if failed:
+        per: dict[str, int] = {}
+        for f in report.get("failed_requests") or []:
+            per[f["target"]] = per.get(f["target"], 0) + 1
+        checks.append({"check": "all_requests_answered", "value": failed, "op": "==", "threshold": 0,
+                       "verdict": "inconclusive", "passed": False,
+                       "detail": f"{failed} generation(s) failed after retries ("
+                       + ", ".join(f"{k}: {v}" for k, v in per.items())
+                       + "); an infrastructure error is not a wrong answer: run the gate again"})
+    baselines = [base] + [t["name"] for t in report["targets"]
+                          if t.get("role") == "base_kshot" and t["name"] != base]
+    best = max(baselines, key=lambda b: by[b]["metrics"]["task_score"]["value"])
+    for b in baselines:
+        comp = _comparison(report, candidate, b)
+        label = "uplift_vs_base" if b == base else "uplift_vs_base_kshot"
+        b_v = by[b]["metrics"]["task_score"]["value"]
+        check(label, comp and comp["uplift"], ">=", gate.min_uplift,
+              f"{metric}: candidate {cand_m['task_score']['value']:.3f} vs '{b}' {b_v:.3f}"
+              + (" (the best baseline)" if b == best else ""))
     if production and production in by:
-        prod_m = by[production]["metrics"]
-        d = cand_m["task_score"]["value"] - prod_m["task_score"]["value"]
-        check("uplift_vs_production", d, ">=", gate.min_vs_production,
-              f"{metric}: candidate vs production {prod_m['task_score']['value']:.3f}")
-    if cand_m.get("general") and base_m.get("general"):
-        drop = base_m["general"]["value"] - cand_m["general"]["value"]
-        check("general_suite_drop", drop, "<=", gate.max_general_drop,
-              f"general suite: base {base_m['general']['value']:.3f}, candidate {cand_m['general']['value']:.3f}")
+        comp = _comparison(report, candidate, production)
+        check("uplift_vs_production", comp and comp["uplift"], ">=", gate.min_vs_production,
+              f"{metric}: candidate vs production {by[production]['metrics']['task_score']['value']:.3f}")
+    comp = _comparison(report, candidate, base)
+    if comp and comp.get("general_drop"):
+        bm = by[base]["metrics"].get("general") or {}
+        check("general_suite_drop", comp["general_drop"], "<=", gate.max_general_drop,
+              f"general suite: base {bm.get('value', 0):.3f}, candidate "
+              f"{(cand_m.get('general') or {}).get('value', 0):.3f}", unit="general-suite items")
     if report["task"]["kind"] == "json":
-        check("json_validity", cand_m["json_valid"]["value"], ">=", gate.min_json_validity,
+        check("json_validity", cand_m["json_valid"], ">=", gate.min_json_validity,
               "share of candidate outputs that parse as JSON objects")
-    reasons = [f"{c['check']}: {c['value']} {'meets' if c['passed'] else 'fails'} "
-               f"{c['op']} {c['threshold']} ({c['detail']})" for c in checks]
-    return all(c["passed"] for c in checks), checks, reasons
+    verdicts = {c["verdict"] for c in checks}
+    if failed:
+        decision = "inconclusive"
+    else:
+        decision = "fail" if "fail" in verdicts else "inconclusive" if "inconclusive" in verdicts else "pass"
+    reasons = [_reason(c, n_eval) for c in checks]
+    return decision, checks, reasons
+
+
+def _reason(c: dict[str, Any], n_eval: int | None) -> str:
+    word = {"pass": "meets", "fail": "fails", "inconclusive": "cannot decide"}[c["verdict"]]
+    ci = (f" (95% CI {c['ci_low']:+.3f} .. {c['ci_high']:+.3f})"
+          if c.get("ci_low") is not None else "")
+    line = f"{c['check']}: {c['value']}{ci} {word} {c['op']} {c['threshold']} ({c['detail']})"
+    if c["verdict"] == "inconclusive" and "rows_needed" in c:
+        need = c["rows_needed"]
+        line += (f"; about {need} {c['unit']} in all would decide it (have {c.get('n')})" if need
+                 else "; the estimate sits on the threshold: more rows will not decide it soon")
+    return line
+
+
+def _alias_state(model: str | None) -> str:
+    return model if model else "nothing (it had no target before)"
 
 
 def promotion_view(p: Promotion) -> dict[str, Any]:
@@ -176,31 +246,41 @@ class PromotionService:
                 Promotion.job_id.is_not(None), Promotion.status.in_(TERMINAL))))
 
     # -- the gate ----------------------------------------------------------------------
-    async def gate_job(self, job_id: str) -> dict[str, Any] | None:
-        """Evaluate a succeeded job's model and promote or refuse it (once per job)."""
+    async def gate_job(self, job_id: str, *, rerun: bool = False,
+                       alias: str | None = None) -> dict[str, Any] | None:
+        """Evaluate a succeeded job's model and promote or refuse it (once per job; a gate that
+        was inconclusive or failed runs again when ``rerun``)."""
         existing = await run_in_threadpool(self._by_job, job_id)
-        if existing is not None and existing.status in TERMINAL:
+        if existing is not None and existing.status in TERMINAL and not (
+                rerun and existing.status in RERUNNABLE):
             return promotion_view(existing)
         job = await self.trainer.get_job(job_id)
         if job.get("status") != "succeeded" or not job.get("model_id"):
             return None
-        return await self._gate(job, existing.id if existing else None)
+        if alias:
+            job = {**job, "gate_alias": alias}
+        return await self._gate(job, existing)
 
-    async def gate_model(self, model_id: str, dataset_id: str,
-                         base_model: str | None = None) -> dict[str, Any]:
+    async def gate_model(self, model_id: str, dataset_id: str, base_model: str | None = None,
+                         alias: str | None = None) -> dict[str, Any]:
         """Gate a model version that is already in the store (no training job needed)."""
         subject = {"id": None, "model_id": model_id, "dataset_id": dataset_id,
-                   "base_model": base_model}
+                   "base_model": base_model, "gate_alias": alias}
         return await self._gate(subject, None)
 
-    async def _gate(self, job: dict[str, Any], pid: str | None) -> dict[str, Any]:
-        alias = self.settings.promotion_alias
-        pid = pid or new_id("promo")
+    async def _gate(self, job: dict[str, Any], existing: Promotion | None) -> dict[str, Any]:
+        alias = job.get("gate_alias") or self.settings.promotion_alias
+        pid = existing.id if existing else new_id("promo")
+        evidence: dict[str, Any] = {"job": _job_summary(job)}
+        if existing is not None:  # a re-run keeps what the earlier attempts found
+            evidence["earlier_attempts"] = (existing.evidence or {}).get("earlier_attempts", []) + [
+                {"status": existing.status, "eval_id": existing.eval_id,
+                 "reasons": (existing.reasons or [])[:3], "finished_at": existing.finished_at}]
         await run_in_threadpool(self._upsert, Promotion(
             id=pid, kind="gate", status="evaluating", job_id=job["id"], model_id=job["model_id"],
-            alias=alias, reasons=[], evidence={"job": _job_summary(job)}, created_at=int(time.time())))
+            alias=alias, reasons=[], evidence=evidence, created_at=int(time.time())))
         try:
-            return await self._evaluate_and_decide(pid, job, alias)
+            return await self._evaluate_and_decide(pid, job, alias, evidence)
         except Exception as exc:  # the decision must be stored, whatever broke
             error = {"code": getattr(exc, "code", "gate_error"),
                      "message": getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"}
@@ -209,7 +289,8 @@ class PromotionService:
             return await run_in_threadpool(self._finish, pid, "failed", error=error,
                                            reasons=[f"gate could not run: {error['message']}"])
 
-    async def _evaluate_and_decide(self, pid: str, job: dict[str, Any], alias: str) -> dict[str, Any]:
+    async def _evaluate_and_decide(self, pid: str, job: dict[str, Any], alias: str,
+                                   evidence: dict[str, Any]) -> dict[str, Any]:
         dep = await self.inference.deploy({"model_id": job["model_id"]})
         if dep.get("state") != "ready":
             raise TuneloopError(f"candidate deployment {dep.get('id')} is {dep.get('state')}: "
@@ -228,24 +309,38 @@ class PromotionService:
         await run_in_threadpool(self._set, pid, eval_id=eval_id, candidate=candidate,
                                 previous=production)  # visible while the eval runs
         run = await self.evals.wait(eval_id)
-        if run["status"] != "succeeded":
+        if run["status"] not in ("succeeded", "incomplete"):
             raise TuneloopError(f"evaluation {run['id']} failed: {(run['error'] or {}).get('message')}",
                                 code="eval_failed")
         report = run["report"]
-        passed, checks, reasons = apply_gate(
+        decision, checks, reasons = apply_gate(
             report, self.gate, candidate="candidate", base="base",
-            production="production" if len(targets) == 3 else None)
-        evidence = {"job": _job_summary(job), "eval_id": run["id"], "gate": self.gate.__dict__,
-                    "checks": checks, "table": report["table"], "advice": report["advice"],
-                    "served": {"candidate": candidate, "base": base, "production": production},
-                    "deployment": dep.get("id")}
-        if passed:
+            production="production" if any(t.name == "production" for t in targets) else None)
+        evidence.update({
+            "job": _job_summary(job), "eval_id": run["id"], "eval_status": run["status"],
+            "gate": self.gate.__dict__, "decision": decision, "checks": checks,
+            "table": report["table"], "advice": report["advice"],
+            "baselines": [t["name"] for t in report["targets"] if t.get("role") in ("base", "base_kshot")],
+            "failed_requests": (report.get("failed_requests") or [])[:50],
+            "served": {"candidate": candidate, "base": base, "production": production},
+            "deployment": dep.get("id")})
+        if decision == "pass":
             async with self._lock:
                 await self.inference.set_alias(alias, candidate)
-            reasons.insert(0, f"promoted: '{alias}' now serves {candidate} (was {production})")
+            reasons.insert(0, f"promoted: '{alias}' now serves {candidate} "
+                              f"(before: {_alias_state(production)})")
             return await run_in_threadpool(self._finish, pid, "promoted", reasons=reasons,
                                            evidence=evidence)
-        reasons.insert(0, f"refused: '{alias}' stays on {production}")
+        if decision == "inconclusive":
+            where = (f"'{alias}' stays on {production}" if production
+                     else f"'{alias}' had no target before and still has none")
+            reasons.insert(0, f"inconclusive: neither promoted nor rejected; {where}. Run the gate "
+                              "again (POST /v1/promotions/gate) once the cause is fixed; it generates "
+                              "only what is missing. The candidate stays deployed for that.")
+            return await run_in_threadpool(self._finish, pid, "inconclusive", reasons=reasons,
+                                           evidence=evidence)
+        reasons.insert(0, f"refused: '{alias}' stays on {production}" if production
+                       else f"refused: '{alias}' had no target before and still has none")
         if dep.get("id") and candidate not in (production, base):
             try:  # a refused candidate should not hold an engine; the record keeps the evidence
                 await self.inference.undeploy(dep["id"])
@@ -292,7 +387,7 @@ class PromotionService:
             await self.inference.set_alias(alias, model)
         row = Promotion(id=new_id("promo"), kind="manual", status="promoted", job_id=None,
                         model_id=req.model_id, alias=alias, candidate=model, previous=previous,
-                        reasons=[f"manual promotion: '{alias}' {previous} -> {model}"],
+                        reasons=[f"manual promotion: '{alias}' {_alias_state(previous)} -> {model}"],
                         evidence={"deployment": dep_id}, note=req.note,
                         created_at=int(time.time()), finished_at=int(time.time()))
         await run_in_threadpool(self._upsert, row)
@@ -371,5 +466,5 @@ class PromotionService:
 
 
 def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
-    keys = ("id", "dataset_id", "base_model", "backend", "model_id", "finished_at")
+    keys = ("id", "dataset_id", "base_model", "backend", "model_id", "finished_at", "gate_alias")
     return {k: job.get(k) for k in keys} | {"hyperparameters": job.get("hyperparameters")}

@@ -18,7 +18,7 @@ class TargetSpec(BaseModel):
         None, max_length=500, pattern=r"^https?://",
         description="OpenAI base URL ending in /v1 (default: our inference service).")
     api_key: str | None = Field(None, max_length=500, description="Bearer key (never stored).")
-    role: Literal["base", "candidate", "production", "other"] | None = None
+    role: Literal["base", "base_kshot", "candidate", "production", "other"] | None = None
 
 
 class JudgeSpec(BaseModel):
@@ -48,6 +48,12 @@ class EvalCreate(BaseModel):
     concurrency: int | None = Field(None, ge=1, le=256, description="In flight per target.")
     general_suite: bool | None = Field(None, description="Run the general-capability suite.")
     judge: JudgeSpec | None = None
+    kshot: int | None = Field(
+        None, ge=0, le=16, description="Examples in the prompted baseline (the baseline target "
+        "with a k-shot prompt from the train split, run beside it). Default: GATEWAY_EVAL_KSHOT; 0: off.")
+    train_rows: list[dict[str, Any]] | None = Field(
+        None, max_length=1000, description="Rows the k-shot examples are chosen from when the "
+        "eval set is given inline (a dataset version uses its own train split).")
     reuse_generations: bool | None = Field(
         None, description="Reuse an earlier run's generations for a target whose served weights, "
         "eval set and settings are the same (default: GATEWAY_EVAL_REUSE_GENERATIONS).")
@@ -92,6 +98,8 @@ class GateRequest(BaseModel):
     job_id: str | None = None
     model_id: str | None = None
     dataset_id: str | None = None
+    alias: str | None = Field(None, pattern=NAME, description="Alias to promote onto (default: the "
+                              "job's gate_alias, else GATEWAY_PROMOTION_ALIAS).")
     base_model: str | None = Field(None, max_length=1000,
                                    description="Base model path (default: the base deployment).")
 

@@ -54,10 +54,35 @@ class GatewaySettings(ServiceSettings):
     key_cache_ttl_s: float = Field(30.0, description="How long a verified key stays cached.")
 
     # -- evaluation ---------------------------------------------------------------------
-    eval_concurrency: int = Field(4, ge=1, le=256,
-                                  description="Requests in flight per target during an eval.")
+    eval_concurrency: int = Field(
+        4, ge=1, le=256, description="Most requests in flight per target during an eval. Each "
+        "target starts with one (which measures the engine) and opens up to this, halving "
+        "whenever its engine times out or answers 429/5xx.")
     eval_max_tokens: int = Field(256, ge=1, description="max_tokens per eval generation.")
-    eval_request_timeout_s: float = Field(120.0, description="Timeout of one eval generation.")
+    eval_request_timeout_s: float = Field(
+        600.0, gt=0, description="Longest timeout of one eval request (the first request of a "
+        "target, before its speed is known, and the cap after that).")
+    eval_request_timeout_min_s: float = Field(
+        30.0, gt=0, description="Shortest timeout of one eval request. In between, the timeout is "
+        "GATEWAY_EVAL_TIMEOUT_SAFETY x max_tokens x the engine's measured seconds per token, "
+        "doubled on each retry.")
+    eval_timeout_safety: float = Field(
+        4.0, ge=1, description="Headroom of the measured-speed timeout (see above).")
+    eval_retries: int = Field(
+        4, ge=0, le=20, description="Retries of an eval request that timed out, could not connect "
+        "or got 429/5xx (exponential backoff with jitter; Retry-After honoured). What still fails "
+        "is left out of scoring and makes the run 'incomplete' (the gate: 'inconclusive').")
+    eval_backoff_s: float = Field(1.0, gt=0, description="First retry's backoff cap (doubles each retry).")
+    eval_backoff_max_s: float = Field(30.0, gt=0, description="Largest backoff between retries.")
+    eval_give_up_after: int = Field(
+        8, ge=1, description="A target whose last N requests all failed after their retries is "
+        "treated as down: its remaining requests fail at once.")
+    eval_kshot: int = Field(
+        3, ge=0, le=16, description="Examples from the train split in the prompted baseline: every "
+        "eval on a dataset (and every gate) also runs the baseline with a k-shot prompt. 0: off.")
+    eval_kshot_max_prompt_tokens: int = Field(
+        1536, ge=64, description="Context budget of the k-shot prompt (estimated tokens of the "
+        "examples plus the longest eval prompt); fewer examples are used when they do not fit.")
     eval_max_examples: int = Field(200, ge=1, description="Cap on eval examples (article: 100-200).")
     eval_reuse_generations: bool = Field(
         True, description="A target served by inference whose weights were already evaluated on the "
@@ -65,20 +90,32 @@ class GatewaySettings(ServiceSettings):
         "generating again (the gate's base, every time). Off, or reuse_generations=false per run, "
         "to measure latency afresh.")
     general_suite: bool = Field(True, description="Run the general-capability suite by default.")
+    general_suite_size: int | None = Field(
+        None, ge=10, description="Use a subset of the general-capability suite (438 items): this "
+        "many, taken round-robin across its kinds. Unset: all of it. On a slow CPU e.g. 200 "
+        "halves the suite's cost but widens the forgetting interval (about +-0.07 instead of "
+        "+-0.05), so more gates end 'inconclusive'.")
 
     # -- promotion ----------------------------------------------------------------------
     auto_promote: bool = Field(True, description="Evaluate and gate every succeeded training job.")
-    promotion_alias: str = Field("production", description="Alias that the gate moves.")
+    promotion_alias: str = Field(
+        "production", description="Alias that the gate moves when the job names none (a job's "
+        "gate_alias wins).")
     base_model_name: str = Field(
         "base", description="Served name of the base deployment on inference (deployed from the "
         "job's base_model path under this name when absent).")
-    gate_min_uplift: float = Field(0.05, description="Min candidate - base on the task metric.")
+    gate_min_uplift: float = Field(
+        0.05, description="Min candidate - best baseline (base zero-shot or base k-shot) on the "
+        "task metric: the lower bound of the paired 95% interval must reach it.")
     gate_min_vs_production: float = Field(
-        0.0, description="Min candidate - production on the task metric (when there is one).")
+        0.0, description="Min candidate - production on the task metric (when there is one), "
+        "on the lower bound of the paired 95% interval.")
     gate_max_general_drop: float = Field(
-        0.05, description="Max base - candidate on the general-capability suite.")
+        0.05, description="Max base - candidate on the general-capability suite: the upper bound "
+        "of the paired 95% interval must stay within it.")
     gate_min_json_validity: float = Field(
-        0.9, description="Min share of valid JSON outputs (JSON tasks only).")
+        0.9, description="Min share of valid JSON outputs (JSON tasks only), on the Wilson 95% "
+        "interval.")
     reconcile_interval_s: float = Field(
         30.0, description="How often finished trainer jobs are listed (0 disables the loop).")
 

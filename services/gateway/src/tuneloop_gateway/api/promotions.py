@@ -35,13 +35,15 @@ async def gate_config(request: Request) -> dict:
 
 @router.post("/gate", summary="Gate a succeeded job, or a stored model version, now (waits)")
 async def gate(body: GateRequest, request: Request) -> dict:
+    """Runs the gate and answers with the decision. A job whose gate was ``inconclusive`` (or
+    failed) is gated again; one already promoted or rejected answers its decision."""
     service = request.app.state.promotions
     if body.model_id is not None:
         require_id(body.model_id, "mv", "model")
         require_id(body.dataset_id, "ds", "dataset")
-        return await service.gate_model(body.model_id, body.dataset_id, body.base_model)
+        return await service.gate_model(body.model_id, body.dataset_id, body.base_model, body.alias)
     require_id(body.job_id, "job", "job")
-    decision = await service.gate_job(body.job_id)
+    decision = await service.gate_job(body.job_id, rerun=True, alias=body.alias)
     if decision is None:
         raise Conflict(f"job '{body.job_id}' has not succeeded with a model", code="job_not_succeeded",
                        param="job_id")

@@ -72,13 +72,16 @@ def is_text_field(values: Sequence[Any]) -> bool:
 def field_scores(prediction: Any, reference: dict, text_fields: set[str]) -> dict[str, float]:
     """Per-field scores of a parsed prediction against a reference object.
 
-    Categorical fields: 1/0 exact (normalised); text fields: ROUGE-L F1. A missing field or
-    a prediction that is not an object scores 0.
+    Categorical fields: 1/0 exact (normalised); text fields: ROUGE-L F1. A reference ``null``
+    scores 1 when the prediction has the field and it is ``null``. A missing field or a
+    prediction that is not an object scores 0.
     """
     out: dict[str, float] = {}
     for key, ref in reference.items():
         pred = prediction.get(key) if isinstance(prediction, dict) else None
-        if pred is None:
+        if ref is None:  # null equals null: the model must say null (the key present) too
+            out[key] = float(isinstance(prediction, dict) and key in prediction and pred is None)
+        elif pred is None:
             out[key] = 0.0
         elif key in text_fields:
             out[key] = rouge_l(str(pred), str(ref))
@@ -166,9 +169,76 @@ def bootstrap(values: Sequence[float], *, resamples: int = 1000, seed: int = 0,
             "ci_high": round(float(hi), 4), "n": int(arr.size)}
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], **kw: Any) -> dict[str, float | int]:
-    """Mean of ``a - b`` over the same examples, with a bootstrap interval."""
-    return bootstrap([x - y for x, y in zip(a, b, strict=True)], **kw)
+def paired_difference(a: Sequence[float], b: Sequence[float], **kw: Any) -> dict[str, Any]:
+    """Mean of ``a - b`` over the same examples with a 95% interval: for 0/1 data the
+    Agresti-Min interval for matched proportions plus McNemar's exact test (``method`` says
+    which), for anything continuous a seeded percentile bootstrap."""
+    if a and all(v in (0.0, 1.0) for v in (*a, *b)):
+        return paired_binary(a, b)
+    out: dict[str, Any] = bootstrap([x - y for x, y in zip(a, b, strict=True)], **kw)
+    out["method"] = "bootstrap"
+    return out
+
+
+def paired_binary(a: Sequence[float], b: Sequence[float], z: float = 1.96) -> dict[str, Any]:
+    """Difference of matched proportions ``P(a) - P(b)``.
+
+    Interval: Agresti & Min (2005), Wald on the 2x2 table with 0.5 added to each cell (good
+    coverage even with few discordant pairs, never a zero-width interval). ``mcnemar_p``: the
+    exact (binomial) McNemar test of no difference on the discordant pairs.
+    """
+    pairs = list(zip(a, b, strict=True))
+    n = len(pairs)
+    if n == 0:
+        return {"value": 0.0, "ci_low": 0.0, "ci_high": 0.0, "n": 0, "method": "agresti-min",
+                "discordant": [0, 0], "mcnemar_p": 1.0}
+    only_a = sum(1 for x, y in pairs if x == 1.0 and y == 0.0)
+    only_b = sum(1 for x, y in pairs if x == 0.0 and y == 1.0)
+    both = sum(1 for x, y in pairs if x == 1.0 and y == 1.0)
+    neither = n - only_a - only_b - both
+    n11, n10, n01, n00 = both + 0.5, only_a + 0.5, only_b + 0.5, neither + 0.5
+    nt = n + 2.0
+    d = (n10 - n01) / nt
+    var = ((n10 + n01) - (n10 - n01) ** 2 / nt) / (nt * nt)
+    half = z * math.sqrt(max(var, 0.0))
+    del n11, n00
+    return {"value": round((only_a - only_b) / n, 4), "ci_low": round(max(-1.0, d - half), 4),
+            "ci_high": round(min(1.0, d + half), 4), "n": n, "method": "agresti-min",
+            "discordant": [only_a, only_b], "mcnemar_p": round(mcnemar_exact(only_a, only_b), 6)}
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value: binomial(b + c, 1/2) on the discordant counts."""
+    n = b + c
+    if n == 0:
+        return 1.0
+    k = min(b, c)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2.0 ** n
+    return min(1.0, 2 * tail)
+
+
+# -- decisions on intervals ----------------------------------------------------------------
+EPS = 1e-9  # float noise: 0.675 - 0.625 is 0.05000000000000004, which is 0.05
+
+
+def decide(ci: dict[str, Any], op: str, threshold: float) -> dict[str, Any]:
+    """Decide ``value op threshold`` on a 95% interval, tolerant to float noise (``EPS``).
+
+    ``>=``: pass when the lower bound clears the threshold, fail when the upper bound is below
+    it; ``<=`` mirrored. Otherwise ``inconclusive``, with ``rows_needed``: roughly how many rows
+    in all would shrink the interval (width ~ 1/sqrt(n)) to decide at the current estimate
+    (None when the estimate sits on the threshold).
+    """
+    lo, hi, value, n = float(ci["ci_low"]), float(ci["ci_high"]), float(ci["value"]), int(ci.get("n") or 0)
+    if op == ">=":
+        verdict = "pass" if lo >= threshold - EPS else "fail" if hi < threshold - EPS else "inconclusive"
+    else:
+        verdict = "pass" if hi <= threshold + EPS else "fail" if lo > threshold + EPS else "inconclusive"
+    out: dict[str, Any] = {"verdict": verdict}
+    if verdict == "inconclusive":
+        gap, half = abs(value - threshold), (hi - lo) / 2
+        out["rows_needed"] = (math.ceil(n * (half / gap) ** 2) if gap > EPS and n else None)
+    return out
 
 
 def proportion_or_mean(values: Sequence[float]) -> dict[str, float | int]:

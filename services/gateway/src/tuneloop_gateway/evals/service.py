@@ -2,6 +2,12 @@
 
 Runs are persisted (``gateway_eval_runs``) before they start and when they end; a run that
 was in flight when the process stopped is marked failed (``interrupted``) at the next start.
+A run ends ``succeeded`` only when every generation answered; when some still failed after
+their retries it ends ``incomplete`` (its report lists them and scores only the answers).
+
+Every eval whose baseline can be prompted with examples from a train split (a dataset version,
+or ``train_rows``) also runs the *prompted baseline*: the baseline's model with a k-shot prompt
+(GATEWAY_EVAL_KSHOT), named ``<baseline>_<k>shot``.
 """
 
 from __future__ import annotations
@@ -25,16 +31,29 @@ from ..db import EvalRun
 from ..peers import DatasetPeer, InferencePeer
 from ..schemas import EvalCreate
 from ..settings import GatewaySettings
+from .kshot import choose_shots
 from .report import build_report, detect_task, general_prompts, load_general_suite
-from .runner import Example, Generation, Target, TargetRun, judge_pairs, rows_to_examples, run_all
+from .runner import (
+    Example,
+    Generation,
+    RetryPolicy,
+    Target,
+    TargetRun,
+    judge_pairs,
+    rows_to_examples,
+    run_all,
+    shots_fingerprint,
+)
 
 log = logging.getLogger("tuneloop.gateway.evals")
 
 
-def run_view(row: EvalRun, *, full: bool = True) -> dict[str, Any]:
+def run_view(row: EvalRun, *, full: bool = True, progress: dict | None = None) -> dict[str, Any]:
     out = {"id": row.id, "object": "eval", "name": row.name, "status": row.status,
            "created_at": row.created_at, "finished_at": row.finished_at,
            "duration_s": row.duration_s, "config": row.config, "error": row.error}
+    if progress is not None and row.status == "running":
+        out["progress"] = progress
     if full:
         out["report"] = row.report
     return out
@@ -49,8 +68,15 @@ class EvalService:
         self.dataset = dataset
         self.inference = inference
         self.metrics = metrics
-        self.general_items = load_general_suite()
+        self.general_items = load_general_suite(settings.general_suite_size)
         self._tasks: dict[str, asyncio.Task] = {}
+        self._progress: dict[str, dict[str, dict[str, int]]] = {}  # run -> target -> counts
+        self.retry = RetryPolicy(
+            retries=settings.eval_retries, backoff_s=settings.eval_backoff_s,
+            backoff_max_s=settings.eval_backoff_max_s,
+            timeout_min_s=min(settings.eval_request_timeout_min_s, settings.eval_request_timeout_s),
+            timeout_max_s=settings.eval_request_timeout_s, timeout_safety=settings.eval_timeout_safety,
+            give_up_after=settings.eval_give_up_after)
 
     # -- lifecycle ---------------------------------------------------------------------
     def recover(self) -> int:
@@ -93,6 +119,41 @@ class EvalService:
             raise
         return rows
 
+    async def _train_rows(self, dataset_id: str, limit: int = 200) -> list[dict[str, Any]]:
+        """The first rows of a dataset version's train split (the k-shot baseline's examples)."""
+        key = f"datasets/{dataset_id}/train.parquet"
+        if await run_in_threadpool(self.store.exists, key):
+            return await run_in_threadpool(self._read_parquet, key, limit)
+        return await self.dataset.train_rows(dataset_id, limit)
+
+    async def _kshot_target(self, spec: EvalCreate, targets: list[Target], examples: list[Example],
+                            baseline: str, max_tokens: int) -> tuple[Target | None, dict[str, Any]]:
+        """The prompted baseline: the baseline's model with k examples from the train split."""
+        k = self.settings.eval_kshot if spec.kshot is None else spec.kshot
+        if k <= 0:
+            return None, {"k": 0, "skipped": "off"}
+        if spec.train_rows is not None:
+            rows, where = spec.train_rows, {"train_rows": len(spec.train_rows)}
+        elif spec.dataset_id:
+            try:
+                rows, where = await self._train_rows(spec.dataset_id), {"dataset_id": spec.dataset_id}
+            except ServiceError as exc:
+                return None, {"k": k, "skipped": f"train split unavailable: {exc.message}"}
+        else:
+            return None, {"k": k, "skipped": "no train split (give dataset_id or train_rows)"}
+        shots, info = choose_shots(rows, k, examples, seed=spec.dataset_id or "rows",
+                                   budget_tokens=self.settings.eval_kshot_max_prompt_tokens,
+                                   max_tokens=max_tokens)
+        if not shots:
+            return None, {"k": k, **info, **where}
+        base = next(t for t in targets if t.name == baseline)
+        name = f"{baseline}_{info['used']}shot"
+        if any(t.name == name for t in targets):
+            return None, {"k": k, "skipped": f"a target is already named {name}"}
+        kt = Target(name, base.base_url, base.model, base.api_key, "base_kshot", shots=shots,
+                    general=False, n_shots=info["used"])
+        return kt, {"k": k, "target": name, **info, **where}
+
     def _read_parquet(self, key: str, limit: int) -> list[dict[str, Any]]:
         import pyarrow.parquet as pq
 
@@ -119,18 +180,28 @@ class EvalService:
         except ValueError as exc:
             raise InvalidRequest(str(exc), param="metric") from exc
         targets = self._targets(spec)
+        baseline = spec.baseline or targets[0].name
+        max_tokens = spec.max_tokens or self.settings.eval_max_tokens
+        kshot, kshot_info = await self._kshot_target(spec, targets, examples, baseline, max_tokens)
+        if kshot is not None:
+            at = next(i for i, t in enumerate(targets) if t.name == baseline) + 1
+            targets.insert(at, kshot)
         reuse = self.settings.eval_reuse_generations if spec.reuse_generations is None else spec.reuse_generations
         weights = await self._weights(targets) if reuse else {}
+        general_on = self.settings.general_suite if spec.general_suite is None else spec.general_suite
         config = {
             "source": source or ({"dataset_id": spec.dataset_id} if spec.dataset_id
                                  else {"rows": len(spec.rows or [])}),
             "targets": [{**t.public(), **({"weights": weights[t.name]} if weights.get(t.name) else {})}
                         for t in targets],
             "reuse_generations": reuse,
-            "baseline": spec.baseline or targets[0].name, "metric": spec.metric,
-            "max_tokens": spec.max_tokens or self.settings.eval_max_tokens,
+            "baseline": baseline, "metric": spec.metric, "kshot": kshot_info,
+            "max_tokens": max_tokens,
             "concurrency": spec.concurrency or self.settings.eval_concurrency,
-            "general_suite": self.settings.general_suite if spec.general_suite is None else spec.general_suite,
+            "general_suite": general_on,
+            "n_general": len(self.general_items) if general_on else 0,
+            "retry": {"retries": self.retry.retries, "timeout_min_s": self.retry.timeout_min_s,
+                      "timeout_max_s": self.retry.timeout_max_s, "backoff_max_s": self.retry.backoff_max_s},
             "judge": ({"model": spec.judge.model, "base_url": spec.judge.base_url,
                        "candidate": spec.judge.candidate, "base": spec.judge.base}
                       if spec.judge else None),
@@ -161,15 +232,24 @@ class EvalService:
                        examples: list[Example], task: dict[str, Any], config: dict[str, Any]) -> None:
         start = time.perf_counter()
         general = self.general_items if config["general_suite"] else []
+        progress = self._progress.setdefault(run_id, {})
+        for t in targets:
+            total = len(examples) + (len(general) if t.general else 0)
+            progress[t.name] = {"total": total, "done": 0, "failed": 0}
+
+        def tick(name: str, ok: bool) -> None:
+            progress[name]["done"] += 1
+            progress[name]["failed"] += 0 if ok else 1
+
         try:
             reused = (await run_in_threadpool(self._reusable, run_id, targets, examples, general, config)
                       if config.get("reuse_generations") else {})
-            fresh = [t for t in targets if t.name not in reused]
-            generated = await run_all(fresh, examples, general_prompts(general),
-                                      max_tokens=config["max_tokens"], concurrency=config["concurrency"],
-                                      timeout=self.settings.eval_request_timeout_s)
-            by_name = {r.target.name: r for r in generated}
-            runs = [reused[t.name][1] if t.name in reused else by_name[t.name] for t in targets]
+            for name, (_, prior) in reused.items():
+                progress[name]["done"] += sum(1 for g in prior.task + prior.general if not g.error)
+            runs = await run_all(targets, examples, general_prompts(general),
+                                 prior={n: r for n, (_, r) in reused.items()},
+                                 max_tokens=config["max_tokens"], concurrency=config["concurrency"],
+                                 policy=self.retry, progress=tick)
             for r in runs:
                 for g in r.task + r.general:
                     self.metrics.eval_generations.labels("error" if g.error else "ok").inc()
@@ -179,7 +259,10 @@ class EvalService:
             report, samples = await run_in_threadpool(
                 build_report, runs, examples, task, general, config["baseline"], judge, pair)
             report["reused_generations"] = {name: src for name, (src, _) in reused.items()}
-            await run_in_threadpool(self._finish, run_id, "succeeded", report, samples, None,
+            report["regenerated"] = {r.target.name: len(r.task) + len(r.general) - r.reused
+                                     for r in runs if r.target.name in reused}
+            status = "succeeded" if report["complete"] else "incomplete"
+            await run_in_threadpool(self._finish, run_id, status, report, samples, None,
                                     time.perf_counter() - start)
         except asyncio.CancelledError:
             await run_in_threadpool(self._finish, run_id, "failed", None, None,
@@ -191,6 +274,8 @@ class EvalService:
             await run_in_threadpool(self._finish, run_id, "failed", None, None,
                                     {"code": "eval_failed", "message": f"{exc.__class__.__name__}: {exc}"},
                                     time.perf_counter() - start)
+        finally:
+            self._progress.pop(run_id, None)
 
     async def _judge(self, spec: EvalCreate, targets: list[Target], runs: list, examples: list[Example],
                      config: dict[str, Any]) -> tuple[list[dict], tuple[str, str]]:
@@ -204,7 +289,7 @@ class EvalService:
         judge_t = Target("judge", j.base_url or default, j.model, j.api_key)
         res = await judge_pairs(judge_t, examples, by_name[cand].task, by_name[base].task,
                                 concurrency=config["concurrency"],
-                                timeout=self.settings.eval_request_timeout_s, limit=j.max_examples)
+                                timeout=self.retry.timeout_max_s, limit=j.max_examples)
         return res, (cand, base)
 
     # -- reuse of earlier generations ----------------------------------------------------
@@ -229,20 +314,25 @@ class EvalService:
             dep = next((d for d in deployments if d.get("model") == served), None)
             if dep and (dep.get("model_id") or dep.get("path")):
                 out[t.name] = f"{served}@{dep.get('model_id') or dep.get('path')}"
+                if t.shots is not None:  # same weights, other prompts: other answers
+                    out[t.name] += f"#shots:{shots_fingerprint(t.shots)}"
         return out
 
     def _reusable(self, run_id: str, targets: list[Target], examples: list[Example],
                   general: list[dict], config: dict[str, Any]) -> dict[str, tuple[str, TargetRun]]:
-        """Earlier succeeded runs' generations for targets with the same weights, on the same
-        eval set (same source, prompts and general suite) with the same max_tokens, where every
-        one of that target's generations succeeded. Greedy decoding makes them the same answers."""
+        """Earlier runs' generations for targets with the same weights (and few-shot prompt), on
+        the same eval set (same source, prompts and general suite) with the same max_tokens.
+        Greedy decoding makes them the same answers. From a succeeded or an incomplete run: the
+        answers are kept, the failed ones are generated again; the prior with the most answers
+        (then the newest) wins."""
         want = {t["name"]: t["weights"] for t in config["targets"] if t.get("weights")}
         if not want:
             return {}
         same = ("max_tokens", "general_suite", "n_examples")
         eval_set = _eval_set(config)
         with self.db.session() as s:
-            rows = list(s.scalars(select(EvalRun).where(EvalRun.status == "succeeded", EvalRun.id != run_id)
+            rows = list(s.scalars(select(EvalRun).where(EvalRun.status.in_(("succeeded", "incomplete")),
+                                                        EvalRun.id != run_id)
                                   .order_by(EvalRun.finished_at.desc()).limit(50)))
             found: dict[str, tuple[str, TargetRun]] = {}
             for row in rows:
@@ -251,10 +341,11 @@ class EvalService:
                     continue
                 for prior in row.config.get("targets", []):
                     for t in targets:
-                        if (t.name not in found and prior.get("weights") and prior["weights"] == want.get(t.name)):
-                            run = _target_run_from_samples(t, prior["name"], row.samples, examples, general)
-                            if run is not None:
-                                found[t.name] = (row.id, run)
+                        if not (prior.get("weights") and prior["weights"] == want.get(t.name)):
+                            continue
+                        run = _target_run_from_samples(t, prior["name"], row.samples, examples, general)
+                        if run is not None and (t.name not in found or _answered(run) > _answered(found[t.name][1])):
+                            found[t.name] = (row.id, run)
             return found
 
     # -- storage -----------------------------------------------------------------------
@@ -281,7 +372,7 @@ class EvalService:
         return row
 
     async def get(self, run_id: str) -> dict[str, Any]:
-        return run_view(await run_in_threadpool(self._row, run_id))
+        return run_view(await run_in_threadpool(self._row, run_id), progress=self._progress.get(run_id))
 
     async def samples(self, run_id: str, suite: str | None, offset: int, limit: int) -> dict[str, Any]:
         row = await run_in_threadpool(self._row, run_id)
@@ -302,23 +393,36 @@ class EvalService:
 
 def _target_run_from_samples(target: Target, name: str, samples: list[dict], examples: list[Example],
                              general: list[dict]) -> TargetRun | None:
-    """Rebuild one target's generations from stored samples, or None if anything differs or failed."""
+    """Rebuild one target's generations from stored samples (a failed one stays failed, to be
+    generated again), or None if the prompts, the suite or the layout differ."""
+    general = general if target.general else []
     task = [x for x in samples if x.get("suite") == "task"]
-    gen = [x for x in samples if x.get("suite") == "general"]
+    gen = [x for x in samples if x.get("suite") == "general"] if target.general else []
     if len(task) != len(examples) or len(gen) != len(general):
         return None
     out = TargetRun(target)
     for x, ex in zip(task, examples, strict=True):
         o = (x.get("outputs") or {}).get(name)
-        if not o or o.get("error") or x.get("prompt") != ex.messages or "latency_ms" not in o:
+        if not o or x.get("prompt") != ex.messages or "latency_ms" not in o:
             return None
-        out.task.append(Generation(o["output"], o["latency_ms"] / 1000, int(o.get("completion_tokens") or 0)))
+        out.task.append(_stored_generation(o))
     for x, it in zip(gen, general, strict=True):
         o = (x.get("outputs") or {}).get(name)
-        if not o or o.get("error") or x.get("id") != it["id"] or "latency_ms" not in o:
+        if not o or x.get("id") != it["id"] or "latency_ms" not in o:
             return None
-        out.general.append(Generation(o["output"], o["latency_ms"] / 1000, int(o.get("completion_tokens") or 0)))
-    return out
+        out.general.append(_stored_generation(o))
+    out.reused = _answered(out)
+    return out if out.reused else None
+
+
+def _stored_generation(o: dict[str, Any]) -> Generation:
+    if o.get("error"):
+        return Generation(error=o["error"], attempts=int(o.get("attempts") or 1))
+    return Generation(o["output"], o["latency_ms"] / 1000, int(o.get("completion_tokens") or 0))
+
+
+def _answered(run: TargetRun) -> int:
+    return sum(1 for g in run.task + run.general if not g.error)
 
 
 def _eval_set(config: dict[str, Any]) -> Any:
