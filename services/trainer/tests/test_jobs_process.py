@@ -66,8 +66,12 @@ def test_job_end_to_end(stack: Stack, tiny_base_dir: Path, small_dataset: str, r
     assert mv["metrics"]["best_eval_loss"] == best["eval_loss"]
     assert mv["metrics"]["best_checkpoint"] == f"checkpoint-{best['step']}"
     assert mv["metrics"]["final_train_loss"] < mv["metrics"]["first_train_loss"]
-    check = next(c for c in mv["export_checks"] if c["kind"] == "merged_vs_adapter_greedy")
-    assert check["passed"] and check["prompts"] == 2
+    check = next(c for c in mv["export_checks"] if c["kind"] == "merged_vs_trained")
+    assert check["passed"] and check["prompts"] == 2 and check["decisive_tokens"] > 0
+    plan = next(e["data"] for e in evs if e["type"] == "plan")  # defaults chosen, with reasons
+    chosen = {c["setting"] for c in plan["chosen"]}
+    assert "torch_threads" in chosen and "learning_rate" not in chosen  # explicit setting wins
+    assert mv["metrics"]["train_tokens_per_s"] > 0
     merged = stack.artifacts / mv["artifacts"]["merged"]["key"]
     assert mv["artifacts"]["merged"]["bytes"] > 0 and (stack.artifacts / mv["artifacts"]["adapter"]["key"]
                                                        / "adapter_config.json").exists()

@@ -187,7 +187,7 @@ def test_two_process_ddp_job_on_cpu(stack: Stack, tiny_base_dir: Path, small_dat
 
     mv = httpx.get(f"{t.url}/v1/models/{done['model_id']}").json()
     assert mv["config"]["gpus"] == 2
-    check = next(c for c in mv["export_checks"] if c["kind"] == "merged_vs_adapter_greedy")
+    check = next(c for c in mv["export_checks"] if c["kind"] == "merged_vs_trained")
     assert check["passed"]
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

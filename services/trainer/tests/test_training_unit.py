@@ -213,16 +213,3 @@ def test_local_executor_hands_out_one_gpu_per_job(tmp_path: Path):
         await ex.close()
 
     asyncio.run(scenario())
-
-
-def test_packing_only_where_packed_rows_cannot_attend_to_each_other(tiny_random_dir: Path, tmp_path: Path):
-    from tuneloop_trainer.training import check_packing
-
-    ev = EventWriter(tmp_path / "e.jsonl")
-    hp = Hyperparameters(packing=True)
-    model, _ = backends.get_backend("peft").load(str(tiny_random_dir), hp)
-    assert check_packing(hp, "peft", model, ev).packing is False  # sdpa/eager: would leak
-    assert check_packing(hp, "unsloth", model, ev).packing is True  # its own padding-free attention
-    model.get_base_model().config._attn_implementation = "flash_attention_2"
-    assert check_packing(hp, "peft", model, ev).packing is True
-    assert [e["data"]["code"] for e in _events(tmp_path / "e.jsonl")] == ["packing_disabled"]

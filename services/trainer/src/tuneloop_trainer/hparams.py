@@ -63,9 +63,16 @@ class ExportOptions(BaseModel):
 
     merged: bool = Field(True, description="Merged 16-bit model (always on; kept for the contract).")
     merged_dtype: Literal["bfloat16", "float16"] = "bfloat16"
-    verify: bool = Field(True, description="Greedy merged-vs-adapter check; failure fails the export.")
-    verify_prompts: int = Field(4, ge=1, le=64, description="Eval prompts compared token for token.")
-    verify_max_new_tokens: int = Field(24, ge=1, le=512)
+    verify: bool = Field(True, description="Merged-vs-trained check (docs/trainer.md); failure fails "
+                         "the export.")
+    verify_prompts: int = Field(6, ge=1, le=64, description="Held-out prompts the check answers.")
+    verify_max_new_tokens: int = Field(48, ge=1, le=512)
+    verify_tie_tolerance: float = Field(0.5, ge=0, le=100, description="Top-two logit gap of the "
+                                        "trained model under which a token is a near-tie (skipped).")
+    verify_min_agreement: float = Field(0.95, ge=0, le=1, description="Share of decisive tokens the "
+                                        "merged model must predict as the trained model did.")
+    verify_task_tolerance: float = Field(0.1, ge=0, le=1, description="How far below the trained "
+                                         "model the merged model's held-out score may fall.")
     gguf: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(default_factory=list)
     gguf_min_match: float = Field(0.9, ge=0, le=1, description="Recorded tolerance: fraction of "
                                   "GGUF greedy tokens that must equal the adapter's.")

@@ -206,6 +206,8 @@ class Supervisor:
                 progress["eval_loss"] = data.get("eval_loss")
             elif type_ == "info" and data.get("backend"):
                 progress["backend"] = data["backend"]
+            elif type_ == "plan":  # the hyperparameters the job really uses (defaults resolved)
+                progress["resolved_hyperparameters"] = data.get("hyperparameters")
             elif type_ == "error":
                 progress["_error"] = {"code": data.get("code"), "message": data.get("message")}
         job.progress = progress

@@ -78,35 +78,55 @@ def data_warnings(ev: EventWriter, n_train: int, hp: Hyperparameters) -> None:
                    "invites overfitting", epochs=hp.num_train_epochs, rows=n_train)
 
 
-def length_report(tokenizer: Any, ds: Any, max_len: int) -> dict[str, int]:
-    """Rendered token lengths against ``max_seq_length`` (truncated rows lose their answer)."""
-    longest = over = 0
+def row_lengths(tokenizer: Any, ds: Any) -> list[int]:
+    """Rendered token length of every row (prompt + completion through the chat template)."""
+    out = []
     for row in ds:
         ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
-        n = len(ids["input_ids"] if hasattr(ids, "keys") else ids)
-        longest = max(longest, n)
-        over += n > max_len
-    return {"longest": longest, "truncated": over}
+        out.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
+    return out
 
 
-FLASH_ATTENTION = {"flash_attention_2", "flash_attention_3", "kernels-community/flash-attn2",
-                   "kernels-community/flash-attn3", "kernels-community/vllm-flash-attn3"}
+def length_report(lengths: list[int], max_len: int) -> dict[str, int]:
+    """Rendered token lengths against ``max_seq_length`` (truncated rows lose their answer)."""
+    return {"longest": max(lengths, default=0), "truncated": sum(n > max_len for n in lengths),
+            "tokens": sum(min(n, max_len) for n in lengths)}
 
 
-def check_packing(hp: Hyperparameters, backend_name: str, model: Any, ev: EventWriter) -> Hyperparameters:
-    """Packed rows must not attend to each other: TRL's packing is only safe with a FlashAttention
-    (varlen) implementation, or Unsloth's own padding-free attention. Otherwise train unpacked
-    and say so."""
-    if not hp.packing or backend_name == "unsloth":
-        return hp
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    impl = getattr(base.config, "_attn_implementation", None)
-    if impl in FLASH_ATTENTION:
-        return hp
-    ev.warning("packing_disabled", f"packing needs a FlashAttention implementation (the model uses "
-               f"{impl!r}), else packed rows attend to each other; training without packing",
-               attn_implementation=impl)
-    return hp.model_copy(update={"packing": False})
+def plan_job(given: Hyperparameters, base_model: str, backend_name: str, lengths: list[int],
+             local_rank: int, ev: EventWriter) -> Hyperparameters:
+    """Fill in the hyperparameters the user left unset for this device, model and data
+    (:mod:`.defaults`), set the CPU threads, and record every choice with its reason."""
+    import os
+
+    from . import defaults
+
+    dev = defaults.probe_device(local_rank)
+    threads_env = os.environ.get("TRAINER_TORCH_THREADS")
+    plan = defaults.resolve(given, dev, defaults.load_model_info(base_model), backend_name,
+                            lengths, int(threads_env) if threads_env else None)
+    if plan.threads:
+        import torch
+
+        torch.set_num_threads(plan.threads)
+    ev.emit("plan", message="; ".join(f"{c['setting']}={c['value']}: {c['why']}"
+                                      for c in plan.reasons) or "every setting given explicitly",
+            **plan.as_dict())
+    return plan.hp
+
+
+def ensure_isolated_packing(trainer: Any, hp: Hyperparameters, ev: EventWriter) -> bool:
+    """Run the packing probe (:mod:`.packing`) on the built trainer; False when rows leak."""
+    from .packing import isolation_probe
+
+    dtype = str(next(trainer.model.parameters()).dtype).replace("torch.", "")
+    res = isolation_probe(trainer.model, trainer.data_collator, trainer.train_dataset,
+                          "float32" if dtype == "float32" else "bfloat16")
+    ev.emit("packing_check", **res)
+    if res["passed"] is False:
+        ev.warning("packing_disabled", f"{res['detail']}: training without packing", **res)
+        return False
+    return True
 
 
 # ----------------------------------------------------------------------------- callback
@@ -132,6 +152,7 @@ def make_callback(ev: EventWriter, ckpt_key: str):
             self.t_last = time.monotonic()
             self.step_last = 0
             self.tokens_last: float | None = None
+            self.count_tokens: Any = None  # set to the trainer's own counter once it exists
             self.step_time: float | None = None
             self.tokens_per_s: float | None = None
             self.last_train_loss: float | None = None
@@ -149,7 +170,7 @@ def make_callback(ev: EventWriter, ckpt_key: str):
                 steps = state.global_step - self.step_last
                 if steps > 0:
                     self.step_time = (now - self.t_last) / steps
-                tokens = logs.get("num_tokens")
+                tokens = self.count_tokens() if self.count_tokens else logs.get("num_tokens")
                 if tokens is not None and self.tokens_last is not None and now > self.t_last:
                     self.tokens_per_s = (tokens - self.tokens_last) / (now - self.t_last)
                 self.tokens_last = tokens
@@ -217,21 +238,29 @@ def make_trainer_class():
         return loss.device
 
     class TuneloopSFTTrainer(SFTTrainer):
+        """Counts the real (non-padding) tokens of every training batch itself: TRL counts them
+        only in its own loss path, and Unsloth's trainer not at all (tokens/s was null)."""
+
+        tokens_seen = 0
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if fused_loss_available(model):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             mode = "train" if self.model.training else "eval"
-            inputs["use_cache"] = False
-            out = Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
             if mode == "train":
                 if "attention_mask" in inputs:
                     n = inputs["attention_mask"].sum()
-                else:  # padding-free / packed batches
-                    n = torch.tensor(inputs["position_ids"].numel())
-                # every rank's tokens (DDP), as TRL's own loss path counts them
+                else:  # padding-free / packed batches: one row, no padding
+                    n = torch.tensor(inputs["input_ids"].numel())
+            if fused_loss_available(model):
+                out = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            else:
+                inputs["use_cache"] = False
+                out = Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            if mode == "train":
+                # every rank's tokens (DDP)
                 n = self.accelerator.gather(n.detach().reshape(1).to(out_device(out))).sum()
-                self._total_train_tokens += int(n.item())
-            self._metrics[mode]["num_tokens"] = [self._total_train_tokens]
+                self.tokens_seen += int(n.item())
+                if hasattr(self, "_metrics"):
+                    self._metrics[mode]["num_tokens"] = [self.tokens_seen]
             return out
 
     return TuneloopSFTTrainer
@@ -319,45 +348,57 @@ def multi_gpu_backend(name: str, world_size: int) -> str:
     return "peft"
 
 
+def build_trainer(model: Any, tokenizer: Any, hp: Hyperparameters, backend: Any, train: Any,
+                  eval_: Any, ckpt_dir: Path, world: int, callbacks: list[Any]) -> Any:
+    trainer = make_trainer_class()(model=model, args=sft_config(hp, ckpt_dir, backend.precision(),
+                                                                len(train), world),
+                                   train_dataset=train, eval_dataset=eval_,
+                                   processing_class=tokenizer, callbacks=callbacks)
+    callbacks[0].count_tokens = lambda: trainer.tokens_seen
+    return trainer
+
+
 def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Path) -> dict[str, Any]:
     """Run one job to its result record (written by the caller to ``jobs/<id>/result.json``)."""
     from .backends import get_backend
-
-    job_id, mv_id = spec["job_id"], spec["model_id"]
     from .launch import dist_info
 
+    job_id, mv_id = spec["job_id"], spec["model_id"]
     rank, local_rank, world = dist_info()
-    hp = Hyperparameters(**spec.get("hyperparameters", {}))
+    given = Hyperparameters(**spec.get("hyperparameters", {}))
     ex = ExportOptions(**spec.get("export", {}))
     backend = get_backend(multi_gpu_backend(spec.get("backend", "auto"), world))
-    from transformers import EarlyStoppingCallback
-
     import torch
+    from transformers import AutoTokenizer, EarlyStoppingCallback
 
     if torch.cuda.is_available() and world > 1:
         torch.cuda.set_device(local_rank)
+    train, eval_ = load_splits(store, spec["dataset_key"], workdir)
+    lengths = row_lengths(AutoTokenizer.from_pretrained(spec["base_model"]), train)
+    hp = plan_job(given, spec["base_model"], backend.name, lengths, local_rank, ev)
     device = torch.cuda.get_device_name(local_rank) if torch.cuda.is_available() else "cpu"
     ev.emit("info", message=f"backend {backend.name} on {device}"
             + (f" x {world} processes (DDP)" if world > 1 else ""), backend=backend.name,
             device=device, load_in_4bit=backend.uses_4bit(hp), world_size=world)
-    train, eval_ = load_splits(store, spec["dataset_key"], workdir)
     data_warnings(ev, len(train), hp)
     model, tokenizer = backend.load(spec["base_model"], hp)
-    hp = check_packing(hp, backend.name, model, ev)
-    lengths = length_report(tokenizer, train, hp.max_seq_length)
-    if lengths["truncated"]:
-        ev.warning("rows_truncated", f"{lengths['truncated']} of {len(train)} rows are longer than "
-                   f"max_seq_length={hp.max_seq_length} and are truncated", **lengths)
+    report = length_report(lengths, hp.max_seq_length)
+    if report["truncated"]:
+        ev.warning("rows_truncated", f"{report['truncated']} of {len(train)} rows are longer than "
+                   f"max_seq_length={hp.max_seq_length} and are truncated", **report)
 
     ckpt_key = f"jobs/{job_id}/checkpoints"
     ckpt_dir = store.local_path(ckpt_key)
     callbacks = [make_callback(ev, ckpt_key)]
     if hp.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(hp.early_stopping_patience, hp.early_stopping_threshold))
-    trainer = make_trainer_class()(model=model, args=sft_config(hp, ckpt_dir, backend.precision(),
-                                                                len(train), world),
-                         train_dataset=train, eval_dataset=eval_, processing_class=tokenizer,
-                         callbacks=callbacks)
+    trainer = build_trainer(model, tokenizer, hp, backend, train, eval_, ckpt_dir, world, callbacks)
+    if hp.packing and not ensure_isolated_packing(trainer, hp, ev):
+        hp = hp.model_copy(update={"packing": False,
+                                   "per_device_train_batch_size": given.per_device_train_batch_size,
+                                   "gradient_accumulation_steps": given.gradient_accumulation_steps})
+        del trainer
+        trainer = build_trainer(model, tokenizer, hp, backend, train, eval_, ckpt_dir, world, callbacks)
     resume = last_checkpoint(ckpt_dir)
     if resume:
         ev.emit("resumed", checkpoint=Path(resume).name, key=f"{ckpt_key}/{Path(resume).name}")
@@ -384,8 +425,10 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
         "world_size": world,
         "parallel": type(trainer.model_wrapped).__name__ if world > 1 else None,
         "eval_rows": len(eval_),
-        "num_tokens": _num_tokens(state.log_history),
+        "num_tokens": trainer.tokens_seen or _num_tokens(state.log_history),
+        "train_tokens_per_s": round(trainer.tokens_seen / train_s, 1) if train_s > 0 else None,
         "trainer_training_loss": getattr(result, "training_loss", None),
+        "hyperparameters": hp.model_dump(),
         **_peak_memory(),
     }
     ev.emit("train_end", **metrics)
@@ -400,10 +443,22 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
     adapter_stage = store.staging_dir(adapter_key)
     trainer.model.save_pretrained(str(adapter_stage))
     tokenizer.save_pretrained(str(adapter_stage))
-    eval_prompts = [row["prompt"] for row in eval_.select(range(min(ex.verify_prompts, len(eval_))))]
     model_for_merge = trainer.model
     del trainer
     free_memory()
+
+    # ---- the trained model's own answers: the reference of every export check ----
+    from .export import verify
+
+    rows = eval_.select(range(min(ex.verify_prompts, len(eval_))))
+    prompt_ids = verify.render_prompts(tokenizer, [row["prompt"] for row in rows])
+    golds = [row["completion"][-1]["content"] for row in rows]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    reference = None
+    if ex.verify or ex.gguf:
+        backend.prepare_for_generation(model_for_merge)
+        reference = verify.greedy_with_gaps(model_for_merge, prompt_ids, ex.verify_max_new_tokens,
+                                            eos, pad)
 
     # ---- merged 16-bit ----
     t0 = time.monotonic()
@@ -417,24 +472,15 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
             seconds=round(merge_s, 3))
 
     checks: list[dict[str, Any]] = []
-    reference = prompt_ids = None
-    if ex.verify or ex.gguf:
-        from .export import verify
-
-        prompt_ids = verify.render_prompts(tokenizer, eval_prompts)
-        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-        reference = verify.adapter_outputs(spec["base_model"], adapter_stage, prompt_ids,
-                                           ex.verify_max_new_tokens, ex.merged_dtype, eos, pad)
     if ex.verify:
-        cmp = verify.compare(reference, verify.merged_outputs(merged_stage, prompt_ids,
-                                                              ex.verify_max_new_tokens, eos, pad))
-        checks.append({"kind": "merged_vs_adapter_greedy", "passed": cmp["passed"],
-                       "detail": cmp["detail"], "prompts": cmp["prompts"], "tokens": cmp["tokens"],
-                       "first_divergence": cmp["first_divergence"]})
+        checks.append(verify.verify_merged(
+            merged_stage, prompt_ids, reference, golds,
+            lambda t: tokenizer.decode(t, skip_special_tokens=True), ex.verify_max_new_tokens,
+            eos, pad, ex.verify_tie_tolerance, ex.verify_min_agreement, ex.verify_task_tolerance))
         ev.emit("export_check", **checks[-1])
-        if not cmp["passed"]:
+        if not checks[-1]["passed"]:
             raise JobError("export_verification_failed",
-                           f"merged model does not reproduce the adapter: {cmp['detail']}")
+                           f"merged model does not behave like the trained model: {checks[-1]['detail']}")
 
     # ---- publish (immutable, atomic; a resumed job that already published keeps it) ----
     _publish(store, adapter_stage, adapter_key)
@@ -451,7 +497,7 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
         gguf_key = f"models/{mv_id}/gguf"
         gguf_stage = store.staging_dir(gguf_key)
         results = gguf.export_all(store.local_path(merged_key), gguf_stage, list(ex.gguf),
-                                  reference, prompt_ids, ex.verify_max_new_tokens, ex.gguf_min_match)
+                                  [r["tokens"] for r in reference], prompt_ids, ex.verify_max_new_tokens, ex.gguf_min_match)
         for r in results:
             checks.append(r["check"])
             ev.emit("export_check", **r["check"])
@@ -468,7 +514,7 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
         checks.append(_push(store.local_path(merged_key), ex.push_to_hub, ev))
     return {"model_id": mv_id, "job_id": job_id, "backend": backend.name, "metrics": metrics,
             "artifacts": artifacts, "export_checks": checks, "base_revision": base_revision(spec["base_model"]),
-            "length_report": lengths, "merge_seconds": round(merge_s, 3)}
+            "length_report": report, "merge_seconds": round(merge_s, 3)}
 
 
 def _publish(store: ArtifactStore, stage: Path, key: str) -> None:

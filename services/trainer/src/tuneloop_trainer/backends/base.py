@@ -23,6 +23,10 @@ class Backend(ABC):
         """Write the merged 16-bit model (safetensors, tokenizer, chat template, generation config)."""
         raise NotImplementedError
 
+    def prepare_for_generation(self, model: Any) -> None:
+        """Put the trained model in inference mode (the export check generates with it)."""
+        model.eval()
+
     def uses_4bit(self, hp: Hyperparameters) -> bool:
         from . import cuda_available
 

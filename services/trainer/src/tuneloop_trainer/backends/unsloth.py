@@ -36,6 +36,11 @@ class UnslothBackend(Backend):
             tokenizer.pad_token = tokenizer.eos_token
         return model, tokenizer
 
+    def prepare_for_generation(self, model: Any) -> None:
+        from unsloth import FastLanguageModel
+
+        FastLanguageModel.for_inference(model)
+
     def merge(self, model: Any, tokenizer: Any, base_model: str, adapter_dir: Path,
               out_dir: Path, dtype: str) -> None:
         from ..export.merge import finish_merged_dir
