@@ -246,3 +246,48 @@ def test_jobs_create_watch_show_against_real_trainer(trainer_stack, tiny_random_
 
     cancelled = invoke(tr.url, "jobs", "cancel", job_id)  # already finished: a clean 409
     assert cancelled.exit_code == 1 and "HTTP 409" in cancelled.output
+
+
+def _eval_run() -> dict:
+    def m(score: float) -> dict:
+        ci = {"value": score, "ci_low": score - 0.05, "ci_high": score + 0.05, "n": 120}
+        return {"task_score": ci, "json_valid": ci, "fields": {"summary": ci, "urgency": ci, "category": ci},
+                "rougeL": ci, "general": ci, "latency_ms": {"p50": 6712.4}, "tokens_per_s": 12.34,
+                "errors": 0, "generations": 558}
+    targets = [{"name": "base", "role": "base", "model": "base", "metrics": m(0.0)},
+               {"name": "base_3shot", "role": "base_kshot", "shots": 3, "model": "base", "metrics": m(0.358)},
+               {"name": "candidate", "role": "candidate", "model": "mv-0123456789abcdef", "metrics": m(0.812)},
+               {"name": "production", "role": "production", "model": "mv-fedcba9876543210", "metrics": m(0.771)}]
+    return {"id": "eval-0123456789abcdef", "status": "succeeded", "report": {
+        "n_examples": 120, "task": {"kind": "json", "primary_metric": "json_fields"}, "targets": targets,
+        "comparisons": [{"target": "candidate", "vs": "base_3shot",
+                         "uplift": {"value": 0.454, "ci_low": 0.4, "ci_high": 0.5}}],
+        "failed_requests": [], "advice": ["Base 'base' scores 0.0% on the held-out set"]}}
+
+
+def test_eval_table_reads_at_80_columns():
+    from rich.console import Console
+
+    from tuneloop.cli.render import comparison_lines, eval_table
+
+    console = Console(width=80, record=True, color_system=None)
+    console.print(eval_table(_eval_run()))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    assert "…" not in text  # no cell cut short
+    for needed in ("0.812", "0.358", "0.771", "base_3shot", "3-shot", "production", "urgency", "6712"):
+        assert needed in text, needed
+    assert comparison_lines(_eval_run())[0].startswith("candidate vs base_3shot: uplift +0.454")
+
+
+def test_gate_decision_says_in_words_when_an_alias_had_no_target():
+    from rich.console import Console
+
+    from tuneloop.cli.render import print_decision
+
+    console = Console(width=80, record=True, color_system=None)
+    print_decision(console, {"status": "rejected", "alias": "support-bot", "eval_id": "eval-1",
+                             "reasons": ["refused: 'support-bot' had no target before and still has none"],
+                             "evidence": {}})
+    text = console.export_text()
+    assert "None" not in text and "had no target before" in text and text.startswith("rejected")

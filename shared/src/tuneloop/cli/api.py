@@ -209,9 +209,10 @@ class GatewayAPI:
         body = {k: v for k, v in {"alias": alias, "note": note}.items() if v is not None}
         return self.post("/v1/promotions/rollback", body)
 
-    def gate_job(self, job_id: str) -> dict:
-        return self.post("/v1/promotions/gate", {"job_id": job_id},
-                         timeout=httpx.Timeout(3600.0, connect=5.0))
+    def gate_job(self, job_id: str, alias: str | None = None) -> dict:
+        """Run the gate for a job (again, if it was inconclusive) and return the decision."""
+        body = {"job_id": job_id, **({"alias": alias} if alias else {})}
+        return self.post("/v1/promotions/gate", body, timeout=httpx.Timeout(3600.0, connect=5.0))
 
     # -- evals -------------------------------------------------------------------------
     def create_eval(self, body: dict) -> dict:

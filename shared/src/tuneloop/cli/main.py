@@ -23,6 +23,7 @@ from .render import (
     job_table,
     kv_table,
     list_table,
+    print_decision,
     when,
 )
 
@@ -297,6 +298,20 @@ def models_promote(
     with api() as c:
         res = _call(c.promote, alias=alias, note=note, **kw)
     out(res, kv_table("promotion", list(res.items())))
+
+
+@models_app.command("gate")
+def models_gate(
+    job_id: Annotated[str, typer.Argument(help="A succeeded training job (job-...).")],
+    alias: Annotated[Optional[str], typer.Option(help="Alias to promote onto (default: the job's "
+                                                 "gate_alias, else the gateway's).")] = None,
+) -> None:
+    """Run the promotion gate for a job now (again, when it was inconclusive) and show why."""
+    with api() as c:
+        res = _call(c.gate_job, job_id, alias)
+    if state.as_json:
+        return out(res)
+    print_decision(console, res)
 
 
 @models_app.command("rollback")

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
 from rich.progress import BarColumn, Progress, ProgressColumn, Task, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
@@ -245,34 +245,68 @@ def _val(m: Any) -> str:
     return fmt(m, 3)
 
 
-def eval_table(run: dict) -> Table:
-    """Base vs tuned: one row per target, the task metrics and the general suite."""
-    report = run.get("report") or {}
+def _eval_rows(report: dict) -> tuple[list[dict], list[tuple[str, list[str]]]]:
+    """Metrics as rows, one cell per target (what reads at 80 columns)."""
     targets = report.get("targets") or []
+    kind = (report.get("task") or {}).get("kind")
+    ms = [t.get("metrics") or {} for t in targets]
+    rows: list[tuple[str, list[str]]] = [("task score", [_val(m.get("task_score")) for m in ms])]
+    if kind == "json" or any(m.get("json_valid") for m in ms):
+        rows.append(("json valid", [_val(m.get("json_valid")) for m in ms]))
     fields: list[str] = []
-    for t in targets:
-        for k in (t.get("metrics") or {}).get("fields") or {}:
-            if k not in fields:
-                fields.append(k)
-    table = Table(title=f"eval {run.get('id')} ({report.get('n_examples', '?')} held-out examples, "
-                        f"primary metric {(report.get('task') or {}).get('primary_metric', '?')})",
-                  header_style="bold")
-    cols = ["target", "model", "task score", "json valid"] + fields + ["rougeL", "general", "p50 ms",
-                                                                        "tok/s", "errors"]
-    for c in cols:
-        table.add_column(c, justify="left" if c in ("target", "model") else "right")
-    for t in targets:
-        m = t.get("metrics") or {}
-        row = [t.get("name", "?"), t.get("model", "?"), _val(m.get("task_score")), _val(m.get("json_valid"))]
-        row += [_val((m.get("fields") or {}).get(k)) for k in fields]
-        row += [_val(m.get("rougeL")), _val(m.get("general")),
-                fmt((m.get("latency_ms") or {}).get("p50"), 4), fmt(m.get("tokens_per_s"), 3),
-                f"{m.get('errors', 0)}/{m.get('generations', '?')}"]
-        table.add_row(*row)
-    return table
+    for m in ms:
+        fields += [k for k in m.get("fields") or {} if k not in fields]
+    rows += [(f"  {k}", [_val((m.get("fields") or {}).get(k)) for m in ms]) for k in fields]
+    rows += [("rougeL", [_val(m.get("rougeL")) for m in ms]),
+             ("general", [_val(m.get("general")) for m in ms]),
+             ("p50 ms", [fmt((m.get("latency_ms") or {}).get("p50"), 4) for m in ms]),
+             ("tok/s", [fmt(m.get("tokens_per_s"), 3) for m in ms]),
+             ("failed", [f"{m.get('errors', 0)}/{m.get('generations', '?')}" for m in ms])]
+    return targets, rows
+
+
+def _target_header(t: dict) -> str:
+    role = t.get("role")
+    if role == "base_kshot":
+        return f"{t.get('name')}\n(base {t.get('shots', '?')}-shot)"
+    return f"{t.get('name')}\n({role})" if role and role != t.get("name") else str(t.get("name"))
+
+
+def eval_table(run: dict, width: int = 80) -> Group:
+    """Base, base k-shot, candidate, production...: metrics as rows and targets as columns,
+    split into several tables when the targets do not fit in ``width`` columns."""
+    report = run.get("report") or {}
+    targets, rows = _eval_rows(report)
+    title = (f"eval {run.get('id')} ({report.get('n_examples', '?')} held-out examples, "
+             f"primary metric {(report.get('task') or {}).get('primary_metric', '?')})")
+    if run.get("status") and run.get("status") != "succeeded":
+        title += f" [{run['status']}]"
+    label_w = max([6] + [len(r[0]) for r in rows])
+    col_w = [max([len(line) for line in _target_header(t).split("\n")] + [len(r[1][i]) for r in rows])
+             for i, t in enumerate(targets)]
+    groups: list[list[int]] = [[]]
+    used = label_w + 4
+    for i, w in enumerate(col_w):
+        if groups[-1] and used + w + 3 > width:
+            groups.append([])
+            used = label_w + 4
+        groups[-1].append(i)
+        used += w + 3
+    tables = []
+    for n, group in enumerate(groups):
+        table = Table(title=title if n == 0 else None, header_style="bold", width=None)
+        table.add_column("metric", justify="left", no_wrap=True)
+        for i in group:
+            table.add_column(_target_header(targets[i]), justify="right", no_wrap=True)
+        for label, cells in rows:
+            table.add_row(label, *[cells[i] for i in group])
+        tables.append(table)
+    models = "  ".join(f"{t.get('name')} = {t.get('model')}" for t in targets)
+    return Group(*tables, Text(models, style="dim", overflow="fold"))
 
 
 def comparison_lines(run: dict) -> list[str]:
+    """Uplift of each target against each baseline (paired 95% CI), failed requests, advice."""
     report = run.get("report") or {}
     lines = []
     for c in report.get("comparisons") or []:
@@ -283,5 +317,29 @@ def comparison_lines(run: dict) -> list[str]:
         g = c.get("general_drop")
         if g:
             line += f", general-suite drop {g.get('value', 0):+.3f}"
+            if "ci_high" in g:
+                line += f" (<= {g['ci_high']:+.3f})"
         lines.append(line)
+    failed = report.get("failed_requests") or []
+    for f in failed[:5]:
+        where = f"line {f['line']}" if f.get("line") else f"{f.get('suite')} #{f.get('index')}"
+        lines.append(f"failed: {f.get('target')} {where} after {f.get('attempts')} attempt(s): "
+                     f"{str(f.get('error'))[:80]}")
+    if len(failed) > 5 or report.get("n_failed_requests", 0) > len(failed):
+        lines.append(f"failed: ... {report.get('n_failed_requests', len(failed)) - min(5, len(failed))} more")
     return lines + list(report.get("advice") or [])
+
+
+DECISION_STYLE = {"promoted": "green", "rejected": "red", "inconclusive": "yellow", "failed": "red"}
+
+
+def print_decision(console: Console, decision: dict) -> None:
+    """A gate decision: its verdict, the reasons (one per check), the eval table it decided on."""
+    status = decision.get("status", "?")
+    console.print(f"[bold {DECISION_STYLE.get(status, 'white')}]{status}[/] "
+                  f"(alias '{decision.get('alias')}', eval {decision.get('eval_id') or '-'})")
+    for reason in decision.get("reasons") or []:
+        console.print(f"  {reason}")
+    table = (decision.get("evidence") or {}).get("table")
+    if table:
+        console.print(Text(table))

@@ -79,14 +79,17 @@ class GatewayClient(ServiceClient):
     async def promotion(self, promotion_id: str) -> dict[str, Any]:
         return await self.get_json(f"/v1/promotions/{promotion_id}")
 
-    async def gate_job(self, job_id: str) -> dict[str, Any]:
-        """Run the gate for a succeeded training job now and return the decision."""
-        return await self.post_json("/v1/promotions/gate", {"job_id": job_id},
+    async def gate_job(self, job_id: str, alias: str | None = None) -> dict[str, Any]:
+        """Run the gate for a succeeded training job now (again, when it was inconclusive) and
+        return the decision; ``alias`` overrides the job's gate_alias."""
+        body = {"job_id": job_id, **({"alias": alias} if alias else {})}
+        return await self.post_json("/v1/promotions/gate", body,
                                     timeout=httpx.Timeout(3600.0, connect=5.0))
 
-    async def gate_model(self, model_id: str, dataset_id: str,
-                         base_model: str | None = None) -> dict[str, Any]:
-        body = {"model_id": model_id, "dataset_id": dataset_id, "base_model": base_model}
+    async def gate_model(self, model_id: str, dataset_id: str, base_model: str | None = None,
+                         alias: str | None = None) -> dict[str, Any]:
+        body = {"model_id": model_id, "dataset_id": dataset_id, "base_model": base_model,
+                "alias": alias}
         return await self.post_json("/v1/promotions/gate", {k: v for k, v in body.items() if v},
                                     timeout=httpx.Timeout(3600.0, connect=5.0))
 
