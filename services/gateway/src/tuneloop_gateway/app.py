@@ -44,15 +44,19 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         s = settings
         db, app.state.store = open_service_state(s, MIGRATIONS)
         app.state.db = db
-        app.state.keys = KeyStore(db, ttl=s.key_cache_ttl_s)
+        app.state.keys = KeyStore(db, ttl=s.key_cache_ttl_s, size=s.key_cache_size)
         app.state.limiter = RateLimiter()
         app.state.bootstrap_key = bootstrap_admin_key(app.state.keys, s)
         c, t = s.connect_timeout_s, s.http_timeout_s
         app.state.upstreams = {
             "inference": Upstream.open("inference", s.inference_url, connect=c,
-                                       read=s.inference_timeout_s, api_key=s.inference_api_key),
-            "trainer": Upstream.open("trainer", s.trainer_url, connect=c, read=t),
-            "dataset": Upstream.open("dataset", s.dataset_url, connect=c, read=t),
+                                       read=s.inference_timeout_s, api_key=s.inference_api_key,
+                                       max_connections=s.inference_max_connections,
+                                       keepalive_s=s.upstream_keepalive_s),
+            "trainer": Upstream.open("trainer", s.trainer_url, connect=c, read=t,
+                                     keepalive_s=s.upstream_keepalive_s),
+            "dataset": Upstream.open("dataset", s.dataset_url, connect=c, read=t,
+                                     keepalive_s=s.upstream_keepalive_s),
         }
         dataset = DatasetPeer(s.dataset_url, timeout=t)
         trainer = TrainerPeer(s.trainer_url, timeout=t)

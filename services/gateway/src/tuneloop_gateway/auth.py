@@ -13,6 +13,7 @@ import os
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +62,22 @@ def key_view(row: ApiKey) -> dict:
 
 
 class KeyStore:
-    """Create, list, revoke and verify keys; verified keys are cached for ``ttl`` seconds."""
+    """Create, list, revoke and verify keys.
 
-    def __init__(self, db: Database, ttl: float = 30.0) -> None:
+    Valid keys are cached for ``ttl`` seconds in a bounded LRU (``size`` entries: the least
+    recently used valid key leaves first, never all at once). Unknown keys are remembered
+    apart, in a small LRU of their own (``miss_size``), so a flood of made-up keys cycles
+    through that one and cannot push a single valid key out of the other; creating a key
+    forgets its miss, revoking one forgets its entry (not the whole cache)."""
+
+    def __init__(self, db: Database, ttl: float = 30.0, size: int = 10_000,
+                 miss_size: int = 1024) -> None:
         self.db = db
         self.ttl = ttl
-        self._cache: dict[str, tuple[float, Principal | None]] = {}
+        self.size = max(1, size)
+        self.miss_size = max(0, miss_size)
+        self._cache: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
+        self._misses: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
 
     def create(self, name: str, scopes: list[str], rate_limit_rpm: int | None = None,
@@ -88,6 +99,8 @@ class KeyStore:
             if s.scalar(select(ApiKey).where(ApiKey.key_hash == row.key_hash)) is not None:
                 raise InvalidRequest("this key already exists", code="key_exists")
             s.add(row)
+        with self._lock:
+            self._misses.pop(row.key_hash, None)
         return key, key_view(row)
 
     def list(self, include_revoked: bool = False) -> list[dict]:
@@ -105,8 +118,9 @@ class KeyStore:
             if row.revoked_at is None:
                 row.revoked_at = int(time.time())
             view = key_view(row)
+            digest = row.key_hash
         with self._lock:
-            self._cache.clear()
+            self._cache.pop(digest, None)
         return view
 
     def has_active_admin(self) -> bool:
@@ -117,29 +131,43 @@ class KeyStore:
             return len(list(s.scalars(select(ApiKey.id))))
 
     def cached(self, key: str) -> tuple[bool, Principal | None]:
-        """``(hit, principal)`` from the cache only (no I/O: safe on the event loop)."""
-        hit = self._cache.get(hash_key(key))
-        if hit and hit[0] > time.monotonic():
-            return True, hit[1]
-        return False, None
-
-    def verify(self, key: str) -> Principal | None:
-        """The principal for ``key``, or None if unknown or revoked."""
+        """``(hit, principal)`` from the caches only (no I/O: safe on the event loop)."""
         digest = hash_key(key)
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(digest)
-        if hit and hit[0] > now:
-            return hit[1]
+            if hit and hit[0] > now:
+                self._cache.move_to_end(digest)
+                return True, hit[1]
+            miss = self._misses.get(digest)
+            if miss and miss > now:
+                return True, None
+        return False, None
+
+    def verify(self, key: str) -> Principal | None:
+        """The principal for ``key``, or None if unknown or revoked."""
+        hit, principal = self.cached(key)
+        if hit:
+            return principal
+        digest = hash_key(key)
         with self.db.session() as s:
             row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
             principal = None
             if row is not None and row.revoked_at is None:
                 principal = Principal(row.id, row.name, tuple(row.scopes), row.rate_limit_rpm)
+        expires = time.monotonic() + self.ttl
         with self._lock:
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-            self._cache[digest] = (now + self.ttl, principal)
+            if principal is None:
+                if self.miss_size:  # briefly: a key created on another replica works soon
+                    self._misses[digest] = time.monotonic() + min(self.ttl, 5.0)
+                    self._misses.move_to_end(digest)
+                    while len(self._misses) > self.miss_size:
+                        self._misses.popitem(last=False)
+            else:
+                self._cache[digest] = (expires, principal)
+                self._cache.move_to_end(digest)
+                while len(self._cache) > self.size:
+                    self._cache.popitem(last=False)
         return principal
 
 

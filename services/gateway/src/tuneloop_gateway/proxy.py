@@ -6,6 +6,12 @@ CPU per request (measured: bench/gateway_overhead.py notes). Request bodies are 
 (``Content-Length`` checked up front, streamed bodies counted); event streams pass through
 byte for byte as they arrive; upstream failures become 502/503/504 in the error envelope
 instead of hangs.
+
+Idle pooled connections live ``upstream_keepalive_s`` (2 s), less than the upstreams' own
+5 s, and a request whose connection closed before any response byte is sent again when that
+is safe (a replayable body and a read or a generation: :mod:`tuneloop.upstream`). A stream
+the upstream breaks, or ends without ``data: [DONE]``, ends with an error event, so OpenAI
+clients raise instead of returning a cut answer as complete.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.background import BackgroundTask
 from yarl import URL
 
+from tuneloop import upstream as upstream_http
 from tuneloop.errors import (
     PayloadTooLarge,
     ServiceUnavailable,
@@ -55,10 +62,13 @@ class Upstream:
 
     @classmethod
     def open(cls, name: str, base_url: str, *, connect: float, read: float,
-             api_key: str | None = None) -> "Upstream":
+             api_key: str | None = None, max_connections: int = 0,
+             keepalive_s: float = upstream_http.KEEPALIVE_S) -> "Upstream":
+        """``connect`` bounds the TCP connect only, not a wait for a pooled connection (under
+        load that wait is queueing, not an outage)."""
         session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=512, keepalive_timeout=30),
-            timeout=aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect,
+            connector=upstream_http.connector(max_connections, keepalive_s),
+            timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=connect,
                                           sock_read=read),
             auto_decompress=False, skip_auto_headers=("User-Agent", "Accept-Encoding"))
         return cls(name, base_url.rstrip("/"), session, connect, read, api_key)
@@ -142,10 +152,17 @@ def _envelope_or_wrap(upstream: str, status: int, body: bytes, content_type: str
                     status_code=status, media_type="application/json")
 
 
+SAFE_TO_REPEAT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+
+
 async def forward(request: Request, upstream: Upstream, path: str, *, limit: int,
                   body: bytes | None = None, stream_body: bool = False,
-                  timeout: float | None = None) -> Response:
-    """Send ``request`` to ``upstream`` at ``path`` and relay the answer."""
+                  timeout: float | None = None, repeatable: bool | None = None,
+                  openai_stream: bool = False) -> Response:
+    """Send ``request`` to ``upstream`` at ``path`` and relay the answer. ``repeatable``:
+    the call may be sent again if its connection closed before any response byte (default:
+    idempotent methods; never a streamed upload). ``openai_stream``: an event stream must end
+    with ``data: [DONE]`` (else it gets an error event)."""
     metrics = request.app.state.gw_metrics
     if body is None and not stream_body:
         body = await read_body(request, limit)
@@ -156,10 +173,13 @@ async def forward(request: Request, upstream: Upstream, path: str, *, limit: int
     per_call = (aiohttp.ClientTimeout(total=None, connect=upstream.connect,
                                       sock_connect=upstream.connect, sock_read=timeout)
                 if timeout else None)
+    if repeatable is None:
+        repeatable = request.method in SAFE_TO_REPEAT
     start = time.perf_counter()
     try:
-        resp = await upstream.session.request(
-            request.method, url, headers=_forward_headers(request, upstream),
+        resp = await upstream_http.send(
+            upstream.session, request.method, url, retry=repeatable and not stream_body,
+            headers=_forward_headers(request, upstream),
             data=_counted(request, limit) if stream_body else body,
             **({"timeout": per_call} if per_call else {}))
     except PayloadTooLarge:
@@ -183,7 +203,7 @@ async def forward(request: Request, upstream: Upstream, path: str, *, limit: int
     headers = {k: v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
     ctype = resp.headers.get("content-type", "")
     if "text/event-stream" in ctype and resp.status < 400:
-        return StreamingResponse(_relay(resp, upstream.name), status_code=resp.status,
+        return StreamingResponse(_relay(resp, upstream.name, openai_stream), status_code=resp.status,
                                  headers=headers, background=BackgroundTask(resp.release))
     try:
         data = await resp.read()
@@ -204,10 +224,25 @@ async def forward(request: Request, upstream: Upstream, path: str, *, limit: int
     return Response(data, status_code=resp.status, headers=headers)
 
 
-async def _relay(resp: aiohttp.ClientResponse, name: str) -> AsyncIterator[bytes]:
-    """Pass the upstream stream through untouched; a broken upstream ends the stream."""
+DONE = b"data: [DONE]"
+
+
+async def _relay(resp: aiohttp.ClientResponse, name: str, openai: bool) -> AsyncIterator[bytes]:
+    """Pass the upstream stream through untouched. If the upstream breaks it, or (``openai``)
+    ends it without ``data: [DONE]`` or an error event, end it with an error event (what the
+    inference service sends when its engine breaks): an OpenAI client then raises instead of
+    keeping a cut answer as complete."""
+    tail, error = b"", None
     try:
         async for chunk in resp.content.iter_any():
+            tail = (tail + chunk)[-4096:]
             yield chunk
+        if openai and DONE not in tail and b'data: {"error"' not in tail:
+            error = "ended without [DONE]"
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        log.warning("upstream stream broke", extra={"upstream": name, "error": repr(exc)})
+        error = f"{exc.__class__.__name__}"
+    if error is not None:
+        log.warning("upstream stream broke", extra={"upstream": name, "error": error})
+        body = error_body(f"{name} stream broke: {error}", "upstream_error", "upstream_stream_error")
+        sep = b"" if not tail or tail.endswith(b"\n\n") else b"\n\n"
+        yield sep + f"data: {json.dumps(body)}\n\n".encode()

@@ -33,6 +33,15 @@ class GatewaySettings(ServiceSettings):
     inference_api_key: str | None = Field(
         None, description="Bearer key for inference's OpenAI endpoints, if it requires one.")
     connect_timeout_s: float = Field(5.0, description="TCP connect timeout to any peer.")
+    upstream_keepalive_s: float = Field(
+        2.0, gt=0, le=4.5, description="Idle keep-alive of the pooled connections to the peers: "
+        "below theirs (uvicorn closes idle connections after 5 s), so the gateway never sends "
+        "a request on a connection a peer is closing.")
+    inference_max_connections: int = Field(
+        4096, ge=0, description="Connections to the inference service at once (0 = no limit). "
+        "Above the inference replicas' capacity (engine_max_num_seqs + engine_queue_size per "
+        "engine): inference answers 429 with Retry-After when full; requests beyond this "
+        "limit wait for a connection.")
     inference_timeout_s: float = Field(
         300.0, description="Read timeout for inference calls (between stream chunks when streaming).")
     upload_timeout_s: float = Field(600.0, description="Timeout for proxied uploads (files, datasets).")
@@ -52,6 +61,9 @@ class GatewaySettings(ServiceSettings):
     max_upload_bytes: int = Field(512 * 1024 * 1024, ge=1024,
                                   description="Largest upload (/v1/files, /v1/datasets, eval files).")
     key_cache_ttl_s: float = Field(30.0, description="How long a verified key stays cached.")
+    key_cache_size: int = Field(
+        10_000, ge=1, description="Valid keys cached at most (LRU). Unknown keys are cached "
+        "apart (1,024, at most 5 s), so a flood of made-up keys never evicts a valid one.")
 
     # -- evaluation ---------------------------------------------------------------------
     eval_concurrency: int = Field(

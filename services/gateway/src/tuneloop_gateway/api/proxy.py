@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
 
 from tuneloop.ids import is_valid_id
+from tuneloop.upstream import until_disconnect
 
 from ..auth import require_admin, require_inference
 from ..proxy import forward, read_body
@@ -32,17 +33,23 @@ def _ups(request: Request, name: str):
 @router.post("/v1/chat/completions", dependencies=[Depends(require_inference)])
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions (streaming passes through untouched)."""
-    s = request.app.state.settings
-    return await forward(request, _ups(request, "inference"), "/v1/chat/completions",
-                         limit=s.max_request_bytes)
+    return await _generate(request, "/v1/chat/completions")
 
 
 @router.post("/v1/completions", dependencies=[Depends(require_inference)])
 async def completions(request: Request) -> Response:
     """OpenAI legacy completions."""
+    return await _generate(request, "/v1/completions")
+
+
+async def _generate(request: Request, path: str) -> Response:
+    """A generation: safe to send again if the connection closed before any answer byte (no
+    side effect); cancelled upstream if the client goes away before the answer."""
     s = request.app.state.settings
-    return await forward(request, _ups(request, "inference"), "/v1/completions",
-                         limit=s.max_request_bytes)
+    body = await read_body(request, s.max_request_bytes)
+    return await until_disconnect(request, forward(
+        request, _ups(request, "inference"), path, limit=s.max_request_bytes, body=body,
+        repeatable=True, openai_stream=True))
 
 
 @router.get("/v1/models", dependencies=[Depends(require_inference)])
@@ -70,10 +77,10 @@ async def get_model(model_id: str, request: Request) -> Response:
 
 @router.api_route("/v1/datasets", methods=ALL, dependencies=[Depends(require_admin)])
 @router.api_route("/v1/datasets/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
-async def datasets(request: Request, rest: str = "") -> Response:
+async def datasets(request: Request) -> Response:
     """The dataset service (uploads streamed, bounded by max_upload_bytes)."""
     s = request.app.state.settings
-    path = "/v1/datasets" + (f"/{rest}" if rest else "")
+    path = "/v1/datasets" + _rest(request)
     upload = request.method in ("POST", "PUT")
     return await forward(request, _ups(request, "dataset"), path, limit=s.max_upload_bytes,
                          stream_body=upload, timeout=s.upload_timeout_s if upload else None)
@@ -81,10 +88,10 @@ async def datasets(request: Request, rest: str = "") -> Response:
 
 @router.api_route("/v1/files", methods=ALL, dependencies=[Depends(require_admin)])
 @router.api_route("/v1/files/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
-async def files(request: Request, rest: str = "") -> Response:
+async def files(request: Request) -> Response:
     """OpenAI files API (training files), served by the trainer."""
     s = request.app.state.settings
-    path = "/v1/files" + (f"/{rest}" if rest else "")
+    path = "/v1/files" + _rest(request)
     upload = request.method == "POST"
     return await forward(request, _ups(request, "trainer"), path, limit=s.max_upload_bytes,
                          stream_body=upload, timeout=s.upload_timeout_s if upload else None)
@@ -104,10 +111,11 @@ async def fine_tuning(request: Request, rest: str) -> Response:
 
 @router.api_route("/v1/jobs", methods=ALL, dependencies=[Depends(require_admin)])
 @router.api_route("/v1/jobs/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
-async def jobs(request: Request, rest: str = "") -> Response:
+async def jobs(request: Request) -> Response:
     """Native training jobs; creation gets the gateway's callback_url unless one is given."""
     s = request.app.state.settings
-    path = "/v1/jobs" + (f"/{rest}" if rest else "")
+    rest = request.path_params.get("rest", "")
+    path = "/v1/jobs" + _rest(request)
     body = await read_body(request, s.max_request_bytes)
     if request.method == "POST" and not rest and body:
         body = _with_callback(body, s.callback_url())
@@ -115,12 +123,20 @@ async def jobs(request: Request, rest: str = "") -> Response:
                          body=body)
 
 
+def _rest(request: Request) -> str:
+    """The ``{rest:path}`` of the route from the *path* only: declared as a function argument
+    with a default, FastAPI would fill it from a ``?rest=`` query parameter on the routes
+    without it (``/v1/datasets?rest=../jobs`` forwarded to another path)."""
+    rest = request.path_params.get("rest", "")
+    return f"/{rest}" if rest else ""
+
+
 def _with_callback(body: bytes, url: str, nested: str | None = None) -> bytes:
     """Add ``callback_url`` (at the top, or inside ``nested``) to a JSON job request that has
     none; anything else (not JSON, a callback already set) is forwarded untouched."""
     try:
         parsed = json.loads(body)
-    except ValueError:
+    except (ValueError, RecursionError):
         return body
     if not isinstance(parsed, dict):
         return body

@@ -1,0 +1,56 @@
+"""The gateway's key cache under a flood of made-up keys (issue 15), on a real database.
+
+Before: misses were cached in the same dict as valid keys and the dict was cleared wholesale
+at 10,000 entries, so a flood of bogus keys sent every valid key back to the database, and a
+key tried before it was created stayed "invalid" for the cache TTL."""
+
+from __future__ import annotations
+
+from tuneloop.db import Database
+from tuneloop_gateway.app import MIGRATIONS
+from tuneloop_gateway.auth import KeyStore
+
+
+def _store(tmp_path, **kw) -> KeyStore:
+    db = Database(f"sqlite:///{tmp_path / 'gw.db'}")
+    db.migrate(MIGRATIONS, version_table="alembic_version_gateway")
+    return KeyStore(db, ttl=60, **kw)
+
+
+def test_flood_of_bogus_keys_does_not_evict_valid_keys(tmp_path):
+    keys = _store(tmp_path)
+    valid = [keys.create(f"k{i}", ["inference"])[0] for i in range(3)]
+    for k in valid:
+        assert keys.verify(k) is not None
+    for i in range(12_000):  # more than the old wholesale-clear threshold (10,000)
+        assert keys.verify(f"tlk-bogus-{i:06d}-0123456789abcdef") is None
+    for k in valid:
+        hit, principal = keys.cached(k)
+        assert hit and principal is not None, "a valid key was evicted by bogus ones"
+    assert len(keys._misses) <= keys.miss_size
+
+
+def test_cache_is_a_bounded_lru_of_valid_keys(tmp_path):
+    keys = _store(tmp_path, size=3)
+    made = [keys.create(f"k{i}", ["inference"])[0] for i in range(4)]
+    for k in made[:3]:
+        keys.verify(k)
+    keys.verify(made[0])           # most recently used now
+    keys.verify(made[3])           # evicts the least recently used one (made[1]) only
+    assert keys.cached(made[0])[0] and keys.cached(made[2])[0] and keys.cached(made[3])[0]
+    assert not keys.cached(made[1])[0]
+
+
+def test_key_tried_before_it_exists_works_once_created_and_revocation_is_per_key(tmp_path):
+    keys = _store(tmp_path)
+    key = "tlk-created-later-0123456789abcdef"
+    assert keys.verify(key) is None        # tried first: a miss
+    keys.create("later", ["inference"], key=key)
+    assert keys.verify(key) is not None    # the miss is forgotten on creation
+    other, view = keys.create("other", ["admin"])
+    assert keys.verify(other) is not None
+    _, gone = keys.create("gone", ["inference"])
+    keys.revoke(gone["id"])
+    assert keys.cached(key)[0] and keys.cached(other)[0]  # revoking one keeps the others
+    keys.revoke(view["id"])
+    assert keys.verify(other) is None
