@@ -81,6 +81,8 @@ def test_base_model_checks(client: TestClient, tiny_random_dir: Path, small_data
     ({"export": {"gguf": ["q2_k"]}}, "export.gguf.0"),
     ({"callback_url": "file:///etc/passwd"}, "callback_url"),
     ({"suffix": "../x"}, "suffix"),
+    ({"gate_alias": "bad alias!"}, "gate_alias"),
+    ({"gate_alias": "-x"}, "gate_alias"),
     ({"extra": 1}, "extra"),
 ])
 def test_bad_fields_are_400(client: TestClient, tiny_random_dir: Path, patch: dict, param: str):
@@ -115,3 +117,20 @@ def test_openai_surface_bad_input(client: TestClient, tiny_random_dir: Path):
     _err(client.post("/v1/fine_tuning/jobs", json={"model": "m", "training_file": "file-0123456789abcdef",
                                                    "method": {"type": "dpo"}}), 400, "unsupported_method")
     _err(client.post("/v1/fine_tuning/jobs", json={"model": "m"}), 400, "invalid_request", "training_file")
+
+
+def test_gate_alias_is_validated_and_kept_on_the_openai_surface(client: TestClient, tiny_random_dir: Path,
+                                                               ticket_rows: list[dict[str, str]]):
+    """A job names the alias its gate moves (the gateway's alias is only the default)."""
+    lines = "\n".join(json.dumps(r) for r in ticket_rows[:40]).encode()
+    f = client.post("/v1/files", files={"file": ("t.jsonl", lines)}, data={"purpose": "fine-tune"})
+    assert f.status_code == 200, f.text
+    body = {"model": str(tiny_random_dir), "training_file": f.json()["id"],
+            "hyperparameters": {"n_epochs": 1}, "tuneloop": {"backend": "peft", "gate_alias": "no spaces"}}
+    _err(client.post("/v1/fine_tuning/jobs", json=body), 400, "invalid_request", "tuneloop.gate_alias")
+    body["tuneloop"]["gate_alias"] = "invoice-extractor"
+    r = client.post("/v1/fine_tuning/jobs", json=body)
+    assert r.status_code in (200, 201), r.text
+    job_id = r.json()["id"]
+    client.post(f"/v1/jobs/{job_id}/cancel")  # only its record matters here
+    assert client.get(f"/v1/jobs/{job_id}").json()["gate_alias"] == "invoice-extractor"

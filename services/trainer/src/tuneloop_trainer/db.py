@@ -25,6 +25,7 @@ class Job(Base):
     export: Mapped[dict[str, Any]] = mapped_column(JSON)
     callback_url: Mapped[str | None] = mapped_column(Text, nullable=True)
     suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    gate_alias: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the gateway's gate moves it
     model_id: Mapped[str] = mapped_column(String(64))  # assigned at creation, registered on success
     registered: Mapped[bool] = mapped_column(Boolean, default=False)
     progress: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

@@ -9,6 +9,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from .hparams import ExportOptions, Hyperparameters
 
 SUFFIX_PATTERN = r"^[A-Za-z0-9_\-]{1,40}$"
+# an alias name as inference accepts it (its NAME_RE), so a bad one is refused at job creation
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}$"
 
 
 class JobCreate(BaseModel):
@@ -25,6 +27,10 @@ class JobCreate(BaseModel):
     export: ExportOptions = Field(default_factory=ExportOptions)
     callback_url: str | None = Field(None, max_length=2000, pattern=r"^https?://\S+$")
     suffix: str | None = Field(None, pattern=SUFFIX_PATTERN)
+    gate_alias: str | None = Field(
+        None, pattern=ALIAS_PATTERN, description="Alias the gateway's promotion gate moves when this "
+        "job's model passes (default: the gateway's GATEWAY_PROMOTION_ALIAS). One alias per task: "
+        "a second task's fine-tune never lands on the first task's alias.")
 
 
 class OpenAIHyperparameters(BaseModel):
@@ -50,7 +56,7 @@ class FineTuningJobCreate(BaseModel):
     suffix: str | None = Field(None, pattern=SUFFIX_PATTERN)
     seed: int | None = Field(None, ge=0, le=2**31 - 1)
     metadata: dict[str, str] | None = None
-    tuneloop: dict[str, Any] | None = Field(None, description="backend / gpus / export / callback_url.")
+    tuneloop: dict[str, Any] | None = Field(None, description="backend / gpus / export / callback_url / gate_alias.")
 
 
 def openai_to_native(body: FineTuningJobCreate) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -129,7 +129,8 @@ class TrainerService:
                          hyperparameters: dict[str, Any] | Hyperparameters,
                          export: dict[str, Any] | ExportOptions, callback_url: str | None,
                          suffix: str | None, source: str = "api", training_file: str | None = None,
-                         validation_file: str | None = None, gpus: int = 1) -> dict[str, Any]:
+                         validation_file: str | None = None, gpus: int = 1,
+                         gate_alias: str | None = None) -> dict[str, Any]:
         import anyio
 
         gpus = self.validate_gpus(gpus, backend)
@@ -150,7 +151,7 @@ class TrainerService:
         job = Job(id=job_id, status="queued", dataset_id=dataset_id, base_model=base_model,
                   backend=backend, gpus=gpus, hyperparameters=hp.model_dump(), export=ex.model_dump(),
                   callback_url=callback_url or self.settings.callback_url, suffix=suffix,
-                  model_id=mv_id, progress={}, created_at=now(), queued_at=time.time(),
+                  gate_alias=gate_alias, model_id=mv_id, progress={}, created_at=now(), queued_at=time.time(),
                   source=source, training_file=training_file, validation_file=validation_file)
         with self.db.session() as s:
             s.add(job)
@@ -350,7 +351,7 @@ def job_view(j: Job) -> dict[str, Any]:
                                            "learning_rate", "tokens_per_s", "eta_s",
                                            "step_time_s", "peak_gpu_bytes", "peak_rss_bytes")},
         "error": j.error, "attempts": j.attempts, "executor": j.executor, "suffix": j.suffix,
-        "callback_url": j.callback_url, "cancel_requested": j.cancel_requested,
+        "gate_alias": j.gate_alias, "callback_url": j.callback_url, "cancel_requested": j.cancel_requested,
         "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
     }
 

@@ -8,6 +8,7 @@ Statuses: validating_files -> queued -> running -> succeeded | failed | cancelle
 
 from __future__ import annotations
 
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from tuneloop.errors import InvalidRequest, PayloadTooLarge, TuneloopError
 from tuneloop.ids import new_id
 
 from ..db import Job
-from ..schemas import FineTuningJobCreate, openai_to_native
+from ..schemas import ALIAS_PATTERN, FineTuningJobCreate, openai_to_native
 from ..service import TrainerService
 
 router = APIRouter(tags=["openai"])
@@ -106,9 +107,13 @@ async def create_ft_job(body: FineTuningJobCreate, request: Request) -> dict:
                                             eval_path=svc.store.local_path(val.key),
                                             name=Path(train.filename).stem[:80] or "upload")
         dataset_id = ds["id"]
-    unknown = set(extra) - {"backend", "gpus", "export", "callback_url"}
+    unknown = set(extra) - {"backend", "gpus", "export", "callback_url", "gate_alias"}
     if unknown:
         raise InvalidRequest(f"unknown tuneloop options: {sorted(unknown)}", param="tuneloop")
+    gate_alias = extra.get("gate_alias")
+    if gate_alias is not None and not (isinstance(gate_alias, str) and re.match(ALIAS_PATTERN, gate_alias)):
+        raise InvalidRequest(f"gate_alias must match {ALIAS_PATTERN} (got {str(gate_alias)[:80]!r})",
+                             param="tuneloop.gate_alias")
     backend = extra.get("backend") or request.app.state.settings.backend
     if backend not in ("auto", "unsloth", "peft"):
         raise InvalidRequest(f"backend must be auto|unsloth|peft (got {backend!r})",
@@ -117,7 +122,7 @@ async def create_ft_job(body: FineTuningJobCreate, request: Request) -> dict:
                                gpus=extra.get("gpus", 1), hyperparameters=hp, export=extra.get("export") or {},
                                callback_url=extra.get("callback_url"), suffix=body.suffix,
                                source="openai", training_file=body.training_file,
-                               validation_file=body.validation_file)
+                               validation_file=body.validation_file, gate_alias=gate_alias)
     request.app.state.supervisor.wake.set()
     return ft_view(await anyio.to_thread.run_sync(svc.job_row, job["id"]))
 
