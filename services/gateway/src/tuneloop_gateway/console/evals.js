@@ -63,8 +63,11 @@ const METRICS = [
 export async function detail(ctx, id) {
   const run = await api(`/v1/evals/${id}`, { signal: ctx.signal });
   if (run.status === "running") {
+    const prog = Object.entries(run.progress || {});
     fill(ctx.main, h("h1", {}, "Evaluation ", h("code", {}, id), " ", badge(run.status)),
-      h("p", { class: "muted spinner", "aria-live": "polite" }, "Generating answers for every target; this page refreshes by itself"));
+      h("p", { class: "muted spinner", "aria-live": "polite" }, "Generating answers for every target; this page refreshes by itself"),
+      prog.length ? h("ul", { id: "eval-progress" }, prog.map(([name, p]) =>
+        h("li", {}, h("strong", {}, name), ` ${p.done} / ${p.total} done`, p.failed ? ` (${p.failed} failed after retries)` : ""))) : null);
     setTimeout(() => { if (!ctx.signal.aborted) detail(ctx, id).catch(() => {}); }, 2000);
     return;
   }
@@ -83,6 +86,7 @@ export async function detail(ctx, id) {
       run.config?.source?.model_id ? [" · model ", modelLink(run.config.source.model_id)] : null),
     rep.advice?.length ? h("section", { class: "panel", "aria-labelledby": "a-h" }, h("h2", { id: "a-h" }, "Is it worth shipping?"),
       h("ul", { id: "eval-advice" }, rep.advice.map((a) => h("li", {}, a)))) : null,
+    failedPanel(rep),
     h("section", { class: "panel", "aria-labelledby": "m-h" }, h("h2", { id: "m-h" }, "Metrics (95% intervals)"),
       metricTable(targets, rep.baseline), comparisons(rep)),
     fieldsPanel(targets),
@@ -99,7 +103,8 @@ function metricTable(targets, baseline) {
   }
   return h("div", { class: "scroll" }, h("table", { id: "metric-table" },
     h("thead", {}, h("tr", {}, h("th", { scope: "col" }, "metric"), targets.map((t) =>
-      h("th", { scope: "col" }, t.name, t.name === baseline ? " (baseline)" : t.role && t.role !== t.name ? ` (${t.role})` : "", h("br"),
+      h("th", { scope: "col" }, t.name, t.name === baseline ? " (baseline)" : t.role === "base_kshot" ? ` (base, ${t.shots}-shot prompt)`
+        : t.role && t.role !== t.name ? ` (${t.role})` : "", h("br"),
         t.model !== t.name ? h("span", { class: "hint" }, modelLink(t.model)) : null, " ", t.status && t.status !== "succeeded" ? badge(t.status) : null)))),
     h("tbody", {}, rows.map(([k, label]) => h("tr", {}, h("th", { scope: "row" }, label), targets.map((t) => {
       const m = t.metrics?.[k];
@@ -116,11 +121,27 @@ function metricTable(targets, baseline) {
 function comparisons(rep) {
   const c = rep.comparisons || [];
   if (!c.length) return null;
-  return h("div", {}, h("h3", {}, "Against the baseline"), table([
+  return h("div", {}, h("h3", {}, "Against the baselines (zero-shot and k-shot) and production"), table([
     { label: "target", get: (r) => r.target }, { label: "vs", get: (r) => r.vs },
     { label: "uplift (paired, 95% CI)", get: (r) => fmt.ci(r.uplift) },
     { label: "general-suite drop", get: (r) => r.general_drop == null ? "–" : fmt.ci(r.general_drop) },
   ], c));
+}
+
+function failedPanel(rep) {
+  const failed = rep.failed_requests || [];
+  if (!failed.length) return null;
+  return h("section", { class: "panel", "aria-labelledby": "f-h", id: "eval-failed" },
+    h("h2", { id: "f-h" }, `Failed requests (${rep.n_failed_requests ?? failed.length})`),
+    h("p", { class: "hint" }, "These generations still failed after their retries (timeouts, unreachable or overloaded engines). ",
+      "They are not scored as wrong answers: every metric covers the answers only, the run is incomplete and a gate on it is inconclusive. ",
+      "Run it again: only these are generated again."),
+    table([
+      { label: "target", get: (f) => f.target },
+      { label: "where", get: (f) => f.suite === "task" ? `example ${f.index + 1}${f.line ? ` (line ${f.line})` : ""}` : `general ${f.id || f.index}` },
+      { label: "attempts", get: (f) => String(f.attempts ?? "–") },
+      { label: "error", get: (f) => f.error },
+    ], failed.slice(0, 200)));
 }
 
 function fieldsPanel(targets) {
@@ -145,6 +166,7 @@ async function loadAll(ctx, id) {
 function score(sample, name) {
   const o = sample.outputs?.[name];
   if (!o) return null;
+  if (o.error) return null;  // a failed request is not a wrong answer
   if (sample.suite === "general") return o.correct ? 1 : 0;
   return o.task_score ?? (o.exact_match ? 1 : 0);
 }
@@ -180,8 +202,9 @@ async function samplesView(ctx, id, targets, rep) {
     const A = a.value, B = b.value;
     let items = samples.filter((s) => s.suite === suite.value);
     const f = filter.value;
-    if (f === "b-wrong-a-right") items = items.filter((s) => score(s, B) < score(s, A));
-    if (f === "b-right-a-wrong") items = items.filter((s) => score(s, B) > score(s, A));
+    const both = (s) => score(s, A) != null && score(s, B) != null;
+    if (f === "b-wrong-a-right") items = items.filter((s) => both(s) && score(s, B) < score(s, A));
+    if (f === "b-right-a-wrong") items = items.filter((s) => both(s) && score(s, B) > score(s, A));
     if (f === "differ") items = items.filter((s) => s.outputs?.[A]?.output !== s.outputs?.[B]?.output);
     count.textContent = `${items.length} example(s) shown` + (items.length > 100 ? " (first 100)" : "");
     fill(list, ...items.slice(0, 100).map((s) => sampleCard(s, A, B)));
@@ -202,7 +225,8 @@ function sampleCard(s, A, B) {
   const oa = s.outputs?.[A] || {}, ob = s.outputs?.[B] || {};
   const parts = wordDiff(oa.output ?? oa.error ?? "", ob.output ?? ob.error ?? "");
   const sa = score(s, A), sb = score(s, B);
-  const verdict = sb > sa ? badge("succeeded", "B better") : sb < sa ? badge("failed", "B worse") : badge("info", "same score");
+  const verdict = sa == null || sb == null ? badge("incomplete", "not answered")
+    : sb > sa ? badge("succeeded", "B better") : sb < sa ? badge("failed", "B worse") : badge("info", "same score");
   const col = (name, o, sc, side) => h("div", { class: "side", dataset: { target: name } },
     h("strong", {}, name), " ", h("span", { class: "hint" }, `score ${fmt.num(sc, 2)}`,
       o.latency_ms != null ? ` · ${fmt.num(o.latency_ms, 0)} ms` : ""),

@@ -92,8 +92,10 @@ function evidence(p) {
     p.error ? h("p", { class: "error" }, typeof p.error === "string" ? p.error : `${p.error.code || ""}: ${p.error.message || ""}`) : null,
     checks.length ? table([
       { label: "check", get: (c) => c.check }, { label: "value", get: (c) => fmt.num(c.value, 4) },
+      { label: "95% interval", get: (c) => c.ci_low == null ? "–" : `${fmt.num(c.ci_low, 3)} .. ${fmt.num(c.ci_high, 3)}` },
       { label: "rule", get: (c) => `${c.op} ${fmt.num(c.threshold, 4)}` },
-      { label: "result", get: (c) => c.passed == null ? badge("info", "n/a") : badge(String(c.passed), c.passed ? "passed" : "failed") },
+      { label: "result", get: (c) => c.verdict === "inconclusive" ? badge("inconclusive", c.rows_needed ? `inconclusive (~${c.rows_needed} ${c.unit || "rows"})` : "inconclusive")
+        : c.passed == null ? badge("info", "n/a") : badge(String(c.passed), c.passed ? "passed" : "failed") },
     ], checks) : null,
     p.evidence?.table ? h("details", {}, h("summary", {}, "Eval table"), h("pre", {}, p.evidence.table)) : null);
 }

@@ -63,7 +63,8 @@ export const fmt = {
 
 const GOOD = ["succeeded", "ready", "promoted", "passed", "done", "serving", "accepted", "true"];
 const BAD = ["failed", "rejected", "cancelled", "error", "stopped", "false"];
-const WARN = ["running", "queued", "validating", "evaluating", "starting", "restarting", "pending", "warning"];
+const WARN = ["running", "queued", "validating", "evaluating", "starting", "restarting", "pending", "warning",
+  "incomplete", "inconclusive"];
 
 export function badge(status, label) {
   const s = String(status);
