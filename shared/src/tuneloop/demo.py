@@ -47,7 +47,22 @@ DEFAULTS = {
     "replay_rows": 64,
 }
 
+# On a GPU (``--device gpu``, or auto when CUDA is present): a GPU-sized task (>= 1,000 train
+# rows, >= 150 held-out), the unsloth backend and the vLLM engine; no hyperparameters are sent:
+# the trainer chooses them for the GPU and the model (precision, packing, batch, learning rate,
+# epochs) and says why in the job's events.
+GPU_DEFAULTS = {"train_rows": 1200, "eval_rows": 160, "eval_max_tokens": 96, "replay_rows": 128}
+
 console = Console()
+
+
+def cuda_present() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except Exception:  # noqa: BLE001 - no torch, no GPU
+        return False
 
 
 class DemoError(Exception):
@@ -80,7 +95,7 @@ class Timings:
 
 
 # -- configuration of the local stack ------------------------------------------------------------
-def configure_env(var: Path, base_path: Path, eval_max_tokens: int) -> None:
+def configure_env(var: Path, base_path: Path, eval_max_tokens: int, gpu: bool = False) -> None:
     """Environment the services start with (only where the user has not set it already)."""
     from .stack import configure_local_env
 
@@ -90,6 +105,10 @@ def configure_env(var: Path, base_path: Path, eval_max_tokens: int) -> None:
         "GATEWAY_EVAL_MAX_TOKENS": str(eval_max_tokens),
         "GATEWAY_EVAL_CONCURRENCY": "8",
     }
+    if gpu:  # vLLM with runtime LoRA: the candidate is evaluated as an adapter of the served base
+        env.update({"INFERENCE_ENGINE": "vllm", "INFERENCE_VLLM_ENABLE_LORA": "true",
+                    "INFERENCE_GPU_MEMORY_UTILIZATION": "0.30", "GATEWAY_EVAL_CONCURRENCY": "64",
+                    "TRAINER_BACKEND": "auto"})
     for k, v in env.items():
         os.environ.setdefault(k, v)
 
@@ -246,6 +265,11 @@ def check_generations(api: GatewayAPI, run: dict) -> None:
 
 
 def step_train(api: GatewayAPI, ds: dict, base_path: Path, cfg: argparse.Namespace) -> dict:
+    if cfg.gpu:  # nothing but the task: the trainer picks the recipe for this GPU and model
+        body = {"dataset_id": ds["id"], "base_model": str(base_path), "backend": "auto",
+                "suffix": "support-bot", "gate_alias": ALIAS,
+                "hyperparameters": {"logging_steps": 5}}
+        return _watch_job(api, api.create_job(body))
     n_train = (ds.get("counts") or {}).get("train") or cfg.train_rows
     steps = max(1, int(-(-n_train // (cfg.batch_size * cfg.grad_accum)) * cfg.epochs))
     body = {"dataset_id": ds["id"], "base_model": str(base_path), "backend": "peft",
@@ -259,7 +283,10 @@ def step_train(api: GatewayAPI, ds: dict, base_path: Path, cfg: argparse.Namespa
                 # an eval loss at mid-run and at the end: the bar shows it, early stopping uses it
                 "eval_strategy": "steps", "eval_steps": max(1, steps // 2),
                 "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj"]}}
-    job = api.create_job(body)
+    return _watch_job(api, api.create_job(body))
+
+
+def _watch_job(api: GatewayAPI, job: dict) -> dict:
     console.print(f"job [bold]{job['id']}[/] ({job.get('backend')}) {job.get('status')}")
     job = JobWatcher(api, console).watch(job["id"])
     if job.get("status") != "succeeded":
@@ -267,6 +294,19 @@ def step_train(api: GatewayAPI, ds: dict, base_path: Path, cfg: argparse.Namespa
         raise DemoError(f"training job {job['id']} {job.get('status')}: {err.get('code')}: "
                         f"{err.get('message')}")
     return job
+
+
+def job_facts(api: GatewayAPI, job: dict) -> dict:
+    """What the job chose and measured: resolved hyperparameters, tokens/s, the export check."""
+    out: dict[str, Any] = {"resolved_hyperparameters": job.get("resolved_hyperparameters"),
+                           "progress": job.get("progress")}
+    if job.get("model_id"):
+        try:
+            mv = api.model(job["model_id"])
+            out.update(metrics=mv.get("metrics"), export_checks=mv.get("export_checks"))
+        except ApiError:
+            pass
+    return out
 
 
 def step_gate(api: GatewayAPI, job: dict, appear_s: float = 60.0, timeout_s: float = 3600.0) -> dict:
@@ -361,9 +401,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="general rows answered by the base, mixed into training against "
                         "forgetting (0: tickets only)")
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto",
+                   help="gpu: unsloth + vLLM with a GPU-sized task (auto: gpu when CUDA is present)")
+    p.add_argument("--base-model", type=Path, default=None,
+                   help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--skip-base-eval", action="store_true",
                    help="skip step 3 (the gate still evaluates the base beside the candidate)")
-    return p.parse_args(argv)
+    cfg = p.parse_args(argv)
+    cfg.gpu = cfg.device == "gpu" or (cfg.device == "auto" and cuda_present())
+    if cfg.gpu:  # GPU sizes where the user kept the CPU defaults
+        for key, value in GPU_DEFAULTS.items():
+            if getattr(cfg, key) == DEFAULTS[key]:
+                setattr(cfg, key, value)
+    return cfg
 
 
 def run(cfg: argparse.Namespace) -> int:
@@ -374,8 +424,8 @@ def run(cfg: argparse.Namespace) -> int:
     api: GatewayAPI | None = None
     try:
         with t.step("1. base model + services"):
-            base_path = step_base(var)
-            configure_env(var, base_path, cfg.eval_max_tokens)
+            base_path = cfg.base_model.resolve() if cfg.base_model else step_base(var)
+            configure_env(var, base_path, cfg.eval_max_tokens, cfg.gpu)
             step_up(var)
             api = connect(var)
             wait_ready(api, var)
@@ -387,16 +437,22 @@ def run(cfg: argparse.Namespace) -> int:
             with t.step("3. evaluate the base first"):
                 base_run = step_eval_base(api, ds)
                 summary["base_eval_id"] = base_run and base_run["id"]
-        with t.step("4. fine-tune (LoRA, peft)"):
+        with t.step("4. fine-tune (LoRA, unsloth)" if cfg.gpu else "4. fine-tune (LoRA, peft)"):
             job = step_train(api, ds, base_path, cfg)
-            summary.update(job_id=job["id"], model_id=job.get("model_id"))
+            summary.update(job_id=job["id"], model_id=job.get("model_id"), job=job_facts(api, job))
         with t.step("5. verify, deploy, evaluate, gate"):
             decision = step_gate(api, job)
             summary["decision"] = {k: decision.get(k) for k in ("id", "status", "eval_id", "reasons")}
+            summary["swap"] = (decision.get("evidence") or {}).get("swap")
         with t.step("6. results"):
             run_ = step_report(api, decision, base_run)
             if run_:
-                summary["report_table"] = (run_.get("report") or {}).get("table")
+                report = run_.get("report") or {}
+                summary["report_table"] = report.get("table")
+                summary["eval"] = {"status": run_.get("status"), "comparisons": report.get("comparisons"),
+                                   "targets": [{k: t.get(k) for k in ("name", "role", "model", "status",
+                                                                        "metrics")}
+                                               for t in report.get("targets") or []]}
             alias = decision.get("alias") or ALIAS
             if decision.get("status") == "promoted":
                 summary["snippet"] = step_snippet(api, alias)

@@ -291,12 +291,13 @@ class PromotionService:
 
     async def _evaluate_and_decide(self, pid: str, job: dict[str, Any], alias: str,
                                    evidence: dict[str, Any]) -> dict[str, Any]:
-        dep = await self.inference.deploy({"model_id": job["model_id"]})
+        base = await self.ensure_base(job.get("base_model"))
+        dep, swap = await self._deploy_candidate(job["model_id"], base)
         if dep.get("state") != "ready":
             raise TuneloopError(f"candidate deployment {dep.get('id')} is {dep.get('state')}: "
                                 f"{dep.get('error')}", code="candidate_not_ready")
         candidate = dep["model"]
-        base = await self.ensure_base(job.get("base_model"))
+        evidence["swap"] = swap
         production = await self.inference.alias_target(alias)
         targets = [TargetSpec(name="base", model=base, role="base"),
                    TargetSpec(name="candidate", model=candidate, role="candidate")]
@@ -325,8 +326,16 @@ class PromotionService:
             "served": {"candidate": candidate, "base": base, "production": production},
             "deployment": dep.get("id")})
         if decision == "pass":
+            serve = await self._serve_merged(job["model_id"], dep, swap) \
+                if swap["candidate_via"] == "adapter" else candidate
+            t0 = time.monotonic()
             async with self._lock:
-                await self.inference.set_alias(alias, candidate)
+                await self.inference.set_alias(alias, serve)
+            swap["alias_flip_s"] = round(time.monotonic() - t0, 3)
+            if serve != candidate:
+                await self._drop(dep, evidence)
+                candidate = serve
+                await run_in_threadpool(self._set, pid, candidate=serve)
             reasons.insert(0, f"promoted: '{alias}' now serves {candidate} "
                               f"(before: {_alias_state(production)})")
             return await run_in_threadpool(self._finish, pid, "promoted", reasons=reasons,
@@ -342,13 +351,51 @@ class PromotionService:
         reasons.insert(0, f"refused: '{alias}' stays on {production}" if production
                        else f"refused: '{alias}' had no target before and still has none")
         if dep.get("id") and candidate not in (production, base):
-            try:  # a refused candidate should not hold an engine; the record keeps the evidence
-                await self.inference.undeploy(dep["id"])
-                evidence["undeployed"] = True
-            except ServiceError as exc:
-                evidence["undeployed"] = f"failed: {exc.message}"
+            await self._drop(dep, evidence)  # a refused candidate should not hold an engine
         return await run_in_threadpool(self._finish, pid, "rejected", reasons=reasons,
                                        evidence=evidence)
+
+    async def _deploy_candidate(self, model_id: str, base: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The candidate for its evaluation: attached as a runtime LoRA adapter to the served base
+        when inference can (vLLM with LoRA on: seconds, no second engine), else its merged
+        weights in an engine of their own."""
+        t0 = time.monotonic()
+        if self.settings.gate_via_adapter:
+            try:
+                dep = await self.inference.deploy({"model_id": model_id, "adapter_of": base})
+                if dep.get("state") == "ready":
+                    return dep, {"candidate_via": "adapter", "adapter_of": base,
+                                 "candidate_deploy_s": round(time.monotonic() - t0, 3)}
+                await self._drop(dep, {})
+                why = f"adapter deployment {dep.get('state')}: {dep.get('error')}"
+            except ServiceError as exc:
+                why = f"{exc.code}: {exc.message}"
+            log.info("candidate evaluated as merged weights", extra={"model_id": model_id, "why": why})
+        t0 = time.monotonic()
+        dep = await self.inference.deploy({"model_id": model_id})
+        swap = {"candidate_via": "merged", "candidate_deploy_s": round(time.monotonic() - t0, 3)}
+        if self.settings.gate_via_adapter:
+            swap["adapter_refused"] = why
+        return dep, swap
+
+    async def _serve_merged(self, model_id: str, adapter_dep: dict[str, Any],
+                            swap: dict[str, Any]) -> str:
+        """After a pass through the adapter: the merged weights (the verified export, the
+        documented contract) get an engine of their own, and the alias moves to them."""
+        t0 = time.monotonic()
+        merged = await self.inference.deploy({"model_id": model_id})
+        swap["merged_deploy_s"] = round(time.monotonic() - t0, 3)
+        if merged.get("state") != "ready":
+            raise TuneloopError(f"merged deployment {merged.get('id')} is {merged.get('state')}: "
+                                f"{merged.get('error')}", code="candidate_not_ready")
+        return merged["model"]
+
+    async def _drop(self, dep: dict[str, Any], evidence: dict[str, Any]) -> None:
+        try:  # the record keeps the evidence; the engine (or adapter slot) is freed
+            await self.inference.undeploy(dep["id"])
+            evidence["undeployed"] = True
+        except ServiceError as exc:
+            evidence["undeployed"] = f"failed: {exc.message}"
 
     async def ensure_base(self, base_model: str | None) -> str:
         """The served name of the job's base model on inference, deployed if absent."""

@@ -113,6 +113,11 @@ class GatewaySettings(ServiceSettings):
     promotion_alias: str = Field(
         "production", description="Alias that the gate moves when the job names none (a job's "
         "gate_alias wins).")
+    gate_via_adapter: bool = Field(
+        True, description="Evaluate a candidate as a runtime LoRA adapter on the served base when "
+        "inference can (vLLM with INFERENCE_VLLM_ENABLE_LORA): no second engine for the "
+        "evaluation; a passing candidate's merged weights are then deployed and the alias moves "
+        "to them. Otherwise (or off) the merged weights are deployed for the evaluation.")
     base_model_name: str = Field(
         "base", description="Served name of the base deployment on inference (deployed from the "
         "job's base_model path under this name when absent).")

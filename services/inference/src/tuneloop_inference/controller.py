@@ -51,6 +51,9 @@ def _now() -> int:
     return int(time.time())
 
 
+ADAPTER_SUFFIX = ".lora"  # served name of a version attached as a runtime LoRA adapter
+
+
 @dataclass
 class LocalDeployment:
     """What this replica holds for one deployment."""
@@ -212,10 +215,13 @@ class Controller:
             if not is_valid_id(model_id, "mv"):
                 raise InvalidRequest(f"model_id '{model_id[:80]}' is not a model version id "
                                      "(mv-...)", param="model_id", code="invalid_model_id")
-            if name and name != model_id:
-                raise InvalidRequest("a model version is served under its own id; omit `name`",
+            # a runtime adapter and the merged weights of one version are different deployments
+            # (two engines' caches): each keeps an immutable served name of its own
+            own = f"{model_id}{ADAPTER_SUFFIX}" if adapter_of else model_id
+            if name and name != own:
+                raise InvalidRequest(f"a model version is served under '{own}'; omit `name`",
                                      param="name")
-            name = model_id
+            name = own
             key = f"models/{model_id}/adapter" if adapter_of else f"models/{model_id}/merged"
             if not self.store.exists(key):
                 raise NotFound(f"model version '{model_id}' has no {key.rsplit('/', 1)[-1]} "
