@@ -5,11 +5,13 @@ report of base vs tuned vs damaged, and the gate's verdict on that real report."
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import openai
 import pytest
 
+from tuneloop.testing.engines import TransformersServe
 from tuneloop_gateway.promotion import GateConfig, apply_gate
 
 pytestmark = pytest.mark.slow
@@ -92,9 +94,9 @@ def test_eval_base_vs_tuned_vs_damaged_full_report_and_gate(admin, engines, tick
         else:
             assert met["general"]["n"] == rep["n_general"] >= 30
             assert met["general"]["ci_low"] <= met["general"]["value"] <= met["general"]["ci_high"]
-    # the k-shot prompt really was sent: its answers differ from the zero-shot base's
-    assert m["base_3shot"]["json_valid"]["value"] != m["base"]["json_valid"]["value"] or \
-        m["base_3shot"]["task_score"]["value"] != m["base"]["task_score"]["value"]
+    # the k-shot prompt really was sent: the same greedy model answers differently with it
+    task_samples = admin.get(f"/v1/evals/{run['id']}/samples", params={"suite": "task", "limit": 100}).json()["data"]
+    assert any(x["outputs"]["base_3shot"]["output"] != x["outputs"]["base"]["output"] for x in task_samples)
     assert m["tuned"]["json_valid"]["value"] >= 0.9
     assert m["damaged"]["json_valid"]["value"] == 0.0
     assert m["tuned"]["task_score"]["value"] > m["base"]["task_score"]["value"] + 0.3
@@ -115,7 +117,7 @@ def test_eval_base_vs_tuned_vs_damaged_full_report_and_gate(admin, engines, tick
     assert s["total"] == len(rows) and len(s["data"]) == 5 and s["has_more"]
     first = s["data"][0]
     assert first["reference"] == rows[0]["output"]
-    assert set(first["outputs"]) == {"base", "tuned", "damaged"}
+    assert set(first["outputs"]) == {"base", "base_3shot", "tuned", "damaged"}
     assert json.loads(first["outputs"]["tuned"]["output"])["urgency"] in ("high", "medium", "low")
     g = admin.get(f"/v1/evals/{run['id']}/samples", params={"suite": "general", "limit": 1}).json()
     assert g["data"][0]["suite"] == "general" and "correct" in g["data"][0]["outputs"]["base"]
@@ -126,8 +128,9 @@ def test_eval_base_vs_tuned_vs_damaged_full_report_and_gate(admin, engines, tick
     decision, checks, _ = apply_gate(rep, gate, candidate="tuned", base="base")
     assert decision != "fail", checks
     decision, checks, reasons = apply_gate(rep, gate, candidate="damaged", base="base")
-    failed = {c["check"] for c in checks if c["verdict"] == "fail"}
-    assert decision == "fail" and {"uplift_vs_base", "json_validity"} <= failed
+    verdicts = {c["check"]: c["verdict"] for c in checks}
+    assert decision == "fail" and verdicts["json_validity"] == "fail"
+    assert verdicts["uplift_vs_base"] != "pass"  # 16 rows: 'fail' or, honestly, 'inconclusive'
 
 
 def test_eval_from_uploaded_file_with_pairwise_judge(admin, engines, ticket_rows):
@@ -151,3 +154,61 @@ def test_eval_from_uploaded_file_with_pairwise_judge(admin, engines, ticket_rows
     assert len(judged) == 2 and all(x["judge"]["score"] in (0.0, 0.5, 1.0) for x in judged)
     # keys given for targets are never stored
     assert "api_key" not in json.dumps(run["config"])
+
+
+def _wait_for_answers(admin, eval_id: str, target: str, n: int) -> None:
+    """Poll the run's progress until ``target`` has ``n`` generations done."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        run = admin.get(f"/v1/evals/{eval_id}").json()
+        assert run["status"] == "running", f"the run ended before {target} was killed: {run['status']}"
+        if run["progress"][target]["done"] >= n:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{target} never answered")
+
+
+def test_engine_killed_mid_eval_gives_incomplete_run_and_inconclusive_gate(admin, engines, tiny_models,
+                                                                           ticket_rows, tmp_path):
+    """A real engine killed (SIGKILL) while it is being evaluated: its remaining requests fail
+    after their retries, they are listed and never scored, the run is 'incomplete' and the
+    gate on it says 'inconclusive' — never 'rejected'."""
+    victim = TransformersServe(tiny_models["tuned"], log_path=tmp_path / "victim.log").start()
+    try:
+        rows = ticket_rows[200:300]
+        targets = [{"name": "base", "base_url": engines["base"].base_url, "model": engines["base"].model},
+                   {"name": "victim", "base_url": victim.base_url, "model": victim.model}]
+        r = admin.post("/v1/evals", json={"rows": rows, "targets": targets, "general_suite": False,
+                                          "kshot": 0, "concurrency": 2, "max_tokens": 48})
+        assert r.status_code == 202, r.text
+        eval_id = r.json()["id"]
+        _wait_for_answers(admin, eval_id, "victim", 1)
+        victim.kill()
+        run = admin.get(f"/v1/evals/{eval_id}").json()
+        while run["status"] == "running":
+            time.sleep(0.5)
+            run = admin.get(f"/v1/evals/{eval_id}").json()
+    finally:
+        victim.stop()
+    assert run["status"] == "incomplete", run["error"]
+    rep = run["report"]
+    by = {t["name"]: t for t in rep["targets"]}
+    assert by["base"]["status"] == "ok" and by["victim"]["status"] in ("incomplete", "failed")
+    failed = rep["failed_requests"]
+    assert rep["complete"] is False and rep["n_failed_requests"] == len(failed) > 0
+    assert {f["target"] for f in failed} == {"victim"}
+    assert any(f["attempts"] > 1 for f in failed)  # retried before giving up
+    assert all(f["error"].startswith(("unreachable", "target down", "timeout", "HTTP 5")) for f in failed)
+    answered = len(rows) - len(failed)
+    # failed generations are not scored as wrong answers: the victim's metrics cover its answers only
+    assert by["victim"]["metrics"]["task_score"]["n"] == answered
+    comp = next(c for c in rep["comparisons"] if c["target"] == "victim")
+    assert comp["uplift"]["n"] == answered
+    assert any("failed after retries" in a for a in rep["advice"])
+    samples = admin.get(f"/v1/evals/{eval_id}/samples", params={"limit": 500}).json()["data"]
+    lost = [x for x in samples if x["outputs"]["victim"]["error"]]
+    assert len(lost) == len(failed) and all(x["outputs"]["victim"]["task_score"] is None for x in lost)
+    gate = GateConfig(min_uplift=0.05, min_vs_production=0.0, max_general_drop=0.05, min_json_validity=0.9)
+    decision, checks, reasons = apply_gate(rep, gate, candidate="victim", base="base")
+    assert decision == "inconclusive"
+    assert checks[0]["check"] == "all_requests_answered" and checks[0]["value"] == len(failed)
