@@ -258,3 +258,34 @@ def test_name_length_is_checked_the_same_on_every_backend(client, upload, jsonl)
     assert long.status_code == 400 and long.json()["error"]["param"] == "name", long.text
     ok = upload(jsonl(rows), name="n" * 128)
     assert ok.status_code == 201 and ok.json()["name"] == "n" * 128, ok.text
+
+
+def test_replay_rows_go_to_train_only_spread_evenly_and_never_leak(client, settings):
+    """Replay rows against forgetting, a dataset option: train split only, interleaved, part of
+    the version's identity; one whose prompt is an eval prompt is dropped."""
+    rows = generate(60, seed=3)
+    evals = generate(10, seed=4)
+    replay = [{"instruction": f"What is {i} plus {i}? Answer in a few words.", "input": "",
+               "output": str(2 * i)} for i in range(12)]
+    leak = {"instruction": evals[0]["instruction"], "input": evals[0]["input"], "output": "not the answer"}
+    body = {"rows": rows, "eval_rows": evals, "replay_rows": replay + [leak], "name": "with-replay"}
+    r = client.post("/v1/datasets", json=body)
+    assert r.status_code == 201, r.text
+    ds = r.json()
+    assert ds["counts"]["train"] == 60 + 12 and ds["counts"]["eval"] == 10 and ds["counts"]["replay"] == 12
+    rep = client.get(f"/v1/datasets/{ds['id']}/report").json()
+    assert rep["split"]["replay"]["rows"] == 12 and rep["split"]["replay"]["dropped_eval_prompt"] == 1
+    root = Path(settings.resolved_artifact_url())
+    train = pq.read_table(root / ds["artifacts"]["train_parquet"]).to_pylist()
+    positions = [i for i, x in enumerate(train) if x["line"] < 0]
+    assert len(positions) == 12 and positions[0] > 0 and positions[-1] < len(train) - 1  # spread through
+    assert max(b - a for a, b in zip(positions, positions[1:])) <= 7
+    assert [train[i]["messages"][-1]["content"] for i in positions] == [str(2 * i) for i in range(12)]
+    evaluated = pq.read_table(root / ds["artifacts"]["eval_parquet"]).to_pylist()
+    assert all(x["line"] > 0 for x in evaluated)
+    # the same upload is the same version; without replay rows it is another one
+    assert client.post("/v1/datasets", json=body).json()["id"] == ds["id"]
+    plain = client.post("/v1/datasets", json={**body, "replay_rows": None}).json()
+    assert plain["id"] != ds["id"] and "replay" not in plain["counts"]
+    bad = client.post("/v1/datasets", json={**body, "replay_rows": [{"instruction": "no output"}]})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "replay_rows"

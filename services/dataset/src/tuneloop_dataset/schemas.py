@@ -65,6 +65,10 @@ class Source(BaseModel):
 class JsonUpload(UploadOptions):
     rows: list[Any] | None = Field(None, description="Rows in article or chat form.")
     eval_rows: list[Any] | None = Field(None, description="Own eval rows (instead of a split).")
+    replay_rows: list[Any] | None = Field(
+        None, max_length=10_000, description="Replay rows against catastrophic forgetting (general "
+        "prompts answered by the base model: the gateway's POST /v1/replay-rows makes them). Added "
+        "to the train split only, spread evenly; never to the eval split.")
     source: Source | None = None
 
     @model_validator(mode="after")

@@ -125,31 +125,42 @@ class DatasetService:
             with open(out_path, "wb") as out:
                 res = self.validator().run(src, out)
         except UploadRejected as exc:
-            param = "eval_file" if which == "eval_file" else "file"
+            param = which if which in ("eval_file", "replay_rows") else "file"
             raise TuneloopError(exc.message, code=exc.code, status=exc.status, param=param) from exc
         finally:
             self.metrics.validation_seconds.observe(time.perf_counter() - t0)
         self.metrics.rows_validated.labels("valid").inc(res.valid)
         self.metrics.rows_validated.labels("invalid").inc(res.invalid)
-        if which == "eval_file":
+        if which in ("eval_file", "replay_rows"):
             for e in res.errors:
-                e["file"] = "eval_file"
+                e["file"] = which
         return res
 
     def ingest(self, src: IO[bytes], opts: UploadOptions, source: dict[str, Any],
-               eval_src: IO[bytes] | None = None) -> Ingested:
-        """Validate, split, report and store one upload; return the (new or existing) version."""
+               eval_src: IO[bytes] | None = None, replay_src: IO[bytes] | None = None) -> Ingested:
+        """Validate, split, report and store one upload; return the (new or existing) version.
+
+        ``replay_src``: replay rows against forgetting (general prompts answered by the base
+        model, e.g. from the gateway's ``POST /v1/replay-rows``). They go to the train split
+        only, spread evenly through it; one whose prompt is an eval prompt is dropped (it would
+        leak); they are part of the version's content hash."""
         work = self.work_dir()
         try:
-            return self._ingest(work, src, opts, source, eval_src)
+            return self._ingest(work, src, opts, source, eval_src, replay_src)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
     def _ingest(self, work: Path, src: IO[bytes], opts: UploadOptions, source: dict[str, Any],
-                eval_src: IO[bytes] | None) -> Ingested:
+                eval_src: IO[bytes] | None, replay_src: IO[bytes] | None = None) -> Ingested:
         main = self.parse(src, work / "rows.jsonl", "file")
         ev = self.parse(eval_src, work / "eval.jsonl", "eval_file") if eval_src else None
+        rp = self.parse(replay_src, work / "replay.jsonl", "replay_rows") if replay_src else None
         self._check_parse(main, ev, opts)
+        if rp is not None and (rp.invalid or not rp.valid):
+            first = rp.errors[0] if rp.errors else {"line": 0, "message": "no rows"}
+            raise DatasetInvalid(f"replay_rows: {rp.invalid} invalid rows (first: row {first['line']}: "
+                                 f"{first['message'][:200]})" if rp.invalid else "replay_rows is empty",
+                                 param="replay_rows", details={"errors": rp.errors[:20]})
         n = main.valid
         if ev is not None:
             eval_n, method = ev.valid, "eval_file"
@@ -159,7 +170,8 @@ class DatasetService:
                       "eval_fraction": opts.eval_fraction, "eval_file": ev is not None}
         digest = hashlib.sha256(
             ("tuneloop-dataset-v1\n" + main.sha256 + "\n" + (ev.sha256 if ev else "-") + "\n"
-             + json.dumps(split_opts, sort_keys=True)).encode()).hexdigest()
+             + json.dumps(split_opts, sort_keys=True)
+             + (f"\nreplay:{rp.sha256}" if rp else "")).encode()).hexdigest()
         ds_id = content_id("ds", digest)
         existing = self._get_row(ds_id)
         if existing is not None:
@@ -172,7 +184,7 @@ class DatasetService:
         stage = self.store.staging_dir(f"datasets/{ds_id}")
         try:
             report = self._build(work, stage, main, ev, eval_lines, opts, tok, tokenizer_name, note,
-                                 {"method": method, "seed": opts.seed})
+                                 {"method": method, "seed": opts.seed}, rp)
             row = DatasetRow(
                 id=ds_id, name=opts.name or source.get("filename") or "dataset", status="ready",
                 format=self._format(main, ev), created_at=int(time.time()),
@@ -234,8 +246,11 @@ class DatasetService:
     def _build(self, work: Path, stage: Path, main: ParseResult, ev: ParseResult | None,
                eval_lines: set[int] | None, opts: UploadOptions, tok: Any,
                tokenizer_name: str | None, note: str | None,
-               split_info: dict[str, Any]) -> dict[str, Any]:
+               split_info: dict[str, Any], rp: ParseResult | None = None) -> dict[str, Any]:
         s = self.settings
+        replay, leaked = self._replay_rows(work, eval_lines, ev) if rp else ([], 0)
+        train_n = main.valid - (len(eval_lines) if eval_lines is not None else 0)
+        placed = 0
         builder = ReportBuilder(
             tokenizer=tok, tokenizer_name=tokenizer_name, tokenizer_note=note,
             max_seq_length=opts.max_seq_length or s.default_max_seq_length,
@@ -248,6 +263,13 @@ class DatasetService:
                 split = "eval" if eval_lines is not None and line in eval_lines else "train"
                 writer.add(split, line, msgs)
                 builder.add(line, msgs, split)
+                if split == "train":  # replay row j goes after train row (j+1)*T/(R+1)
+                    seen = writer.counts["train"] - placed
+                    while placed < len(replay) and (placed + 1) * train_n <= seen * (len(replay) + 1):
+                        writer.add("train", -(placed + 1), replay[placed])  # line < 0: a replay row
+                        placed += 1
+            for j in range(placed, len(replay)):
+                writer.add("train", -(j + 1), replay[j])
             if ev is not None:
                 for line, msgs in iter_jsonl(work / "eval.jsonl"):
                     writer.add("eval", line, msgs)
@@ -265,6 +287,10 @@ class DatasetService:
             parse_counts["eval_file"] = {"total_lines": ev.total_lines, "valid": ev.valid,
                                          "invalid": ev.invalid}
         split_info.update(train=writer.counts["train"], eval=writer.counts["eval"])
+        if rp is not None:
+            split_info["replay"] = {"rows": len(replay), "dropped_eval_prompt": leaked,
+                                    "note": "general rows against forgetting, train split only "
+                                            "(line < 0 in the train split)"}
         report = builder.finish(parse=parse_counts, split=split_info)
         if main.bom:
             report["warnings"].append({"code": "utf8_bom_stripped",
@@ -275,6 +301,20 @@ class DatasetService:
         with open(stage / "report.json", "w", encoding="utf-8") as fh:
             json.dump(report, fh, ensure_ascii=False)
         return report
+
+    @staticmethod
+    def _replay_rows(work: Path, eval_lines: set[int] | None,
+                     ev: ParseResult | None) -> tuple[list[list[dict[str, str]]], int]:
+        """The replay rows, less any whose prompt is also an eval prompt (that would leak)."""
+        eval_prompts = set()
+        if ev is not None:
+            eval_prompts = {row_digest(canonical(m[:-1])) for _, m in iter_jsonl(work / "eval.jsonl")}
+        elif eval_lines:
+            eval_prompts = {row_digest(canonical(m[:-1])) for line, m in iter_jsonl(work / "rows.jsonl")
+                            if line in eval_lines}
+        rows = [m for _, m in iter_jsonl(work / "replay.jsonl")]
+        kept = [m for m in rows if row_digest(canonical(m[:-1])) not in eval_prompts]
+        return kept, len(rows) - len(kept)
 
     def _publish(self, row: DatasetRow, stage: Path) -> bool:
         """Insert the row and move the artifacts into place in one unit: the unique id makes
@@ -301,7 +341,8 @@ class DatasetService:
         return {"total": main.total_lines - main.blank_lines + (ev.total_lines - ev.blank_lines if ev else 0),
                 "valid": main.valid + (ev.valid if ev else 0),
                 "invalid": main.invalid + (ev.invalid if ev else 0),
-                "train": report["split"]["train"], "eval": report["split"]["eval"]}
+                "train": report["split"]["train"], "eval": report["split"]["eval"],
+                **({"replay": report["split"]["replay"]["rows"]} if "replay" in report["split"] else {})}
 
     # -- reads -------------------------------------------------------------------------
     def _get_row(self, ds_id: str) -> DatasetRow | None:

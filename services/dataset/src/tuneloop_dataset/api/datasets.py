@@ -87,7 +87,7 @@ async def _create(request: Request) -> JSONResponse:
 
 
 async def _multipart(request: Request) -> JSONResponse:
-    form = await request.form(max_files=2, max_fields=20)
+    form = await request.form(max_files=3, max_fields=20)
     try:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
@@ -96,17 +96,21 @@ async def _multipart(request: Request) -> JSONResponse:
         eval_upload = form.get("eval_file")
         if eval_upload is not None and not isinstance(eval_upload, UploadFile):
             raise InvalidRequest("'eval_file' must be a file", code="invalid_request", param="eval_file")
-        for f in (upload, eval_upload):
+        replay_upload = form.get("replay_file")
+        if replay_upload is not None and not isinstance(replay_upload, UploadFile):
+            raise InvalidRequest("'replay_file' must be a file", code="invalid_request", param="replay_file")
+        for f in (upload, eval_upload, replay_upload):
             if f is not None and (f.content_type or "").lower() in COMPRESSED_TYPES:
                 raise UnsupportedMediaType(f"'{f.filename}' is compressed ({f.content_type}); "
                                            "upload plain JSONL", code="compressed_upload")
-        fields = {k: v for k, v in form.multi_items() if k not in ("file", "eval_file")}
+        fields = {k: v for k, v in form.multi_items() if k not in ("file", "eval_file", "replay_file")}
         opts = parse_model(UploadOptions, fields)
         source = {"kind": "upload", "filename": name_from_filename(upload.filename)}
         if opts.name is None and source["filename"]:
             opts.name = source["filename"]
         result = await run_ingest(request, upload.file, opts, source,
-                                  eval_upload.file if eval_upload else None)
+                                  eval_upload.file if eval_upload else None,
+                                  replay_upload.file if replay_upload else None)
         return _respond(result)
     finally:
         await form.close()
@@ -147,10 +151,13 @@ async def _json(request: Request) -> JSONResponse:
     body = parse_model(JsonUpload, await _read_json(request, settings.max_json_body_bytes))
     opts = body.options()
     with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
-        eval_path = None
+        eval_path = replay_path = None
         if body.eval_rows is not None:
             eval_path = Path(tmp) / "eval.jsonl"
             write_rows(body.eval_rows, eval_path)
+        if body.replay_rows is not None:
+            replay_path = Path(tmp) / "replay.jsonl"
+            write_rows(body.replay_rows, replay_path)
         if body.rows is not None:
             if not body.rows:
                 raise InvalidRequest("'rows' is empty", code="no_rows", param="rows")
@@ -167,8 +174,9 @@ async def _json(request: Request) -> JSONResponse:
                       "split": body.source.split}
         if opts.name is None:
             opts.name = name_from_filename(path.name) if source["kind"] == "path" else None
-        with open(path, "rb") as src, (open(eval_path, "rb") if eval_path else _null()) as ev:
-            return _respond(await run_ingest(request, src, opts, source, ev))
+        with (open(path, "rb") as src, (open(eval_path, "rb") if eval_path else _null()) as ev,
+              (open(replay_path, "rb") if replay_path else _null()) as rp):
+            return _respond(await run_ingest(request, src, opts, source, ev, rp))
 
 
 class _anull:
