@@ -158,6 +158,11 @@ def test_start_a_job_and_watch_the_curve_update_live(page, console_stack, flow):
     pg.fill("#job-max-seq", "128")
     pg.click("text=More hyperparameters (JSON)")
     pg.fill("#job-extra", json.dumps(HYPER))
+    pg.click("#job-estimate")                                   # know before you spend
+    pg.wait_for_selector("#job-estimate-out:not([hidden])", timeout=120_000)
+    estimate = pg.inner_text("#job-estimate-out")
+    assert "fits" in estimate and "steps" in estimate and "tokens/s" in estimate, estimate
+    shot(pg, "job-estimate")
     pg.click("text=Start training")
     pg.wait_for_url("**#/jobs/job-*")
     flow["job_id"] = pg.url.rsplit("/", 1)[1]

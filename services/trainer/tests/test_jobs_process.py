@@ -240,3 +240,27 @@ def test_restart_resumes_from_checkpoint(stack: Stack, tiny_base_dir: Path, smal
     assert begins[0] == 0 and begins[-1] >= first["data"]["step"]  # did not start over
     assert [e["data"]["name"] for e in evs if e["type"] == "checkpoint"][-1] == "checkpoint-12"
     assert httpx.get(f"{t.url}/v1/models/{done['model_id']}").json()["metrics"]["global_step"] == 12
+
+
+def test_dry_run_estimates_without_starting(stack: Stack, tiny_base_dir: Path, small_dataset: str):
+    """Know before you spend: rows, tokens, the settings the job would choose (with reasons),
+    steps, predicted peak memory and time, whether it fits — and no job."""
+    t = stack.trainer("dry")
+    body = {"dataset_id": small_dataset, "base_model": str(tiny_base_dir), "backend": "peft",
+            "hyperparameters": {"per_device_train_batch_size": 4, "gradient_accumulation_steps": 2},
+            "dry_run": True}
+    r = httpx.post(f"{t.url}/v1/jobs", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    est = r.json()
+    assert est["object"] == "training_job.estimate" and est["backend"] == "peft"
+    assert est["rows"] == {"train": 48, "eval": 12} and est["tokens"]["train"] > 48 * 20
+    assert est["steps"]["per_epoch"] == 6 and est["steps"]["total"] == 12  # 48 rows / 8, 2 epochs
+    chosen = {c["setting"]: c for c in est["chosen"]}
+    assert chosen["num_train_epochs"]["value"] == 2 and "CPU" in chosen["num_train_epochs"]["why"]
+    assert "per_device_train_batch_size" not in chosen  # explicit settings win
+    assert est["hyperparameters"]["per_device_train_batch_size"] == 4
+    assert est["memory"]["fits"] is True and est["memory"]["peak_bytes"] > 0
+    assert est["time"]["train_seconds"] > 0 and est["time"]["basis"]
+    assert httpx.get(f"{t.url}/v1/jobs").json()["data"] == []  # nothing queued
+    bad = httpx.post(f"{t.url}/v1/jobs", json={**body, "dataset_id": "ds-0123456789abcdef"}, timeout=60)
+    assert bad.status_code == 404 and bad.json()["error"]["code"] == "dataset_not_found"

@@ -27,6 +27,8 @@ class JobCreate(BaseModel):
     export: ExportOptions = Field(default_factory=ExportOptions)
     callback_url: str | None = Field(None, max_length=2000, pattern=r"^https?://\S+$")
     suffix: str | None = Field(None, pattern=SUFFIX_PATTERN)
+    dry_run: bool = Field(False, description="Estimate only (rows, tokens, the settings the job "
+                          "would choose, steps, peak memory, time, whether it fits): 200, no job.")
     gate_alias: str | None = Field(
         None, pattern=ALIAS_PATTERN, description="Alias the gateway's promotion gate moves when this "
         "job's model passes (default: the gateway's GATEWAY_PROMOTION_ALIAS). One alias per task: "

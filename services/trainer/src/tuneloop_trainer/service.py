@@ -124,6 +124,35 @@ class TrainerService:
                                 f"({','.join(pool)})", code="not_enough_gpus", param="gpus")
         return gpus
 
+    # ------------------------------------------------------------------ dry run
+    async def estimate_job(self, *, dataset_id: str, base_model: str, backend: str,
+                           hyperparameters: dict[str, Any] | Hyperparameters,
+                           export: dict[str, Any] | ExportOptions, gpus: int = 1) -> dict[str, Any]:
+        """What ``create_job`` would start, without starting it (:mod:`.estimate`)."""
+        import anyio
+
+        gpus = self.validate_gpus(gpus, backend)
+        hp = _model(Hyperparameters, hyperparameters, "hyperparameters")
+        _model(ExportOptions, export, "export")
+        ds = await self.validate_dataset(dataset_id)
+        await anyio.to_thread.run_sync(self.validate_base_model, base_model, hp)
+        out = await anyio.to_thread.run_sync(self._estimate, ds, base_model, backend, hp, gpus)
+        return {**out, "dataset_id": dataset_id, "base_model": base_model, "gpus": gpus}
+
+    def _estimate(self, ds: dict[str, Any], base_model: str, backend: str, hp: Hyperparameters,
+                  gpus: int) -> dict[str, Any]:
+        import tempfile
+
+        from transformers import AutoTokenizer
+
+        from .estimate import estimate
+        from .training import load_splits, row_lengths
+
+        with tempfile.TemporaryDirectory(prefix="tuneloop-estimate-") as tmp:
+            train, eval_ = load_splits(self.store, ds["hf_key"], Path(tmp))
+            lengths = row_lengths(AutoTokenizer.from_pretrained(base_model), train)
+        return estimate(base_model, backend, hp, lengths, len(eval_), gpus)
+
     # ------------------------------------------------------------------ create
     async def create_job(self, *, dataset_id: str, base_model: str, backend: str,
                          hyperparameters: dict[str, Any] | Hyperparameters,
@@ -141,7 +170,9 @@ class TrainerService:
         job_id, mv_id = new_id("job"), new_id("mv")
         spec = {"job_id": job_id, "model_id": mv_id, "dataset_id": dataset_id,
                 "dataset_key": ds["hf_key"], "base_model": base_model, "backend": backend,
-                "gpus": gpus, "hyperparameters": hp.model_dump(), "export": ex.model_dump()}
+                "gpus": gpus, "export": ex.model_dump(),
+                # only what the user set: the job fills in the rest for its device (defaults.py)
+                "hyperparameters": hp.model_dump(exclude_unset=True)}
         self.store.write_bytes(f"jobs/{job_id}/spec.json", json.dumps(spec, indent=1).encode())
         try:
             await self.datasets.lease(dataset_id, job_id)
@@ -279,7 +310,8 @@ class TrainerService:
             "suffix": job.suffix,
             "config": {"backend": job.backend, "resolved_backend": result.get("backend"),
                        "gpus": job.gpus,
-                       "hyperparameters": job.hyperparameters, "export": job.export},
+                       "hyperparameters": job.hyperparameters, "export": job.export,
+                       "resolved_hyperparameters": result.get("metrics", {}).get("hyperparameters")},
             "metrics": result.get("metrics", {}), "artifacts": result.get("artifacts", {}),
             "export_checks": result.get("export_checks", []),
             "artifact_url": self.store.url, "created_at": now(),
@@ -346,6 +378,7 @@ def job_view(j: Job) -> dict[str, Any]:
         "base_model": j.base_model, "backend": j.backend, "resolved_backend": p.get("backend"),
         "gpus": j.gpus,
         "hyperparameters": j.hyperparameters, "export": j.export,
+        "resolved_hyperparameters": p.get("resolved_hyperparameters"),
         "model_id": j.model_id if j.registered else None,
         "progress": {k: p.get(k) for k in ("step", "total_steps", "epoch", "loss", "eval_loss",
                                            "learning_rate", "tokens_per_s", "eta_s",

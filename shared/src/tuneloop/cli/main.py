@@ -14,6 +14,7 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColu
 
 from .api import ApiError, GatewayAPI
 from .render import (
+    estimate_lines,
     DATASET_COLUMNS,
     JOB_COLUMNS,
     JobWatcher,
@@ -103,6 +104,11 @@ def datasets_upload(
     seed: Annotated[int, typer.Option(help="Split seed.")] = 42,
     max_seq_length: Annotated[Optional[int], typer.Option(help="Truncation limit for the report.")] = None,
     tokenizer: Annotated[Optional[str], typer.Option(help="Model folder for token stats.")] = None,
+    replay_rows: Annotated[int, typer.Option(help="Add this many replay rows against forgetting: "
+                                             "the served base model's own answers to general prompts "
+                                             "(train split only).")] = 0,
+    replay_model: Annotated[Optional[str], typer.Option(help="Served model answering the replay "
+                                                        "prompts (default: the base).")] = None,
 ) -> None:
     """Upload a JSONL file (progress bar), then print the version and its report summary."""
     opts = {"name": name, "on_invalid": on_invalid, "eval_size": eval_size,
@@ -110,11 +116,17 @@ def datasets_upload(
             "tokenizer": tokenizer}
     total = file.stat().st_size + (eval_file.stat().st_size if eval_file else 0)
     with api() as c:
+        replay = None
+        if replay_rows > 0:
+            with err_console.status(f"replay rows: asking the base {replay_rows} general questions..."):
+                made = _call(c.replay_rows, replay_rows, model=replay_model, seed=seed)
+            replay = made.get("data") or []
+            err_console.print(f"replay: {len(replay)} rows ({len(made.get('dropped') or [])} dropped)")
         with Progress("[progress.description]{task.description}", BarColumn(), DownloadColumn(),
                       TransferSpeedColumn(), console=err_console, transient=True) as bar:
             task = bar.add_task(f"upload {file.name}", total=total)
             ds = _call(c.upload_dataset, file, eval_file=eval_file, options=opts,
-                       on_progress=lambda n: bar.advance(task, n))
+                       on_progress=lambda n: bar.advance(task, n), replay_rows=replay)
         if state.as_json:
             return out(ds)
         console.print(dataset_table(ds))
@@ -191,8 +203,12 @@ def jobs_create(
     gguf: Annotated[Optional[list[str]], typer.Option(help="GGUF export (repeatable): q8_0, q4_k_m...")] = None,
     suffix: Annotated[Optional[str], typer.Option(help="Name suffix of the model version.")] = None,
     watch: Annotated[bool, typer.Option("--watch/--no-watch", help="Follow progress until done.")] = False,
+    gate_alias: Annotated[Optional[str], typer.Option(help="Alias the gate moves if the model "
+                                                      "passes (default: the gateway's).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Estimate only: rows, tokens, chosen "
+                                          "settings, steps, memory, time; starts nothing.")] = False,
 ) -> None:
-    """Start a LoRA training job."""
+    """Start a LoRA training job (or estimate it with --dry-run)."""
     hps = _parse_hp(hp or [])
     for key, val in (("num_train_epochs", epochs), ("learning_rate", lr),
                      ("max_seq_length", max_seq_length), ("per_device_train_batch_size", batch_size),
@@ -205,7 +221,12 @@ def jobs_create(
         body["export"] = {"merged": True, "gguf": gguf}
     if suffix:
         body["suffix"] = suffix
+    if gate_alias:
+        body["gate_alias"] = gate_alias
     with api() as c:
+        if dry_run:
+            est = _call(c.create_job, {**body, "dry_run": True})
+            return out(est, estimate_lines(est))
         job = _call(c.create_job, body)
         if not watch:
             return out(job, job_table(job))

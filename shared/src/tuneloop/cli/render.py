@@ -343,3 +343,30 @@ def print_decision(console: Console, decision: dict) -> None:
     table = (decision.get("evidence") or {}).get("table")
     if table:
         console.print(Text(table))
+
+
+def estimate_lines(est: dict) -> str:
+    """A dry run, readable at 80 columns: what the job would do and whether it fits."""
+    gib = 1 / 2**30
+    dev, mem, t, st = est.get("device") or {}, est.get("memory") or {}, est.get("time") or {}, est.get("steps") or {}
+    hp = est.get("hyperparameters") or {}
+    lines = [
+        f"dry run: {est.get('base_model')} on {dev.get('name')} ({est.get('backend')})",
+        f"  rows      {est['rows']['train']} train, {est['rows']['eval']} eval; "
+        f"{est['tokens']['train']:,} train tokens (median row {est['tokens']['median']}, "
+        f"{est['tokens']['truncated_rows']} truncated)",
+        f"  layout    batch {hp.get('per_device_train_batch_size')} x accumulation "
+        f"{hp.get('gradient_accumulation_steps')}, packing {hp.get('packing')}, "
+        f"4-bit {hp.get('load_in_4bit')}, checkpointing {hp.get('gradient_checkpointing')}",
+        f"  steps     {st.get('total')} ({st.get('per_epoch')} per epoch x {hp.get('num_train_epochs')}), "
+        f"lr {hp.get('learning_rate')}",
+        f"  memory    ~{(mem.get('peak_bytes') or 0) * gib:.1f} GiB of "
+        f"{(dev.get('free_bytes') or 0) * gib:.1f} GiB free: "
+        + ("fits" if est.get("fits") else "DOES NOT FIT"),
+        f"  time      ~{t.get('train_seconds', 0) / 60:.1f} min of training at "
+        f"~{t.get('tokens_per_s', 0):,.0f} tokens/s",
+        f"            ({t.get('basis')})",
+    ]
+    for c in est.get("chosen") or []:
+        lines.append(f"  chosen    {c['setting']}={c['value']}: {c['why']}")
+    return "\n".join(lines)

@@ -44,33 +44,65 @@ function newJobForm(datasets, jobs, preselect) {
   const base = h("input", { id: "job-base", required: true, size: 34, value: jobs[0]?.base_model || "",
     placeholder: "var/artifacts/base/smollm2-135m-instruct" });
   const backend = h("select", { id: "job-backend" }, ["auto", "peft", "unsloth"].map((b) => h("option", { value: b }, b)));
-  const epochs = h("input", { id: "job-epochs", type: "number", step: "any", min: "0.01", value: "3" });
-  const lr = h("input", { id: "job-lr", type: "number", step: "any", min: "0", value: "0.0002" });
-  const seq = h("input", { id: "job-max-seq", type: "number", min: "16", value: "2048" });
+  // empty = the trainer chooses for its device and the model (the estimate shows what and why)
+  const epochs = h("input", { id: "job-epochs", type: "number", step: "any", min: "0.01", placeholder: "auto" });
+  const lr = h("input", { id: "job-lr", type: "number", step: "any", min: "0", placeholder: "auto" });
+  const seq = h("input", { id: "job-max-seq", type: "number", min: "16", placeholder: "2048" });
+  const estimateBtn = h("button", { type: "button", id: "job-estimate" }, "Estimate (dry run)");
+  const estimateBox = h("pre", { id: "job-estimate-out", class: "estimate", hidden: true });
   const extra = h("textarea", { id: "job-extra", placeholder: '{"max_steps": 100, "eval_steps": 10, "eval_strategy": "steps"}' });
   const submit = h("button", { type: "submit", class: "primary" }, "Start training");
   const form = h("form", {}, h("div", { class: "toolbar" }, field("Dataset version", ds), field("Base model", base),
     field("Backend", backend), field("Epochs", epochs), field("Learning rate", lr), field("max_seq_length", seq)),
   h("details", {}, h("summary", {}, "More hyperparameters (JSON)"), field("Hyperparameters", extra)),
-  h("div", { class: "actions" }, submit));
-  form.addEventListener("submit", async (ev) => {
-    ev.preventDefault();
+  estimateBox, h("div", { class: "actions" }, estimateBtn, submit));
+  const jobBody = () => {
     let more = {};
     if (extra.value.trim()) {
       try { more = JSON.parse(extra.value); } catch (e) {
         guarded(() => { throw { message: `hyperparameters: ${e.message}`, code: "invalid_json", param: "hyperparameters" }; });
-        return;
+        return null;
       }
     }
-    const body = { dataset_id: ds.value, base_model: base.value.trim(), backend: backend.value,
-      hyperparameters: { num_train_epochs: Number(epochs.value), learning_rate: Number(lr.value),
-        max_seq_length: Number(seq.value), ...more } };
+    const hp = {};
+    if (epochs.value) hp.num_train_epochs = Number(epochs.value);
+    if (lr.value) hp.learning_rate = Number(lr.value);
+    if (seq.value) hp.max_seq_length = Number(seq.value);
+    return { dataset_id: ds.value, base_model: base.value.trim(), backend: backend.value,
+      hyperparameters: { ...hp, ...more } };
+  };
+  estimateBtn.addEventListener("click", async () => {
+    const body = jobBody();
+    if (!body) return;
+    estimateBtn.disabled = true;
+    const est = await guarded(() => api("/v1/jobs", { method: "POST", json: { ...body, dry_run: true } }));
+    estimateBtn.disabled = false;
+    if (est) { estimateBox.textContent = estimateText(est); estimateBox.hidden = false; }
+  });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    const body = jobBody();
+    if (!body) return;
     submit.disabled = true;
     const job = await guarded(() => api("/v1/jobs", { method: "POST", json: body }));
     submit.disabled = false;
     if (job) location.hash = `#/jobs/${job.id}`;
   });
   return form;
+}
+
+/** A dry run in words: what the job would choose, how long, how much memory, whether it fits. */
+function estimateText(e) {
+  const gib = (b) => ((b || 0) / 2 ** 30).toFixed(1);
+  const hp = e.hyperparameters || {};
+  return [
+    `${e.rows.train} train rows, ${e.tokens.train.toLocaleString()} tokens (median row ${e.tokens.median}, ${e.tokens.truncated_rows} truncated)`,
+    `${e.backend} on ${e.device.name}: batch ${hp.per_device_train_batch_size} x ${hp.gradient_accumulation_steps}, packing ${hp.packing}, 4-bit ${hp.load_in_4bit}, checkpointing ${hp.gradient_checkpointing}`,
+    `${e.steps.total} steps (${e.steps.per_epoch}/epoch x ${hp.num_train_epochs}), learning rate ${hp.learning_rate}`,
+    `memory ~${gib(e.memory.peak_bytes)} GiB of ${gib(e.device.free_bytes)} GiB free: ${e.fits ? "fits" : "DOES NOT FIT"}`,
+    `time ~${(e.time.train_seconds / 60).toFixed(1)} min at ~${Math.round(e.time.tokens_per_s).toLocaleString()} tokens/s (${e.time.basis})`,
+    ...(e.chosen || []).map((c) => `chosen ${c.setting}=${c.value}: ${c.why}`),
+  ].join("\n");
 }
 
 /** Run the gate now: deploy, evaluate against base and production, promote only if it passes. */

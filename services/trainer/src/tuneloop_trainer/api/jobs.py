@@ -21,13 +21,19 @@ def _svc(request: Request) -> TrainerService:
     return request.app.state.trainer
 
 
-@router.post("", status_code=201, summary="Validate and queue a training job")
+@router.post("", status_code=201, summary="Validate and queue a training job (or, with "
+             "dry_run, estimate it: 200, nothing queued)")
 async def create_job(body: JobCreate, request: Request) -> JSONResponse:
+    backend = body.backend or request.app.state.settings.backend
+    if body.dry_run:
+        est = await _svc(request).estimate_job(
+            dataset_id=body.dataset_id, base_model=body.base_model, backend=backend,
+            gpus=body.gpus, hyperparameters=body.hyperparameters, export=body.export)
+        return JSONResponse(est, status_code=200)
     job = await _svc(request).create_job(
-        dataset_id=body.dataset_id, base_model=body.base_model,
-        backend=body.backend or request.app.state.settings.backend, gpus=body.gpus,
+        dataset_id=body.dataset_id, base_model=body.base_model, backend=backend, gpus=body.gpus,
         hyperparameters=body.hyperparameters, export=body.export, callback_url=body.callback_url,
-        suffix=body.suffix)
+        suffix=body.suffix, gate_alias=body.gate_alias)
     request.app.state.supervisor.wake.set()
     return JSONResponse(job, status_code=201)
 
