@@ -108,6 +108,9 @@ def configure_env(var: Path, base_path: Path, eval_max_tokens: int, gpu: bool = 
     if gpu:  # vLLM with runtime LoRA: the candidate is evaluated as an adapter of the served base
         env.update({"INFERENCE_ENGINE": "vllm", "INFERENCE_VLLM_ENABLE_LORA": "true",
                     "INFERENCE_GPU_MEMORY_UTILIZATION": "0.30", "GATEWAY_EVAL_CONCURRENCY": "64",
+                    # a 135M model decodes fast enough eagerly; compilation + CUDA graphs would
+                    # cost minutes at each of the demo's two engine starts
+                    "INFERENCE_VLLM_EXTRA_ARGS": "--enforce-eager",
                     "TRAINER_BACKEND": "auto"})
     for k, v in env.items():
         os.environ.setdefault(k, v)
