@@ -91,13 +91,16 @@ def run_service(path: Path, data_dir: Path) -> dict:
 
     from tuneloop.testing import ServiceProcess
 
-    env = {"DATASET_DATA_DIR": str(data_dir), "DATASET_LOG_LEVEL": "WARNING"}
+    token = "bench-service-token-0123456789"  # the dataset API is internal (service token)
+    auth = {"Authorization": f"Bearer {token}"}
+    env = {"DATASET_DATA_DIR": str(data_dir), "DATASET_LOG_LEVEL": "WARNING",
+           "TUNELOOP_SERVICE_AUTH": "true", "TUNELOOP_SERVICE_TOKEN": token}
     with ServiceProcess("tuneloop_dataset", env=env) as sp:
         proc = psutil.Process(sp.proc.pid)
         # warm-up upload: the first one imports datasets/pyarrow (a fixed ~100 MB)
         warm = "".join(json.dumps({"instruction": f"warm {i}", "output": "up"}) + "\n" for i in range(50))
         httpx.post(sp.url + "/v1/datasets", content=warm, timeout=300,
-                   headers={"content-type": "application/jsonl"}).raise_for_status()
+                   headers={"content-type": "application/jsonl", **auth}).raise_for_status()
         base, base_anon = proc.memory_info().rss, _anon(proc.pid)
         peak, peak_anon = [base], [base_anon]
         done = threading.Event()
@@ -112,7 +115,7 @@ def run_service(path: Path, data_dir: Path) -> dict:
         t.start()
         t0 = time.perf_counter()
         with open(path, "rb") as fh:
-            r = httpx.post(sp.url + "/v1/datasets", timeout=1800,
+            r = httpx.post(sp.url + "/v1/datasets", timeout=1800, headers=auth,
                            files={"file": (path.name, fh, "application/jsonl")})
         secs = time.perf_counter() - t0
         done.set()

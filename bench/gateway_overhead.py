@@ -108,7 +108,8 @@ def main() -> None:
         gw = ServiceProcess("tuneloop_gateway", log_path=tmp / "gateway.log", env={
             "TUNELOOP_DATA_DIR": str(tmp / "var"), "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN,
             "GATEWAY_INFERENCE_URL": e1.url, "GATEWAY_RECONCILE_INTERVAL_S": "0",
-            "GATEWAY_DEFAULT_RATE_LIMIT_RPM": "1000000", "TUNELOOP_LOG_LEVEL": "WARNING"})
+            "GATEWAY_DEFAULT_RATE_LIMIT_RPM": "1000000", "TUNELOOP_LOG_LEVEL": "WARNING",
+            "TUNELOOP_SERVICE_TOKEN": "bench-service-token-0123456789"})
         procs.append(gw.start())
         lat = latency(gw.url, e1.url, e1.model)
         conc = eval_concurrency([e1, e2], generate(EVAL_ROWS, seed=3))

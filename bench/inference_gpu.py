@@ -299,6 +299,8 @@ def main() -> int:
            "INFERENCE_VLLM_MAX_MODEL_LEN": "2048", "INFERENCE_REPLICA_ID": "gpu-replica",
            "INFERENCE_VLLM_EXTRA_ARGS": "--enable-sleep-mode" if args.engine == "vllm" else "",
            "VLLM_SERVER_DEV_MODE": "1", "TUNELOOP_LOG_JSON": "false",
+           # this bench calls the OpenAI routes itself, without the service token
+           "TUNELOOP_SERVICE_AUTH": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "shared/src"),
                                           str(ROOT / "services/inference/src"),
                                           os.environ.get("PYTHONPATH", "")])}

@@ -257,6 +257,8 @@ def main() -> int:
            "INFERENCE_VLLM_EXTRA_ARGS": "--enforce-eager" if args.eager else "",
            "INFERENCE_ENGINE_STARTUP_TIMEOUT_S": str(max(60, int(left(args.budget_s) - 60))),
            "TUNELOOP_LOG_JSON": "false",
+           # this bench calls the OpenAI routes itself, without the service token
+           "TUNELOOP_SERVICE_AUTH": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "shared/src"),
                                           str(ROOT / "services/inference/src"),
                                           os.environ.get("PYTHONPATH", "")])}

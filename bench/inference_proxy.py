@@ -29,6 +29,8 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 ADMIN = "bench-admin"
+TOKEN = "bench-service-token-0123456789"  # the OpenAI routes are internal (service token)
+AUTH = {"Authorization": f"Bearer {TOKEN}"}  # the engine ignores it: same request both ways
 MESSAGES = [{"role": "user", "content": "My invoice is wrong, please help."}]
 
 
@@ -45,7 +47,7 @@ def cpu_seconds(pid: int) -> float:
 def latency(direct_url: str, service_url: str, model: str, n: int, pid: int) -> dict:
     body = {"model": model, "messages": MESSAGES, "max_tokens": 1, "temperature": 0}
     times: dict[str, list[float]] = {"direct": [], "service": []}
-    with httpx.Client(timeout=60) as c:
+    with httpx.Client(timeout=60, headers=AUTH) as c:
         for _ in range(10):  # warm-up both paths (connections, caches)
             c.post(direct_url + "/v1/chat/completions", json=body).raise_for_status()
             c.post(service_url + "/v1/chat/completions", json=body).raise_for_status()
@@ -67,7 +69,7 @@ def latency(direct_url: str, service_url: str, model: str, n: int, pid: int) -> 
 async def _throughput_round(url: str, model: str, workers: int, per_worker: int,
                             max_tokens: int) -> float:
     limits = httpx.Limits(max_connections=workers * 2)
-    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=300, limits=limits, headers=AUTH) as client:
         body = {"model": model, "messages": MESSAGES, "max_tokens": max_tokens,
                 "temperature": 0}
         tokens = 0
@@ -96,7 +98,7 @@ def throughput(direct_url: str, service_url: str, model: str, rounds: int = 3) -
 
 async def _swap(service_url: str, admin: httpx.Client, target: str) -> dict:
     stop, done, errors = asyncio.Event(), [], []
-    async with httpx.AsyncClient(base_url=service_url, timeout=300) as client:
+    async with httpx.AsyncClient(base_url=service_url, timeout=300, headers=AUTH) as client:
         async def worker(i: int) -> None:
             while not stop.is_set():
                 body = {"model": "bot", "messages": MESSAGES, "max_tokens": 8,
@@ -143,7 +145,8 @@ def main() -> int:
     build_tiny_model(work / "var/artifacts/models" / v3_id / "merged", seed=2)
     env = {"TUNELOOP_DATA_DIR": str(work / "var"), "INFERENCE_ADMIN_KEY": ADMIN,
            "INFERENCE_ENGINE": "transformers", "INFERENCE_BASE_MODEL_PATH": str(v1),
-           "TUNELOOP_LOG_JSON": "true", "INFERENCE_REPLICA_ID": "bench"}
+           "TUNELOOP_LOG_JSON": "true", "INFERENCE_REPLICA_ID": "bench",
+           "TUNELOOP_SERVICE_AUTH": "true", "TUNELOOP_SERVICE_TOKEN": TOKEN}
     svc = ServiceProcess("tuneloop_inference", env=env, log_path=work / "service.log",
                          health_path="/ready", startup_timeout=300).start()
     admin = httpx.Client(base_url=svc.url, timeout=600,

@@ -141,6 +141,8 @@ def main() -> int:
            "INFERENCE_VLLM_MAX_MODEL_LEN": "2048", "INFERENCE_REPLICA_ID": "tp-replica",
            "INFERENCE_VLLM_EXTRA_ARGS": args.vllm_args if args.engine == "vllm" else "",
            "TUNELOOP_LOG_JSON": "false",
+           # this bench calls the OpenAI routes itself, without the service token
+           "TUNELOOP_SERVICE_AUTH": "false",
            "PYTHONPATH": os.pathsep.join([str(ROOT / "shared/src"),
                                           str(ROOT / "services/inference/src"),
                                           os.environ.get("PYTHONPATH", "")])}

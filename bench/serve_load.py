@@ -243,6 +243,7 @@ def start_services(work: Path, engine: str, max_num_seqs: int, vllm_args: str): 
                                   os.environ.get("PYTHONPATH", "")])
     common = {"TUNELOOP_DATA_DIR": str(work / "var"), "TUNELOOP_LOG_JSON": "false",
               "TUNELOOP_LOG_LEVEL": "WARNING", "TUNELOOP_SERVICE_TOKEN": SERVICE_TOKEN,
+              "TUNELOOP_SERVICE_AUTH": "true",
               "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath}
     inference = ServiceProcess("tuneloop_inference", log_path=work / "inference.log",
                                startup_timeout=180, env={

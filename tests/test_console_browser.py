@@ -40,7 +40,8 @@ def console_stack(tmp_path_factory, tiny_base_dir):
             "gateway": {"GATEWAY_AUTO_PROMOTE": "false", "GATEWAY_EVAL_MAX_TOKENS": "24",
                         "GATEWAY_EVAL_CONCURRENCY": "2"}}) as s:
         yield {"url": s["gateway"].url, "var": var, "base_dir": tiny_base_dir,
-               "inference": s["inference"].url}
+               "inference": s["inference"].url,
+               "service_token": s["inference"].env["TUNELOOP_SERVICE_TOKEN"]}
 
 
 @pytest.fixture(scope="module")
@@ -306,6 +307,7 @@ def test_synthetic_draft_review_and_publish(page, console_stack):
     pg.click("text=Start a synthetic-data job")
     pg.fill("#syn-base-url", console_stack["inference"] + "/v1")
     pg.fill("#syn-model", "base")
+    pg.fill("#syn-key", console_stack["service_token"])  # inference's chat is internal
     pg.fill("#syn-instruction", "Answer the customer in one sentence.")
     pg.select_option("#syn-mode", "completions")
     pg.fill("#syn-seeds", json.dumps({"instruction": "Answer the customer in one sentence.",

@@ -164,6 +164,7 @@ def stack(podman: dict, tiny_random_dir: Path) -> dict:
         f"POSTGRES_PASSWORD={secrets.token_hex(16)}",
         f"INFERENCE_ADMIN_KEY={secrets.token_hex(16)}",
         f"GATEWAY_BOOTSTRAP_ADMIN_KEY={ADMIN}",
+        f"TUNELOOP_SERVICE_TOKEN={secrets.token_hex(16)}",
         f"GRAFANA_ADMIN_PASSWORD={secrets.token_hex(8)}",
         "INFERENCE_BASE_MODEL_PATH=/artifacts/base/tiny",
         "GATEWAY_AUTO_PROMOTE=false",

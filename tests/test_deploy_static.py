@@ -36,7 +36,7 @@ CRD_KINDS = {"ServiceMonitor"}
 GPU_BASES = {"trainer": "pytorch/pytorch:2.11.0-cuda13.0-cudnn9-runtime",
              "inference": "vllm/vllm-openai:v0.26.0"}
 SECRETS = ("POSTGRES_PASSWORD", "INFERENCE_ADMIN_KEY", "GATEWAY_BOOTSTRAP_ADMIN_KEY",
-           "GRAFANA_ADMIN_PASSWORD")
+           "GRAFANA_ADMIN_PASSWORD", "TUNELOOP_SERVICE_TOKEN")
 
 
 # -- docker-compose ------------------------------------------------------------------------
@@ -218,7 +218,8 @@ def test_k8s_cross_references(rendered, target: str) -> None:
     assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"tuneloop"}
     config = by_kind["ConfigMap"]["tuneloop-config"]["data"]
     secret_keys = set(by_kind["Secret"]["tuneloop-secrets"]["stringData"])
-    assert {"TUNELOOP_DATABASE_URL", "INFERENCE_ADMIN_KEY", "POSTGRES_PASSWORD"} <= secret_keys
+    assert {"TUNELOOP_DATABASE_URL", "INFERENCE_ADMIN_KEY", "POSTGRES_PASSWORD",
+            "TUNELOOP_SERVICE_TOKEN"} <= secret_keys
     for name, port in PORTS.items():
         dep = by_kind["Deployment"][name]
         pod = dep["spec"]["template"]
@@ -236,6 +237,12 @@ def test_k8s_cross_references(rendered, target: str) -> None:
                   for v in pod["spec"]["volumes"] if "persistentVolumeClaim" in v]
         assert claims == ["tuneloop-artifacts"] and "tuneloop-artifacts" in by_kind["PersistentVolumeClaim"]
     assert config["GATEWAY_PUBLIC_URL"] == config["TUNELOOP_GATEWAY_URL"]  # trainer callbacks
+    for name in ("inference", "gateway"):  # a drain fits inside the grace period
+        pod = by_kind["Deployment"][name]["spec"]["template"]["spec"]
+        pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+        assert pre_stop[:2] == ["python3", "-c"]
+        drain = float(config[f"{name.upper()}_SHUTDOWN_TIMEOUT_S"])
+        assert pod["terminationGracePeriodSeconds"] > drain + 10 + 20  # + preStop + engines
     for name in ("inference", "gateway"):
         assert by_kind["HorizontalPodAutoscaler"][name]["spec"]["scaleTargetRef"]["name"] == name
         assert by_kind["PodDisruptionBudget"][name]["spec"]["selector"]["matchLabels"] == \

@@ -123,8 +123,10 @@ def test_prometheus_scrapes_the_running_services(services: dict, tmp_path: Path,
     prom = Prometheus(tmp_path / "prometheus.yml", tmp_path / "tsdb", tmp_path / "prometheus.log")
     with prom.start():
         # traffic that every part of the dashboard story records
-        r = httpx.post(f"{services['dataset'].url}/v1/datasets",
-                       json={"rows": ticket_rows[:40], "eval_size": 8, "name": "t"}, timeout=120)
+        token = services["dataset"].env["TUNELOOP_SERVICE_TOKEN"]  # an internal API
+        r = httpx.post(f"{services['dataset'].url}/v1/datasets", timeout=120,
+                       headers={"Authorization": f"Bearer {token}"},
+                       json={"rows": ticket_rows[:40], "eval_size": 8, "name": "t"})
         assert r.status_code == 201, r.text
         admin = {"Authorization": f"Bearer {ADMIN_KEY}"}
         inf = services["inference"].url

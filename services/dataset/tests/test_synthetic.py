@@ -179,3 +179,53 @@ def test_bad_requests(service, teacher):
     assert done["status"] == "failed" and done["error"]["code"] == "teacher_error"
     pub = httpx.post(f"{url}/{job['id']}/publish")
     assert pub.status_code == 422 and pub.json()["error"]["code"] == "no_accepted_rows"
+
+
+def test_busy_teacher_is_retried_with_backoff_honouring_retry_after(service, teacher):
+    """A teacher behind a rate limiter (what a hosted API is): its first answers are 429 with
+    Retry-After and one 503; the job waits and retries instead of failing on the first one.
+    The limiter is a small real HTTP server in front of the real teacher."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    refusals = [(429, {"retry-after": "1"}), (429, {"retry-after": "0"}), (503, {})]
+    seen: list[int] = []
+
+    class Limiter(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            body = self.rfile.read(int(self.headers.get("content-length", 0)))
+            if refusals:
+                status, headers = refusals.pop(0)
+                data = json.dumps({"error": {"message": "slow down"}}).encode()
+            else:
+                r = httpx.post(teacher["base_url"] + "/chat/completions", content=body,
+                               headers={"content-type": "application/json"}, timeout=120)
+                status, headers, data = r.status_code, {}, r.content
+            seen.append(status)
+            self.send_response(status)
+            for k, v in {**headers, "content-type": "application/json",
+                         "content-length": str(len(data))}.items():
+                self.send_header(k, v)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *a) -> None:  # noqa: ANN002
+            pass
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Limiter)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        tickets = generate(3, seed=33)
+        limited = {**teacher, "base_url": f"http://127.0.0.1:{srv.server_port}/v1"}
+        r = httpx.post(f"{service.url}/v1/synthetic/jobs", json={
+            "teacher": limited, "instruction": INSTRUCTION, "seed_examples": tickets[2:],
+            "mode": "completions", "inputs": [t["input"] for t in tickets[:2]], "n": 2,
+            "temperature": 0, "max_tokens": 8, "expect_json_output": False}, timeout=30)
+        assert r.status_code == 201, r.text
+        done = wait_job(service.url, r.json()["id"])
+    finally:
+        srv.shutdown()
+    assert done["status"] == "succeeded", done
+    assert seen[:3] == [429, 429, 503] and seen[3:] == [200, 200], seen
+    assert done["progress"]["requests"] == 2 and done["progress"]["kept"] >= 1

@@ -151,6 +151,9 @@ class Handler(BaseHTTPRequestHandler):
         return self._send(200, job)
 
     def do_POST(self) -> None:  # noqa: N802
+        if self.path == "/_fake/token":  # the kubelet rotated the service-account token
+            Handler.token = (self._body() or {})["token"]
+            return self._send(200, {"ok": True})
         fm = FAKE_STATUS.match(self.path)
         if fm:
             with LOCK:

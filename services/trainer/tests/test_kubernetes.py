@@ -61,6 +61,45 @@ def test_manifest_is_a_valid_gpu_job_running_the_same_entrypoint(tmp_path: Path,
     assert len(k8s_name("job-" + "a" * 64)) <= 63
 
 
+def test_training_pods_are_hardened_with_deadline_and_failure_policy(tmp_path: Path,
+                                                                     fake_kube: FakeKube):
+    m = build_job_manifest(_settings(tmp_path, fake_kube), "job-0123456789abcdef", gpus=2)
+    pod = m["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    sc = pod["containers"][0]["securityContext"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+    assert m["spec"]["activeDeadlineSeconds"] == 172_800
+    rules = m["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore",
+            "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    assert any(r["action"] == "FailJob" and r["onExitCodes"]["values"] == [3] for r in rules)
+    import kubernetes_validate
+
+    for version in ("1.31", "1.33"):
+        kubernetes_validate.validate(m, version, strict=True)
+
+
+def test_rotated_service_account_token_is_picked_up(tmp_path: Path, fake_kube: FakeKube):
+    """The kubelet rotates projected tokens: the executor re-reads the file (on a 401 at
+    once), so a rotation does not lock the trainer out of the API server."""
+    ex = KubernetesExecutor(_settings(tmp_path, fake_kube), ArtifactStore(str(tmp_path / "a")))
+
+    async def scenario() -> None:
+        h = await ex.start("job-00000000000000b1")
+        assert h["uid"]
+        fake_kube.token_file.write_text("rotated-token-456")  # the kubelet writes the new one
+        httpx.post(fake_kube.url + "/_fake/token", json={"token": "rotated-token-456"},
+                   timeout=5).raise_for_status()  # and the old one stops working
+        assert await ex.poll("job-00000000000000b1", h) is None  # still running, not locked out
+        h2 = await ex.start("job-00000000000000b2")
+        assert h2["uid"]
+        await ex.close()
+
+    asyncio.run(scenario())
+
+
 def test_executor_submit_poll_cancel(tmp_path: Path, fake_kube: FakeKube):
     s = _settings(tmp_path, fake_kube)
     ex = KubernetesExecutor(s, ArtifactStore(str(tmp_path / "art")))

@@ -3,16 +3,28 @@
 Adds request ids (``X-Request-ID`` in and out), one structured access log line per request,
 HTTP metrics, the error envelope, and ``/health`` (live), ``/ready`` (dependencies up; 503
 until then) and ``/metrics`` (excluded from request metrics).
+
+Hostile input is refused here, once for every route of every service, before any route runs:
+a control character in the path or the query (``/v1/files/file-%00``) and an integer query
+value beyond 64 bits (``?offset=263516800467726430633984``, which no database column holds)
+are a 400 in the envelope, and so is a body nested so deeply that parsing it overflows the
+stack (a route that parses its JSON by hand would otherwise 500). An unexpected exception is answered with the 500 envelope *here*,
+so it never reaches Starlette's outermost handler, which re-raises and makes the server drop
+the connection (the client's next request on it would fail with "connection reset").
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
+
+from urllib.parse import parse_qsl
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -26,6 +38,44 @@ from .settings import ServiceSettings
 ReadyCheck = Callable[[FastAPI], Awaitable[dict[str, Any]]]
 _QUIET = {"/metrics", "/health", "/ready"}
 access_log = logging.getLogger("tuneloop.access")
+log = logging.getLogger("tuneloop.app")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+_INT64 = 2**63
+
+
+def check_request_target(scope: Scope) -> tuple[str, str | None, str] | None:
+    """``(message, param, code)`` when the path or query is one no route can serve, else None.
+
+    The path comes decoded (``%00`` is already a NUL here); the query is decoded the way
+    FastAPI decodes it. Integers beyond 64 bits are refused for every parameter: no id or
+    count of ours is numeric at that size, and every database column stops at 64 bits."""
+    path = scope.get("path", "")
+    if _CONTROL.search(path):
+        return "the request path contains a control character", None, "invalid_path"
+    raw = scope.get("query_string", b"")
+    if not raw:
+        return None
+    try:
+        pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True, errors="strict")
+    except (UnicodeDecodeError, ValueError):
+        return "the query string is not valid UTF-8", None, "invalid_query"
+    for name, value in pairs:
+        if _CONTROL.search(name) or _CONTROL.search(value):
+            return (f"query parameter {name[:60]!r} contains a control character",
+                    name[:60], "invalid_query")
+        if _INTEGER.fullmatch(value.strip()) and not -_INT64 <= int(value.strip()[:40]) < _INT64:
+            return (f"{name[:60]}: integer out of range (at most 2**63-1)", name[:60],
+                    "invalid_value")
+    return None
+
+
+async def _send_error(send: Send, status: int, body: dict[str, Any]) -> None:
+    payload = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"),
+                            (b"content-length", str(len(payload)).encode())]})
+    await send({"type": "http.response.body", "body": payload})
 
 
 class RequestContextMiddleware:
@@ -44,18 +94,41 @@ class RequestContextMiddleware:
         scope.setdefault("state", {})["request_id"] = rid
         token = request_id_var.set(rid)
         start = time.perf_counter()
-        status = {"code": 500}
+        status: dict[str, int] = {"code": 500}
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                status["started"] = 1
                 message.setdefault("headers", [])
                 message["headers"] = list(message["headers"]) + [(b"x-request-id", rid.encode())]
                 self._observe(scope, status["code"], time.perf_counter() - start)
             await send(message)
 
         try:
+            refused = check_request_target(scope)
+            if refused is not None:
+                message, param, code = refused
+                body = error_body(message, "invalid_request_error", code, param)
+                body["error"]["request_id"] = rid
+                await _send_error(send_wrapper, 400, body)
+                return
             await self.app(scope, receive, send_wrapper)
+        except RecursionError:  # a JSON body nested thousands of levels deep, parsed by hand
+            if status.get("started"):
+                return
+            body = error_body("request body nested too deeply", "invalid_request_error",
+                              "invalid_json")
+            body["error"]["request_id"] = rid
+            await _send_error(send_wrapper, 400, body)
+        except Exception:  # answered here: re-raised, the server would drop the connection
+            log.exception("unhandled error", extra={"request_id": rid, "path": scope.get("path")})
+            if status.get("started"):
+                return
+            body = error_body(f"internal error (request id {rid})", "internal_error",
+                              "internal_error")
+            body["error"]["request_id"] = rid
+            await _send_error(send_wrapper, 500, body)
         finally:
             path = scope.get("path", "")
             if path not in _QUIET:
@@ -90,8 +163,12 @@ def build_service_app(
     metrics: ServiceMetrics | None = None,
     version: str = "0.1.0",
 ) -> FastAPI:
-    """Create the FastAPI app with the common middleware, handlers and health endpoints."""
+    """Create the FastAPI app with the common middleware, handlers and health endpoints.
+    Refuses to build a service that would run its internal routes open by accident."""
+    from .service_auth import check_configured
+
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
+    check_configured(settings)
     metrics = metrics or ServiceMetrics(settings.service_name)
     app = FastAPI(title=title, version=version, lifespan=lifespan)
     app.state.settings = settings

@@ -7,6 +7,7 @@ them (and FastAPI validation errors, and anything unexpected) to the OpenAI enve
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -79,7 +80,13 @@ class Unprocessable(TuneloopError):
 
 
 class RateLimited(TuneloopError):
+    """429; ``details["retry_after_s"]`` becomes the ``Retry-After`` header (whole seconds)."""
+
     status, type, code = 429, "rate_limit_error", "rate_limit_exceeded"
+
+    def retry_after(self) -> str:
+        wait = (self.details or {}).get("retry_after_s", 1) if isinstance(self.details, dict) else 1
+        return str(max(1, math.ceil(float(wait))))
 
 
 class UpstreamError(TuneloopError):
@@ -119,7 +126,9 @@ def _with_request_id(request: Request, body: dict[str, Any]) -> dict[str, Any]:
 
 
 async def _handle_domain(request: Request, exc: TuneloopError) -> JSONResponse:
-    return JSONResponse(_with_request_id(request, exc.body()), status_code=exc.status)
+    headers = {"Retry-After": exc.retry_after()} if isinstance(exc, RateLimited) else None
+    return JSONResponse(_with_request_id(request, exc.body()), status_code=exc.status,
+                        headers=headers)
 
 
 async def _handle_validation(request: Request, exc: RequestValidationError) -> JSONResponse:

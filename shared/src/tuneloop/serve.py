@@ -25,4 +25,5 @@ def main(create_app: Callable[[Any], Any], settings_cls: type[ServiceSettings],
     settings = settings_cls(**overrides)
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=10)
+                access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_s,
+                timeout_keep_alive=settings.keepalive_timeout_s)

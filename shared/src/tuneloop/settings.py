@@ -56,6 +56,23 @@ class ServiceSettings(BaseSettings):
     log_level: str = Field("INFO", description="Python log level.")
     log_json: bool = Field(True, description="Emit one JSON object per log line.")
     http_timeout_s: float = Field(30.0, description="Timeout for calls to peer services.")
+    shutdown_timeout_s: float = Field(
+        30.0, gt=0, description="On SIGTERM, how long in-flight requests (streams included) may "
+        "finish before the server closes them. Keep it below the pod's "
+        "terminationGracePeriodSeconds minus its preStop (k8s: 125 s of 180 s for inference and "
+        "gateway).")
+    keepalive_timeout_s: float = Field(
+        65.0, gt=0, description="How long this server keeps an idle client connection open. "
+        "Longer than any client pool keeps one idle (ours: 2 s; the OpenAI SDK: 5 s), so a "
+        "client never reuses a connection the server is closing.")
+    service_token: SecretStr | None = Field(
+        None, description="Token of the calls between the services (the same on all four): "
+        "sent as `Authorization: Bearer` and required on the internal routes (dataset and "
+        "trainer APIs, inference's OpenAI routes). Comma-separated to rotate: the first is "
+        "sent, any is accepted.")
+    service_auth: bool = Field(
+        True, description="Require the service token on the internal routes. `false` only "
+        "on a closed development box; with auth on and no token the service does not start.")
 
     @classmethod
     def settings_customise_sources(
@@ -68,6 +85,15 @@ class ServiceSettings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         shared = EnvSettingsSource(settings_cls, env_prefix="TUNELOOP_")
         return init_settings, env_settings, shared, dotenv_settings, file_secret_settings
+
+    def service_tokens(self) -> list[str]:
+        """Accepted service tokens (the first is the one this service sends)."""
+        raw = self.service_token.get_secret_value() if self.service_token else ""
+        return [t.strip() for t in raw.split(",") if t.strip()]
+
+    def outgoing_service_token(self) -> str | None:
+        tokens = self.service_tokens()
+        return tokens[0] if tokens else None
 
     def resolved_artifact_url(self) -> str:
         return self.artifact_url or str((self.data_dir / "artifacts").resolve())

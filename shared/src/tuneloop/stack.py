@@ -59,11 +59,14 @@ def _secret(path: Path) -> str:
 def configure_local_env(var: Path, base_path: Path | None = None) -> None:
     """The embedded default's environment (only where the user has not set it already):
     offline, the base model served by inference as ``base`` (continuous batching: batched greedy
-    generation on CPU), inference's admin key shared with the gateway through var/."""
+    generation on CPU), inference's admin key shared with the gateway and the service token
+    shared by all four through var/."""
     env = {
         "TUNELOOP_DATA_DIR": str(var),
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         "INFERENCE_ADMIN_KEY": _secret(var / "demo" / "inference-admin-key"),
+        # internal calls between the four services are authenticated with one shared token
+        "TUNELOOP_SERVICE_TOKEN": _secret(var / "demo" / "service-token"),
         "INFERENCE_CONTINUOUS_BATCHING": "true",
     }
     if base_path is not None:
@@ -87,6 +90,8 @@ def up(var: Path, only: list[str] | None = None, timeout: float = 180.0,
     (var / "run").mkdir(parents=True, exist_ok=True)
     (var / "logs").mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "TUNELOOP_DATA_DIR": str(var)}
+    # the four share one service token (kept in var/, so a restart of one service matches)
+    env.setdefault("TUNELOOP_SERVICE_TOKEN", _secret(var / "demo" / "service-token"))
     for name, module, port in SERVICES:
         if only and name not in only:
             continue

@@ -7,9 +7,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from tuneloop.app import build_service_app
+from tuneloop.service_auth import require_service_token
 from tuneloop.settings import open_service_state
 
 from .api import datasets, synthetic
@@ -50,6 +51,7 @@ def create_app(settings: DatasetSettings | None = None) -> FastAPI:
 
     app = build_service_app(settings, title="tuneloop dataset service", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)
-    app.include_router(datasets.router)
-    app.include_router(synthetic.router)
+    internal = [Depends(require_service_token)]  # the gateway's (and trainer's) calls only
+    app.include_router(datasets.router, dependencies=internal)
+    app.include_router(synthetic.router, dependencies=internal)
     return app

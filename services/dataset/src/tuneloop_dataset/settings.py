@@ -57,6 +57,13 @@ class DatasetSettings(ServiceSettings):
     # -- synthetic data ------------------------------------------------------------------
     synth_request_timeout_s: float = Field(120.0, description="Timeout per teacher request.")
     synth_max_examples: int = Field(5000, description="Largest `n` of a synthetic job.")
+    synth_retries: int = Field(
+        5, ge=0, le=20, description="Retries of one teacher request answered 429 or 5xx, or "
+        "lost on the way, with exponential backoff (honouring Retry-After) before it counts "
+        "as failed: one rate-limited answer no longer ends the job.")
+    synth_retry_max_wait_s: float = Field(
+        60.0, gt=0, description="Longest wait before one retry (a larger Retry-After is cut "
+        "to this).")
 
     def resolved_import_root(self) -> Path:
         return (self.import_root or (self.data_dir / "imports")).resolve()

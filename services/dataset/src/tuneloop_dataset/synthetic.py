@@ -73,6 +73,27 @@ def _seed_rows(seeds: list[Any]) -> list[list[dict[str, str]]]:
     return out
 
 
+
+RETRY_STATUSES = {408, 409, 425, 429, 500, 502, 503, 504}
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """Seconds a ``Retry-After`` header asks for (delta-seconds or an HTTP date), if any."""
+    raw = resp.headers.get("retry-after")
+    if not raw:
+        return None
+    try:
+        return max(0.0, float(raw))
+    except ValueError:
+        pass
+    try:
+        from email.utils import parsedate_to_datetime
+
+        return max(0.0, parsedate_to_datetime(raw).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
 class SynthService:
     def __init__(self, settings: DatasetSettings, db: Database, metrics: DatasetMetrics,
                  datasets: DatasetService) -> None:
@@ -293,7 +314,7 @@ class SynthService:
                         "temperature": spec["temperature"], "max_tokens": spec["max_tokens"]}
                 progress["requests"] += 1
                 try:
-                    resp = await http.post(url, json=body)
+                    resp = await self._ask_teacher(http, url, body, job_id)
                 except httpx.HTTPError as exc:
                     consecutive_errors += 1
                     self.metrics.synth_requests.labels("transport_error").inc()
@@ -327,6 +348,33 @@ class SynthService:
             progress["shortfall"] = n - progress["kept"]
             await self._save(job_id, progress, failures)
         await anyio.to_thread.run_sync(self._finish, job_id, status, None)
+
+    async def _ask_teacher(self, http: httpx.AsyncClient, url: str, body: dict[str, Any],
+                           job_id: str) -> httpx.Response:
+        """POST to the teacher; a 429/5xx answer or a lost request is retried up to
+        ``synth_retries`` times, waiting what ``Retry-After`` asks (else 1, 2, 4, ... s with
+        jitter; at most ``synth_retry_max_wait_s``). Returns the last answer; raises the last
+        transport error. A generation has no side effect, so a retry is safe."""
+        s = self.settings
+        for attempt in range(s.synth_retries + 1):
+            last = attempt == s.synth_retries or job_id in self._cancel
+            try:
+                resp = await http.post(url, json=body)
+            except httpx.HTTPError:
+                if last:
+                    raise
+                resp = None
+            if resp is not None and (resp.status_code not in RETRY_STATUSES or last):
+                return resp
+            wait = _retry_after(resp) if resp is not None else None
+            if wait is None:
+                wait = min(2.0 ** attempt, s.synth_retry_max_wait_s) * random.uniform(0.8, 1.2)
+            self.metrics.synth_requests.labels("retried").inc()
+            log.info("teacher busy or unreachable; retrying", extra={
+                "job_id": job_id, "status": resp.status_code if resp is not None else None,
+                "wait_s": round(wait, 2), "attempt": attempt + 1})
+            await anyio.sleep(min(wait, s.synth_retry_max_wait_s))
+        raise AssertionError("unreachable")
 
     def _prompt(self, spec: dict[str, Any], seeds: list[list[dict[str, str]]], inp: str | None,
                 rng: random.Random) -> list[dict[str, str]]:

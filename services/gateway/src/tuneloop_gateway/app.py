@@ -48,18 +48,21 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.limiter = RateLimiter()
         app.state.bootstrap_key = bootstrap_admin_key(app.state.keys, s)
         c, t = s.connect_timeout_s, s.http_timeout_s
+        token = s.outgoing_service_token()  # internal calls are authenticated
         app.state.upstreams = {
             "inference": Upstream.open("inference", s.inference_url, connect=c,
                                        read=s.inference_timeout_s, api_key=s.inference_api_key,
                                        max_connections=s.inference_max_connections,
                                        keepalive_s=s.upstream_keepalive_s),
             "trainer": Upstream.open("trainer", s.trainer_url, connect=c, read=t,
+                                     api_key=token, max_connections=512,
                                      keepalive_s=s.upstream_keepalive_s),
             "dataset": Upstream.open("dataset", s.dataset_url, connect=c, read=t,
+                                     api_key=token, max_connections=512,
                                      keepalive_s=s.upstream_keepalive_s),
         }
-        dataset = DatasetPeer(s.dataset_url, timeout=t)
-        trainer = TrainerPeer(s.trainer_url, timeout=t)
+        dataset = DatasetPeer(s.dataset_url, timeout=t, api_key=token)
+        trainer = TrainerPeer(s.trainer_url, timeout=t, api_key=token)
         inference = InferencePeer(s.inference_url, timeout=t, api_key=s.inference_admin_key,
                                   deploy_timeout=s.deploy_timeout_s)
         app.state.inference = inference

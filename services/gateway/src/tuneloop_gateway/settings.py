@@ -7,7 +7,7 @@ read from ``INFERENCE_ADMIN_KEY`` (the same variable the inference service reads
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from tuneloop.settings import ServiceSettings
@@ -31,7 +31,8 @@ class GatewaySettings(ServiceSettings):
                                             "INFERENCE_ADMIN_KEY"),
         description="Bearer key for inference's /admin API (deploy, aliases).")
     inference_api_key: str | None = Field(
-        None, description="Bearer key for inference's OpenAI endpoints, if it requires one.")
+        None, description="Bearer key for inference's OpenAI endpoints (proxied requests, "
+        "evaluations). Default: the service token (TUNELOOP_SERVICE_TOKEN).")
     connect_timeout_s: float = Field(5.0, description="TCP connect timeout to any peer.")
     upstream_keepalive_s: float = Field(
         2.0, gt=0, le=4.5, description="Idle keep-alive of the pooled connections to the peers: "
@@ -135,6 +136,12 @@ class GatewaySettings(ServiceSettings):
         "interval.")
     reconcile_interval_s: float = Field(
         30.0, description="How often finished trainer jobs are listed (0 disables the loop).")
+
+    @model_validator(mode="after")
+    def _inference_key_defaults_to_service_token(self) -> "GatewaySettings":
+        if self.inference_api_key is None and self.outgoing_service_token():
+            self.inference_api_key = self.outgoing_service_token()
+        return self
 
     def callback_url(self) -> str:
         base = self.public_url or f"http://127.0.0.1:{self.port}"

@@ -34,7 +34,20 @@ class InferenceSettings(ServiceSettings):
         600.0, description="Max seconds for an engine to become healthy (vLLM: ~160 s on 1B).")
     engine_request_timeout_s: float = Field(
         600.0, description="Read timeout for one proxied request (generation can be long).")
-    engine_max_connections: int = Field(256, description="Connection pool size per engine.")
+    engine_max_num_seqs: int = Field(
+        256, ge=1, le=65536, description="Requests one engine runs at once. The vLLM engine "
+        "gets it as --max-num-seqs (its batch); the service keeps at most this many requests "
+        "in flight per engine and queues the rest (engine_queue_size).")
+    engine_queue_size: int = Field(
+        1024, ge=0, le=1_000_000, description="Requests that may wait for a free slot of one "
+        "engine; beyond it (or after engine_queue_timeout_s of waiting) a request is answered "
+        "429 with Retry-After, never a 502.")
+    engine_queue_timeout_s: float = Field(
+        60.0, gt=0, description="Longest wait in an engine's queue before a 429.")
+    engine_keepalive_s: float = Field(
+        2.0, gt=0, le=4.5, description="Idle keep-alive of the pooled connections to an engine: "
+        "below the engine's own (uvicorn and vLLM close idle connections after 5 s), so the "
+        "service never sends a request on a connection the engine is closing.")
     health_interval_s: float = Field(1.0, description="Engine health-check period.")
     health_failures: int = Field(3, description="Consecutive failed checks before a restart.")
     max_restarts: int = Field(5, description="Restarts of a crashed engine before it is failed.")

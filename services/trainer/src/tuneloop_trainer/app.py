@@ -6,9 +6,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from tuneloop.app import build_service_app
+from tuneloop.service_auth import require_service_token
 from tuneloop.settings import open_service_state
 from tuneloop.clients.dataset import DatasetClient
 
@@ -29,7 +30,8 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db, store = open_service_state(settings, MIGRATIONS)
-        datasets = DatasetClient(settings.dataset_url, timeout=settings.http_timeout_s)
+        datasets = DatasetClient(settings.dataset_url, timeout=settings.http_timeout_s,
+                                 api_key=settings.outgoing_service_token())
         svc = TrainerService(settings, db, store, datasets)
         supervisor = Supervisor(svc, make_executor(settings, store), metrics)
         app.state.db, app.state.store, app.state.trainer = db, store, svc
@@ -47,7 +49,8 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
 
     app = build_service_app(settings, title="tuneloop trainer service", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)
-    app.include_router(jobs.router)
-    app.include_router(models.router)
-    app.include_router(openai_compat.router)
+    internal = [Depends(require_service_token)]  # the gateway's calls only
+    app.include_router(jobs.router, dependencies=internal)
+    app.include_router(models.router, dependencies=internal)
+    app.include_router(openai_compat.router, dependencies=internal)
     return app

@@ -59,7 +59,16 @@ class TrainerSettings(ServiceSettings):
     k8s_cpu: str = Field("4", description="CPU request per Job.")
     k8s_memory: str = Field("32Gi", description="Memory request/limit per Job.")
     k8s_token_file: str = Field("/var/run/secrets/kubernetes.io/serviceaccount/token",
-                                description="Bearer token file (in-cluster service account).")
+                                description="Bearer token file (in-cluster service account). "
+                                "Re-read every minute and after a 401: projected tokens rotate.")
     k8s_ca_file: str | None = Field("/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
                                     description="CA bundle for the API server (None: system CAs).")
-    k8s_backoff_limit: int = Field(2, ge=0, le=10, description="Pod retries (a retry resumes).")
+    k8s_backoff_limit: int = Field(2, ge=0, le=10, description="Pod retries (a retry resumes). "
+                                   "A pod evicted or preempted is retried without counting; an "
+                                   "out-of-memory exit fails the Job at once (the same run would "
+                                   "run out again).")
+    k8s_active_deadline_s: int = Field(
+        172_800, ge=60, description="activeDeadlineSeconds of a training Job: Kubernetes stops a "
+        "Job still running after this long (48 h), retries included.")
+    k8s_run_as_user: int = Field(10001, ge=1, description="UID (and GID) training pods run as "
+                                 "(non-root; the images' user).")

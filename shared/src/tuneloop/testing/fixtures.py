@@ -23,6 +23,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Explicitly off for the suite's own service processes and apps (each test starts the service
+# it talks to); the tests of the service token and four_services() turn it on with a token.
+os.environ.setdefault("TUNELOOP_SERVICE_AUTH", "false")
 
 
 @pytest.fixture(scope="session")

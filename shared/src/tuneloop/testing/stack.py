@@ -4,12 +4,14 @@
         s["gateway"].url ...
 
 Each service's extra environment goes in ``env={"gateway": {...}, ...}``; logs go to
-``var/logs/<service>.log``. Started in dependency order, stopped in reverse, always.
+``var/logs/<service>.log``. Started in dependency order, stopped in reverse, always. Internal
+calls are authenticated as in production: one service token, shared by the four.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+import secrets
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -22,7 +24,8 @@ def four_services(var: Path, base_model: Path, *, admin_key: str, inference_admi
     """dataset, trainer, inference (serving ``base_model`` as ``base`` on the CPU engine) and
     the gateway (bootstrap admin key ``admin_key``) sharing the data dir ``var``."""
     extra = {k: dict(v) for k, v in (env or {}).items()}
-    common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false", "HF_HUB_OFFLINE": "1"}
+    common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false", "HF_HUB_OFFLINE": "1",
+              "TUNELOOP_SERVICE_AUTH": "true", "TUNELOOP_SERVICE_TOKEN": secrets.token_urlsafe(24)}
     logs = var / "logs"
     started: dict[str, ServiceProcess] = {}
 

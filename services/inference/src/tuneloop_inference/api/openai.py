@@ -9,7 +9,6 @@ or rejected with 400 (streaming).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import time
 from typing import Any
@@ -18,6 +17,8 @@ import aiohttp
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from tuneloop import upstream
+from tuneloop.service_auth import bearer_token, token_matches
 from tuneloop.errors import (InvalidRequest, NotFound, ServiceUnavailable, TuneloopError,
                              Unauthorized, UpstreamError, UpstreamTimeout, error_body)
 
@@ -29,12 +30,15 @@ _ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 
 
 def _check_key(request: Request) -> None:
-    key = request.app.state.settings.api_key
-    if not key:
+    """The OpenAI routes take the service token (the gateway's calls) or, if set,
+    ``INFERENCE_API_KEY``; open only when neither is required (``TUNELOOP_SERVICE_AUTH=false``
+    and no api_key)."""
+    s = request.app.state.settings
+    accepted = ([s.api_key] if s.api_key else []) + (s.service_tokens() if s.service_auth else [])
+    if not accepted:
         return
-    auth = request.headers.get("authorization", "")
-    if not hmac.compare_digest(auth.removeprefix("Bearer ").strip(), key):
-        raise Unauthorized("invalid or missing API key")
+    if not token_matches(bearer_token(request), accepted):
+        raise Unauthorized("invalid or missing API key (the service token or INFERENCE_API_KEY)")
 
 
 @router.get("/v1/models")
@@ -131,11 +135,14 @@ async def _proxy(request: Request, endpoint: str) -> Response:
         body = json.loads(raw)
     except ValueError as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json")
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply", code="invalid_json") from None
     body = validate(endpoint, body)
     requested = body["model"]
     state = request.app.state
     engine, served = state.controller.resolve(requested)
     engine.adapt_body(endpoint, body)
+    await check_context_length(engine, endpoint, body)
     body["model"] = served
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
     ctx = _Ctx(state.metrics, requested, served, endpoint, request.state.request_id)
@@ -148,7 +155,70 @@ async def _proxy(request: Request, endpoint: str) -> Response:
         return await _fan_out(engine, path, body, n, ctx)
     if body.get("stream"):
         return await _stream(engine, path, body, ctx)
-    return await _plain(engine, path, body, ctx)
+    return await upstream.until_disconnect(request, _plain(engine, path, body, ctx))
+
+
+def _text_bytes(endpoint: str, body: dict[str, Any]) -> int | None:
+    """UTF-8 size of the prompt's text (>= its token count with byte-level and SentencePiece
+    tokenizers), None if a message holds something else than text."""
+    if endpoint != "chat":
+        return len(body["prompt"].encode())
+    total = 0
+    for m in body["messages"]:
+        content = m.get("content")
+        if isinstance(content, list):
+            for part in content:
+                if not isinstance(part, dict) or part.get("type") != "text":
+                    return None
+                total += len(str(part.get("text", "")).encode())
+        elif isinstance(content, str):
+            total += len(content.encode())
+        extra = {k: v for k, v in m.items() if k not in ("role", "content")}
+        if extra:
+            total += len(json.dumps(extra).encode())
+    return total
+
+
+async def check_context_length(engine: Engine, endpoint: str, body: dict[str, Any]) -> None:
+    """400 ``context_length_exceeded`` when prompt tokens + ``max_tokens`` exceed the model's
+    context length, before the request reaches the engine (an oversized request must not
+    keep a model busy). Prompts whose UTF-8 size alone proves they fit are not tokenized."""
+    limit = engine.context_length
+    if not limit:
+        return
+    max_tokens = body.get("max_tokens")
+    wanted = max_tokens if isinstance(max_tokens, int) else 1
+    param = "max_tokens" if isinstance(max_tokens, int) else None
+
+    def exceeded(prompt: int | None) -> InvalidRequest:  # noqa: ANN202
+        what = (f"{prompt} prompt tokens" if prompt is not None else "at least one prompt token")
+        more = f" + max_tokens {max_tokens}" if isinstance(max_tokens, int) else ""
+        return InvalidRequest(
+            f"This model's maximum context length is {limit} tokens; the request has {what}"
+            f"{more}. Shorten the prompt or lower max_tokens.", code="context_length_exceeded",
+            param=param or ("messages" if endpoint == "chat" else "prompt"),
+            details={"context_length": limit, "prompt_tokens": prompt, "max_tokens": max_tokens})
+
+    if wanted >= limit:
+        raise exceeded(None)
+    size = _text_bytes(endpoint, body)
+    messages = len(body.get("messages") or [1])
+    if size is not None and size + 16 * messages + 64 + wanted <= limit:
+        return  # cannot exceed: every token covers at least one byte
+    prompt = await asyncio.to_thread(engine.count_prompt_tokens, endpoint, body)
+    if prompt is not None and prompt + wanted > limit:
+        if param is None or prompt >= limit:  # the prompt alone is too long
+            param = "messages" if endpoint == "chat" else "prompt"
+        raise exceeded(prompt)
+
+
+async def _admit(engine: Engine, ctx: "_Ctx") -> None:
+    """A slot of the engine (bounded queue; 429 beyond), recorded in the metrics if refused."""
+    try:
+        await engine.admit()
+    except TuneloopError as exc:
+        ctx.done(exc.status, False)
+        raise
 
 
 class _Ctx:
@@ -214,17 +284,78 @@ def _transport_error(exc: BaseException, engine: Engine) -> TuneloopError:
 _TRANSPORT = (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError, AttributeError)
 
 
-async def _post(engine: Engine, path: str, payload: bytes, ctx: _Ctx) -> tuple[int, bytes]:
-    """One request to the engine over its pooled aiohttp session."""
-    async with engine.session.post(path, data=payload, headers=ctx.headers) as resp:  # type: ignore[union-attr]
+async def _post(engine: Engine, path: str, body: dict, ctx: _Ctx) -> tuple[int, bytes]:
+    """One request to the engine over its pooled aiohttp session (sent again if the engine
+    closed the connection before answering: the idle keep-alive race). An engine that only
+    aborts a *streamed* generation when its client goes (``transformers serve``) is asked for
+    a stream, assembled here into the one answer: cancelling this call then stops the engine."""
+    if engine.abort_needs_stream:
+        return await _post_assembled(engine, path, body, ctx)
+    resp = await upstream.send(engine.session, "POST", path, data=json.dumps(body).encode(),  # type: ignore[arg-type]
+                               headers=ctx.headers)
+    async with resp:
         return resp.status, await resp.read()
 
 
+async def _post_assembled(engine: Engine, path: str, body: dict, ctx: _Ctx) -> tuple[int, bytes]:
+    payload = json.dumps({**body, "stream": True}).encode()
+    resp = await upstream.send(engine.session, "POST", path, data=payload, headers=ctx.headers)  # type: ignore[arg-type]
+    try:
+        if resp.status != 200 or "text/event-stream" not in resp.headers.get("content-type", ""):
+            return resp.status, await resp.read()
+        chat = path.endswith("chat/completions")
+        merged: dict[str, Any] | None = None
+        texts: list[str] = []
+        tool_calls: dict[int, dict[str, Any]] = {}
+        finish, usage = None, None
+        buf = b""
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            *events, buf = buf.split(b"\n\n")
+            for event in events:
+                for line in event.split(b"\n"):
+                    if not line.startswith(b"data: ") or line == b"data: [DONE]":
+                        continue
+                    data = json.loads(line[6:])
+                    if "error" in data:
+                        return 500, json.dumps(data).encode()
+                    merged = merged or data
+                    usage = data.get("usage") or usage
+                    for choice in data.get("choices") or []:
+                        finish = choice.get("finish_reason") or finish
+                        delta = choice.get("delta") or {} if chat else choice
+                        if isinstance(delta.get("content" if chat else "text"), str):
+                            texts.append(delta["content" if chat else "text"])
+                        for tc in (delta.get("tool_calls") or []) if chat else []:
+                            slot = tool_calls.setdefault(tc.get("index", 0), {
+                                "id": tc.get("id"), "type": "function",
+                                "function": {"name": "", "arguments": ""}})
+                            fn = tc.get("function") or {}
+                            slot["function"]["name"] += fn.get("name") or ""
+                            slot["function"]["arguments"] += fn.get("arguments") or ""
+        if merged is None:
+            return 502, b'{"error": {"message": "engine stream carried no data"}}'
+        text = "".join(texts)
+        if chat:
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if tool_calls:
+                message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
+            choice = {"index": 0, "message": message, "finish_reason": finish}
+        else:
+            choice = {"index": 0, "text": text, "finish_reason": finish}
+        out = {"id": merged.get("id"), "object": "chat.completion" if chat else "text_completion",
+               "created": merged.get("created"), "model": merged.get("model"),
+               "choices": [choice], "usage": usage}
+        return 200, json.dumps(out).encode()
+    finally:
+        resp.close()  # complete or not: a half-read stream must not go back to the pool
+
+
 async def _plain(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
-    engine.acquire()
+    await _admit(engine, ctx)
     status = 502
     try:
-        status, content = await _post(engine, path, json.dumps(body).encode(), ctx)
+        status, content = await _post(engine, path, body, ctx)
         if status != 200:
             raise _engine_error(status, content, engine)
         usage = None
@@ -240,16 +371,19 @@ async def _plain(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
         return Response(content, media_type="application/json")
     except _TRANSPORT as exc:
         raise _transport_error(exc, engine) from exc
+    except asyncio.CancelledError:  # the client went away
+        status = 499
+        raise
     finally:
-        engine.release()
+        engine.leave()
         if status:
             ctx.done(status, False)
 
 
 async def _fan_out(engine: Engine, path: str, body: dict, n: int, ctx: _Ctx) -> Response:
     """``n`` choices from an engine without ``n``: n concurrent requests, merged in order."""
-    payload = json.dumps({k: v for k, v in body.items() if k != "n"}).encode()
-    engine.acquire()
+    payload = {k: v for k, v in body.items() if k != "n"}
+    await _admit(engine, ctx)
     status = 502
     try:
         answers = await asyncio.gather(*(_post(engine, path, payload, ctx) for _ in range(n)))
@@ -273,31 +407,35 @@ async def _fan_out(engine: Engine, path: str, body: dict, n: int, ctx: _Ctx) -> 
     except _TRANSPORT as exc:
         raise _transport_error(exc, engine) from exc
     finally:
-        engine.release()
+        engine.leave()
         if status:
             ctx.done(status, False)
 
 
 async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
-    engine.acquire()
-    try:
-        resp = await engine.session.post(path, data=json.dumps(body).encode(),  # type: ignore[union-attr]
-                                         headers=ctx.headers)
+    await _admit(engine, ctx)
+    try:  # sent again if the engine closed the connection before the first byte
+        resp = await upstream.send(engine.session, "POST", path,  # type: ignore[arg-type]
+                                   data=json.dumps(body).encode(), headers=ctx.headers)
     except _TRANSPORT as exc:
-        engine.release()
+        engine.leave()
         ctx.done(502, True)
         raise _transport_error(exc, engine) from exc
+    except BaseException:
+        engine.leave()
+        ctx.done(499, True)
+        raise
     if resp.status != 200:
         content = await resp.read()
         resp.release()
-        engine.release()
+        engine.leave()
         ctx.done(resp.status, True)
         raise _engine_error(resp.status, content, engine)
 
     rewrite = engine.stream_filter(body)
 
     async def relay():  # noqa: ANN202
-        first, tail, status = True, b"", 200
+        first, tail, status, complete = True, b"", 200, False
         try:
             async for chunk in resp.content.iter_any():
                 if first:
@@ -309,6 +447,7 @@ async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
                     if not chunk:
                         continue
                 yield chunk
+            complete = True
             if rewrite is not None:
                 rest = rewrite.flush()
                 if rest:
@@ -318,9 +457,13 @@ async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
             err = error_body(f"{engine.kind} engine stream broke: {exc.__class__.__name__}",
                              "upstream_error", "engine_stream_error")
             yield f"data: {json.dumps(err)}\n\n".encode()
-        finally:
-            resp.release()
-            engine.release()
+        finally:  # a client gone mid-stream lands here too: closing the engine connection
+            if complete:  # (not returning it to the pool) makes the engine abort the generation
+                resp.release()
+            else:
+                resp.close()
+                status = 499 if status == 200 else status
+            engine.leave()
             ctx.done(status, True, _usage_from_tail(tail))
 
     return StreamingResponse(relay(), media_type="text/event-stream",

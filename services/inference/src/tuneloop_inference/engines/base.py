@@ -24,6 +24,9 @@ from typing import Any
 import aiohttp
 import httpx
 
+from tuneloop import upstream
+from tuneloop.errors import RateLimited
+
 from ..settings import InferenceSettings
 
 
@@ -51,6 +54,9 @@ class Engine(ABC):
     per_request_sampling = True
     #: the engine can shard one model over several GPUs (tensor parallelism)
     supports_tensor_parallel = False
+    #: the engine aborts a generation whose client disconnects only when it streams: the
+    #: proxy then asks it for a stream even for a non-streamed request, and assembles it
+    abort_needs_stream = False
 
     def __init__(self, *, name: str, model_dir: str, settings: InferenceSettings,
                  log_path: Path, port: int | None = None, tensor_parallel_size: int = 1,
@@ -75,6 +81,10 @@ class Engine(ABC):
         self.in_flight = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._slots = asyncio.Semaphore(settings.engine_max_num_seqs)
+        self.waiting = 0
+        self._context_length: int | None | bool = False  # False: not read yet
+        self._tokenizer: Any = None
 
     # -- subclass hooks --------------------------------------------------------------------
     @abstractmethod
@@ -106,16 +116,17 @@ class Engine(ABC):
             self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         self.state = "starting"
+        keepalive = self.settings.engine_keepalive_s  # below the engine's 5 s (issue 15)
         if self.client is None:
-            limits = httpx.Limits(max_connections=self.settings.engine_max_connections,
-                                  max_keepalive_connections=self.settings.engine_max_connections)
+            limits = httpx.Limits(max_connections=16, max_keepalive_connections=16,
+                                  keepalive_expiry=keepalive)
             timeout = httpx.Timeout(self.settings.engine_request_timeout_s, connect=5.0)
             self.client = httpx.AsyncClient(base_url=self.url, timeout=timeout, limits=limits)
         if self.session is None:
             # aiohttp for the hot path: ~0.1 ms CPU per proxied request vs ~1 ms with httpx
-            # (measured on this machine; see docs/inference.md)
-            connector = aiohttp.TCPConnector(limit=self.settings.engine_max_connections,
-                                             keepalive_timeout=60)
+            # (measured on this machine; see docs/inference.md). Room for every admitted
+            # request plus the health checks; admission (``admit``) bounds the requests.
+            connector = upstream.connector(self.settings.engine_max_num_seqs + 8, keepalive)
             timeout_ = aiohttp.ClientTimeout(total=None, sock_connect=5.0,
                                              sock_read=self.settings.engine_request_timeout_s)
             self.session = aiohttp.ClientSession(base_url=self.url, connector=connector,
@@ -213,6 +224,80 @@ class Engine(ABC):
         if self.in_flight <= 0:
             self.in_flight = 0
             self._idle.set()
+
+    async def admit(self) -> None:
+        """Take one of the engine's ``engine_max_num_seqs`` slots (then ``acquire``), waiting
+        in a bounded queue when all are taken; a full queue or a wait beyond
+        ``engine_queue_timeout_s`` is a 429 with Retry-After (over capacity is never a 502)."""
+        s = self.settings
+        if self._slots.locked():
+            if self.waiting >= s.engine_queue_size:
+                raise RateLimited(
+                    f"engine for '{self.name}' is at capacity ({s.engine_max_num_seqs} requests "
+                    f"running, {self.waiting} queued); retry shortly", code="engine_overloaded",
+                    details={"retry_after_s": 1, "max_num_seqs": s.engine_max_num_seqs,
+                             "queue_size": s.engine_queue_size})
+            self.waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), s.engine_queue_timeout_s)
+            except asyncio.TimeoutError:
+                raise RateLimited(
+                    f"engine for '{self.name}' is at capacity: no slot free after "
+                    f"{s.engine_queue_timeout_s:g}s in the queue; retry shortly",
+                    code="engine_overloaded",
+                    details={"retry_after_s": 1, "max_num_seqs": s.engine_max_num_seqs}) from None
+            finally:
+                self.waiting -= 1
+        else:
+            await self._slots.acquire()
+        self.acquire()
+
+    def leave(self) -> None:
+        """Give back the slot taken by ``admit``."""
+        self._slots.release()
+        self.release()
+
+    # -- context length ------------------------------------------------------------------
+    @property
+    def context_length(self) -> int | None:
+        """Most tokens (prompt + completion) one request may use: the model's
+        ``max_position_embeddings`` (config.json), capped by ``--max-model-len`` for vLLM."""
+        if self._context_length is False:
+            self._context_length = self._read_context_length()
+        return self._context_length  # type: ignore[return-value]
+
+    def _read_context_length(self) -> int | None:
+        import json
+
+        try:
+            config = json.loads((Path(self.model_dir) / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        config = config.get("text_config", config) if isinstance(config, dict) else {}
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length",
+                    "seq_length"):
+            if isinstance(config.get(key), int) and config[key] > 0:
+                return int(config[key])
+        return None
+
+    def count_prompt_tokens(self, endpoint: str, body: dict[str, Any]) -> int | None:
+        """Prompt tokens as the engine will see them (chat template applied); None if the
+        tokenizer cannot say. Blocking (loads and runs the tokenizer): call in a thread."""
+        try:
+            if self._tokenizer is None:
+                from transformers import AutoTokenizer
+
+                self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            tok = self._tokenizer
+            if endpoint == "chat":
+                ids = tok.apply_chat_template(body["messages"], add_generation_prompt=True,
+                                              tokenize=True)
+                if isinstance(ids, dict) or hasattr(ids, "keys"):
+                    ids = ids["input_ids"]
+                return len(ids)
+            return len(tok(body["prompt"])["input_ids"])
+        except Exception:  # noqa: BLE001 - no template, odd content: the engine decides
+            return None
 
     async def drain(self, timeout: float) -> bool:
         """Wait until no request is in flight; False if ``timeout`` ran out first."""

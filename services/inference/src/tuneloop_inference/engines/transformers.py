@@ -16,6 +16,8 @@ _SAMPLING = ("temperature", "top_p", "stop", "seed", "frequency_penalty", "logit
 class TransformersEngine(Engine):
     kind = "transformers"
     supports_n = False  # transformers 5.17 ignores `n`; the proxy fans out instead
+    # transformers serve cancels a streamed generation when its client goes, never a plain one
+    abort_needs_stream = True
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)

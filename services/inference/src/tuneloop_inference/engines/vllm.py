@@ -30,6 +30,7 @@ class VllmEngine(Engine):
         cmd = [*base, "serve", self.model_dir, "--served-model-name", self.name,
                "--host", self.host, "--port", str(self.port),
                "--gpu-memory-utilization", str(self.settings.gpu_memory_utilization),
+               "--max-num-seqs", str(self.settings.engine_max_num_seqs),
                ]
         if self.tensor_parallel_size > 1:  # one rank per visible GPU (CUDA_VISIBLE_DEVICES)
             cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
@@ -38,6 +39,11 @@ class VllmEngine(Engine):
         if self.settings.vllm_enable_lora:
             cmd += ["--enable-lora", "--max-lora-rank", str(self.settings.vllm_max_lora_rank)]
         return cmd + shlex.split(self.settings.vllm_extra_args)
+
+    def _read_context_length(self) -> int | None:
+        own = super()._read_context_length()
+        cap = self.settings.vllm_max_model_len
+        return min(x for x in (own, cap) if x) if (own or cap) else None
 
     def env(self) -> dict[str, str]:
         env = super().env()

@@ -4,14 +4,20 @@ The Job mounts the artifact-store volume (the same PVC the service uses), asks f
 runs ``python -m tuneloop_trainer.run_job <job-id> --store <mount>`` (under torchrun, with
 N GPUs requested, for a job with ``gpus: N``). Events and the result come
 back through the shared store, exactly as with the local executor. A pod that dies is retried
-by Kubernetes (``backoffLimit``) and resumes from the last checkpoint. Talks to the API server
-over plain REST (``httpx``): in-cluster token + CA, or any URL for tests.
+by Kubernetes (``backoffLimit``) and resumes from the last checkpoint; the ``podFailurePolicy``
+does not count an eviction or preemption against that limit and fails the Job at once on an
+out-of-memory exit. Pods run non-root, without privilege escalation or capabilities, under
+the runtime's seccomp profile, and the Job has a deadline (``activeDeadlineSeconds``).
+Talks to the API server over plain REST (``httpx``): in-cluster token + CA, or any URL for
+tests; the token file is re-read every minute and after a 401 (service-account tokens rotate).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +27,8 @@ from ..launch import job_command
 from .base import Executor, Exit
 
 LABEL_JOB = "tuneloop.io/job-id"
+EXIT_OOM = 3  # run_job's exit code for an out-of-memory failure
+TOKEN_REFRESH_S = 60.0
 
 
 def k8s_name(job_id: str) -> str:
@@ -59,9 +67,15 @@ def build_job_manifest(settings, job_id: str, gpus: int = 1) -> dict[str, Any]: 
         "resources": {"requests": requests, "limits": limits},
         "volumeMounts": [{"name": "artifacts", "mountPath": mount},
                          {"name": "dshm", "mountPath": "/dev/shm"}],
+        "securityContext": {"allowPrivilegeEscalation": False, "privileged": False,
+                            "capabilities": {"drop": ["ALL"]}},
     }
+    uid = settings.k8s_run_as_user
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
+        "automountServiceAccountToken": False,  # the job never talks to the API server
+        "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
+                            "fsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
         "volumes": [{"name": "artifacts",
                      "persistentVolumeClaim": {"claimName": settings.k8s_artifact_pvc}},
@@ -81,6 +95,15 @@ def build_job_manifest(settings, job_id: str, gpus: int = 1) -> dict[str, Any]: 
         "metadata": {"name": k8s_name(job_id), "namespace": settings.k8s_namespace, "labels": labels},
         "spec": {
             "backoffLimit": settings.k8s_backoff_limit,
+            "activeDeadlineSeconds": settings.k8s_active_deadline_s,
+            "podFailurePolicy": {"rules": [
+                # evicted, preempted, node drained: retry (it resumes) without using up retries
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget",
+                                                     "status": "True"}]},
+                # out of memory: the same run would run out again
+                {"action": "FailJob", "onExitCodes": {"containerName": "trainer",
+                                                      "operator": "In", "values": [EXIT_OOM]}},
+            ]},
             "ttlSecondsAfterFinished": 86400,
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
@@ -93,15 +116,33 @@ class KubernetesExecutor(Executor):
     def __init__(self, settings, store) -> None:  # noqa: ANN001
         self.settings = settings
         self.store = store
-        headers = {}
-        token_file = Path(settings.k8s_token_file)
-        if token_file.is_file():
-            headers["Authorization"] = f"Bearer {token_file.read_text().strip()}"
+        self._token: str | None = None
+        self._token_read = -1e9
         verify: Any = True
         if settings.k8s_ca_file and Path(settings.k8s_ca_file).is_file():
             verify = settings.k8s_ca_file
-        self.http = httpx.AsyncClient(base_url=settings.k8s_api_url.rstrip("/"), headers=headers,
+        self.http = httpx.AsyncClient(base_url=settings.k8s_api_url.rstrip("/"),
                                       verify=verify, timeout=httpx.Timeout(15.0, connect=5.0))
+
+    def _read_token(self) -> str | None:
+        path = Path(self.settings.k8s_token_file)
+        return path.read_text().strip() if path.is_file() else None
+
+    async def _headers(self, fresh: bool = False) -> dict[str, str]:
+        """The service-account token, re-read when a minute old (or ``fresh``): the kubelet
+        rotates projected tokens, and a token read once stops working (as client-go does)."""
+        if fresh or time.monotonic() - self._token_read > TOKEN_REFRESH_S:
+            self._token = await asyncio.to_thread(self._read_token)
+            self._token_read = time.monotonic()
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    async def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One API call; a 401 re-reads the token and tries once more."""
+        resp = await self.http.request(method, path, headers=await self._headers(), **kwargs)
+        if resp.status_code == 401:
+            resp = await self.http.request(method, path, headers=await self._headers(fresh=True),
+                                           **kwargs)
+        return resp
 
     def _path(self, name: str = "") -> str:
         base = f"/apis/batch/v1/namespaces/{self.settings.k8s_namespace}/jobs"
@@ -109,7 +150,7 @@ class KubernetesExecutor(Executor):
 
     async def start(self, job_id: str, gpus: int = 1) -> dict[str, Any]:
         body = build_job_manifest(self.settings, job_id, gpus)
-        resp = await self.http.post(self._path(), json=body)
+        resp = await self._call("POST", self._path(), json=body)
         if resp.status_code == 409:  # already submitted (e.g. restart between submit and commit)
             return {"name": body["metadata"]["name"], "namespace": self.settings.k8s_namespace}
         if resp.status_code >= 300:
@@ -120,7 +161,7 @@ class KubernetesExecutor(Executor):
 
     async def poll(self, job_id: str, handle: dict[str, Any]) -> Exit | None:
         try:
-            resp = await self.http.get(self._path(handle["name"]))
+            resp = await self._call("GET", self._path(handle["name"]))
         except httpx.HTTPError:
             return None  # API server unreachable for a moment: keep waiting
         if resp.status_code == 404:
@@ -143,9 +184,9 @@ class KubernetesExecutor(Executor):
         return None
 
     async def cancel(self, job_id: str, handle: dict[str, Any]) -> None:
-        resp = await self.http.request("DELETE", self._path(handle["name"]),
-                                       json={"kind": "DeleteOptions", "apiVersion": "v1",
-                                             "propagationPolicy": "Background"})
+        resp = await self._call("DELETE", self._path(handle["name"]),
+                                json={"kind": "DeleteOptions", "apiVersion": "v1",
+                                      "propagationPolicy": "Background"})
         if resp.status_code >= 300 and resp.status_code != 404:
             raise RuntimeError(f"Kubernetes refused to delete the Job: {_status_message(resp)}")
 
@@ -154,7 +195,7 @@ class KubernetesExecutor(Executor):
         if not handle or "name" not in handle:
             return False
         try:
-            resp = await self.http.get(self._path(handle["name"]))
+            resp = await self._call("GET", self._path(handle["name"]))
         except httpx.HTTPError:
             return True  # cannot tell now; poll() decides later
         return resp.status_code == 200
