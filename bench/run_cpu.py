@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-CPU_BENCHES = ["dataset_validate.py", "inference_proxy.py", "gateway_overhead.py"]
+CPU_BENCHES = ["dataset_validate.py", "inference_proxy.py", "gateway_overhead.py",
+               "serve_load.py --cpu"]
 
 
 def main() -> int:
@@ -17,7 +18,8 @@ def main() -> int:
     failed = []
     for name in names:
         print(f"== bench/{name}", flush=True)
-        if subprocess.call([sys.executable, str(HERE / name)], cwd=HERE.parent) != 0:
+        script, *args = name.split()
+        if subprocess.call([sys.executable, str(HERE / script), *args], cwd=HERE.parent) != 0:
             failed.append(name)
     if failed:
         print("failed: " + ", ".join(failed))

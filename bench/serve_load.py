@@ -300,8 +300,11 @@ def main() -> int:  # noqa: PLR0915
                     help="skip rounds that would start after this many seconds")
     ap.add_argument("--vllm-args", default="", help="INFERENCE_VLLM_EXTRA_ARGS")
     args = ap.parse_args()
+    from tuneloop.serve import raise_open_files_limit
+
+    open_files = raise_open_files_limit()  # 1,024 clients per path: more than the default 1,024
     mode = "gpu" if args.gpu and not args.dry_run else ("dry-run" if args.gpu else "cpu")
-    defaults = {"gpu": (10, "256,1024", 128, 500.0), "dry-run": (3, "4,8", 8, 900.0),
+    defaults = {"gpu": (10, "256,1024", 128, 470.0), "dry-run": (3, "4,8", 8, 900.0),
                 "cpu": (3, "4,16", 8, 1200.0)}[mode]
     n_rounds = args.rounds or defaults[0]
     sizes = [int(x) for x in (args.concurrency or defaults[1]).split(",")]
@@ -335,7 +338,7 @@ def main() -> int:  # noqa: PLR0915
     RESULT["config"] = {"mode": mode, "engine": engine, "rounds": n_rounds, "concurrency": sizes,
                         "max_tokens": max_tokens, "ignore_eos": ignore_eos,
                         "engine_max_num_seqs": max_num_seqs, "vllm_args": args.vllm_args,
-                        "budget_s": budget}
+                        "budget_s": budget, "open_files_limit": open_files}
     t = time.monotonic()
     params = build_models(work / "var/artifacts", mode)
     step("models_built", params=params, seconds=round(time.monotonic() - t, 1))
@@ -412,7 +415,7 @@ async def load(service_url: str, gateway_url: str, key: str, admin: httpx.Client
                 step("warm_up_failed", path=p.name, errors=warm.errors)
                 return 1
         largest = max(sizes)
-        swap_round = n_rounds // 2
+        swap_round = min(1, n_rounds - 1)  # early in the largest run: inside it even if cut short
         for c in sizes:
             for i in range(n_rounds):
                 for name in ("engine", "service", "gateway"):

@@ -15,6 +15,23 @@ import uvicorn
 from .settings import ServiceSettings
 
 
+def raise_open_files_limit(want: int = 65536) -> int:
+    """Raise this process's soft limit of open files toward the hard one (as vLLM does): the
+    default 1,024 is less than a proxy holding 1,024 client connections and as many upstream
+    ones. Returns the soft limit now in force."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        if soft != resource.RLIM_INFINITY and soft < target:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            return target
+        return soft
+    except (ImportError, ValueError, OSError):  # not POSIX, or not allowed: keep what we have
+        return -1
+
+
 def main(create_app: Callable[[Any], Any], settings_cls: type[ServiceSettings],
          argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog=f"tuneloop-{settings_cls().service_name}")
@@ -23,6 +40,7 @@ def main(create_app: Callable[[Any], Any], settings_cls: type[ServiceSettings],
     args = parser.parse_args(argv)
     overrides = {k: v for k, v in (("host", args.host), ("port", args.port)) if v is not None}
     settings = settings_cls(**overrides)
+    raise_open_files_limit()
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
                 access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_s,
