@@ -14,6 +14,9 @@ from ..logs import request_id_var
 log = logging.getLogger("tuneloop.clients")
 
 _IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
+#: answers after which an idempotent call is tried again (a peer restarting, draining, full)
+_RETRY_STATUS = {429, 502, 503, 504}
+_MAX_WAIT_S = 5.0
 
 
 class ServiceError(TuneloopError):
@@ -34,7 +37,13 @@ class ServiceError(TuneloopError):
 
 
 class ServiceClient:
-    """Base for typed clients. Use as an async context manager or call :meth:`aclose`."""
+    """Base for typed clients. Use as an async context manager or call :meth:`aclose`.
+
+    Idempotent calls (GET, PUT, DELETE, ...) are tried up to ``retries`` times when the peer
+    cannot be reached, drops the connection, or answers 429/502/503/504, with exponential
+    backoff (0.2, 0.4, ... s) or the ``Retry-After`` it asks for, at most 5 s per wait.
+    Other calls are sent once. ``api_key`` is sent as a bearer token: between the services,
+    the service token (``TUNELOOP_SERVICE_TOKEN``)."""
 
     service = "peer"
 
@@ -69,6 +78,9 @@ class ServiceClient:
         for attempt in range(1, attempts + 1):
             try:
                 resp = await self.http.request(method, path, headers=headers, **kwargs)
+                if resp.status_code in _RETRY_STATUS and attempt < attempts:
+                    await asyncio.sleep(_wait(resp, attempt))
+                    continue
                 break
             except (httpx.ConnectError, httpx.RemoteProtocolError) as exc:
                 if attempt >= attempts:
@@ -107,3 +119,13 @@ class ServiceClient:
             return True
         except ServiceError:
             return False
+
+
+def _wait(resp: httpx.Response, attempt: int) -> float:
+    """Seconds before the next attempt: the peer's ``Retry-After`` if it sent one, else
+    exponential backoff; at most ``_MAX_WAIT_S``."""
+    try:
+        wait = float(resp.headers.get("retry-after", ""))
+    except ValueError:
+        wait = 0.2 * 2 ** (attempt - 1)
+    return max(0.0, min(wait, _MAX_WAIT_S))
