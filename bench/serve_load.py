@@ -18,7 +18,7 @@ other, and a separate row reports them.
 
 Modes:
   ``--cpu``  small run on this machine (``make bench``): tiny local models, the CPU engine
-             (``transformers serve``); writes ``bench/results/serve_load.json``.
+             (``transformers serve``); writes ``bench/results/serve_load_cpu.json``.
   ``--gpu``  the H200 run: Llama-3.2-1B-shaped models (1.1 B parameters, random weights)
              built on the device, vLLM engines (``INFERENCE_ENGINE_MAX_NUM_SEQS=1024`` becomes
              ``--max-num-seqs``), 10 rounds each at 256 and 1,024 concurrent, 128 tokens
@@ -28,6 +28,21 @@ Modes:
 
 A ``--budget-s`` guard skips rounds that would start too late (the JSON says how many ran),
 and the JSON is written after every step, so a run cut short still reports what it measured.
+
+On the H200 (no registry there; ../shared/gpu/README.md). Here, once:
+``../shared/gpu/prepare-bundles.sh vllm`` and ``bench/device_deps.sh`` (the services' own deps,
+9 MB, in .gpu/tl-deps). Then, back to back on one ``nvidia-h200``:
+
+1. five calls ``source .gpu/device-setup.sh vllm-part``, carrying ``.gpu/vllm-part-aa`` (then
+   -ab ... -ae) and ``.gpu/device-setup.sh``;
+2. ``python3 -m pip install -q --no-index --no-deps --target /tmp/tldeps .gpu/tl-deps/*.whl``,
+   carrying ``.gpu/tl-deps``;
+3. ``source .gpu/device-setup.sh vllm && source bench/device/env.sh &&
+   python3 bench/serve_load.py --gpu``, carrying ``.gpu/vllm-deps``, ``.gpu/device-setup.sh``,
+   ``.gpu/vllm.sha256`` (timeout 600 s). Expect ~8-9 minutes: models ~15 s, the first vLLM
+   start 90-215 s (compile cache cold), 30 rounds at 256 (~3 s each), 30 at 1,024 (~6 s each);
+   the second engine loads during the 256 run. Copy ``$OUT/serve_load.json`` to
+   ``bench/results/serve_load.json``. ``--rounds 6`` fits ~6 minutes.
 """
 
 from __future__ import annotations
@@ -305,7 +320,7 @@ def main() -> int:  # noqa: PLR0915
     open_files = raise_open_files_limit()  # 1,024 clients per path: more than the default 1,024
     mode = "gpu" if args.gpu and not args.dry_run else ("dry-run" if args.gpu else "cpu")
     defaults = {"gpu": (10, "256,1024", 128, 470.0), "dry-run": (3, "4,8", 8, 900.0),
-                "cpu": (3, "4,16", 8, 1200.0)}[mode]
+                "cpu": (5, "4,16", 16, 1200.0)}[mode]
     n_rounds = args.rounds or defaults[0]
     sizes = [int(x) for x in (args.concurrency or defaults[1]).split(",")]
     max_tokens = args.max_tokens or defaults[2]
@@ -316,7 +331,9 @@ def main() -> int:  # noqa: PLR0915
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     global OUT_FILE
-    if mode == "dry-run":
+    if mode == "cpu":
+        OUT_FILE = ROOT / "bench/results/serve_load_cpu.json"
+    elif mode == "dry-run":
         OUT_FILE = work / "serve_load.json"
     elif mode == "gpu" and os.environ.get("OUT"):
         OUT_FILE = Path(os.environ["OUT"]) / "serve_load.json"
@@ -376,6 +393,12 @@ def main() -> int:  # noqa: PLR0915
         save()
     summarise(rounds, sizes, n_rounds)
     failed = sum(r.failed for r in rounds)
+    if mode != "gpu":
+        RESULT["notes"].append(
+            "CPU: a tiny random model on transformers serve, on a machine whose 2 cores other "
+            "work shares; rounds last a fraction of a second, so the throughput ratios are noise "
+            "here. What this run shows is the failed counts and the flip; the ratio is the GPU "
+            "run's.")
     RESULT["notes"].append(
         f"{mode} run: {len(rounds)} rounds, {failed} failed requests in all; paths interleaved "
         "round by round (engine, service, gateway), each path one long-lived client with "
