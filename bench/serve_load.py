@@ -247,6 +247,13 @@ def build_models(store: Path, mode: str) -> int:
 
     params = build_model(store / f"models/{V1}/merged", 0, tiny=mode == "dry-run")
     build_model(store / f"models/{V2}/merged", 1, tiny=mode == "dry-run")
+    import torch
+
+    if torch.cuda.is_available():  # give the GPU memory back before the engines measure it
+        import gc
+
+        gc.collect()
+        torch.cuda.empty_cache()
     return params
 
 
