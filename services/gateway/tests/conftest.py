@@ -39,7 +39,10 @@ def gateway(engines, tmp_path_factory):
     data = tmp_path_factory.mktemp("gw-data")
     env = {"TUNELOOP_DATA_DIR": str(data), "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN_KEY,
            "GATEWAY_INFERENCE_URL": engines["base"].url, "GATEWAY_RECONCILE_INTERVAL_S": "0",
-           "GATEWAY_EVAL_MAX_TOKENS": "64", "GATEWAY_GENERAL_SUITE_SIZE": "60"}
+           "GATEWAY_EVAL_MAX_TOKENS": "64", "GATEWAY_GENERAL_SUITE_SIZE": "60",
+           # a dead engine costs seconds, not minutes: short backoff, down after 3 failed attempts
+           "GATEWAY_EVAL_BACKOFF_MAX_S": "2", "GATEWAY_EVAL_GIVE_UP_AFTER": "3",
+           "GATEWAY_EVAL_GIVE_UP_AFTER_S": "5"}
     with ServiceProcess("tuneloop_gateway", env=env, log_path=data / "gateway.log") as proc:
         proc.admin_key = ADMIN_KEY
         yield proc

@@ -212,3 +212,22 @@ def test_engine_killed_mid_eval_gives_incomplete_run_and_inconclusive_gate(admin
     decision, checks, reasons = apply_gate(rep, gate, candidate="victim", base="base")
     assert decision == "inconclusive"
     assert checks[0]["check"] == "all_requests_answered" and checks[0]["value"] == len(failed)
+
+
+def test_replay_rows_are_the_base_models_own_answers_to_prompts_outside_the_suite(admin, engines):
+    from tuneloop_gateway.evals.report import load_general_suite
+
+    r = admin.post("/v1/replay-rows", json={"model": engines["base"].model, "n": 6, "max_tokens": 24})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["asked"] == 6 and len(out["data"]) + len(out["dropped"]) == 6
+    suite = {it["question"] for it in load_general_suite()}
+    for row in out["data"]:
+        assert set(row) == {"instruction", "input", "output"} and row["output"].strip()
+        assert row["instruction"].removesuffix(" Answer in a few words.") not in suite
+    assert all(d["reason"] for d in out["dropped"])
+    # greedy: asked again, the base gives the same rows
+    assert admin.post("/v1/replay-rows", json={"model": engines["base"].model, "n": 6,
+                                               "max_tokens": 24}).json()["data"] == out["data"]
+    bad = admin.post("/v1/replay-rows", json={"model": "no-such-model", "n": 2})
+    assert bad.status_code == 503 and bad.json()["error"]["code"] == "replay_model_unavailable"

@@ -97,3 +97,21 @@ def test_pace_sizes_timeouts_from_measured_speed():
     assert p.timeout(1, 0) == 5  # floor
     p.overloaded()
     assert p.limit == 1
+
+
+def test_a_target_is_down_only_after_failed_attempts_and_time_without_answers():
+    import asyncio
+
+    from tuneloop_gateway.evals.runner import Generation
+
+    p = Pace(4, RetryPolicy(give_up_after=2, give_up_after_s=0))
+    p.overloaded()
+    assert not p.down  # one failed attempt
+    p.overloaded()
+    assert p.down
+    asyncio.run(p.succeeded(Generation(latency_s=1.0, completion_tokens=10)))
+    assert not p.down and p.failed_in_a_row == 0  # an answer resets it
+    patient = Pace(4, RetryPolicy(give_up_after=2, give_up_after_s=3600))
+    for _ in range(10):
+        patient.overloaded()
+    assert not patient.down  # a short outage (an engine restart) is ridden out by the retries

@@ -18,7 +18,7 @@ from tuneloop.settings import open_service_state
 from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
 
-from .api import evals, keys, passthrough, promotions, proxy
+from .api import evals, keys, passthrough, promotions, proxy, replay
 from .auth import KeyStore, RateLimiter, bootstrap_admin_key
 from .evals.service import EvalService
 from .metrics import GatewayMetrics
@@ -95,6 +95,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(evals.router)
     app.include_router(promotions.router)
     app.include_router(promotions.callbacks)
+    app.include_router(replay.router)
     app.include_router(proxy.router)
     app.include_router(passthrough.router)
     app.add_api_route("/", lambda: RedirectResponse("/console/"), include_in_schema=False)

@@ -88,8 +88,12 @@ class GatewaySettings(ServiceSettings):
     eval_backoff_s: float = Field(1.0, gt=0, description="First retry's backoff cap (doubles each retry).")
     eval_backoff_max_s: float = Field(30.0, gt=0, description="Largest backoff between retries.")
     eval_give_up_after: int = Field(
-        8, ge=1, description="A target whose last N requests all failed after their retries is "
-        "treated as down: its remaining requests fail at once.")
+        8, ge=1, description="A target whose last N attempts all failed, with no answer for "
+        "GATEWAY_EVAL_GIVE_UP_AFTER_S, is treated as down: its remaining requests fail at once "
+        "(the run is incomplete; a re-run generates them).")
+    eval_give_up_after_s: float = Field(
+        120.0, ge=0, description="See GATEWAY_EVAL_GIVE_UP_AFTER: how long without any answer "
+        "(a short outage, e.g. an engine restart, is ridden out by the retries).")
     eval_kshot: int = Field(
         3, ge=0, le=16, description="Examples from the train split in the prompted baseline: every "
         "eval on a dataset (and every gate) also runs the baseline with a k-shot prompt. 0: off.")

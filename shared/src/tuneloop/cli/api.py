@@ -120,16 +120,26 @@ class GatewayAPI:
     # -- datasets ----------------------------------------------------------------------
     def upload_dataset(self, file: Path, *, eval_file: Path | None = None,
                        options: dict[str, Any] | None = None,
-                       on_progress: Callable[[int], None] | None = None) -> dict:
-        """Multipart upload (``file`` + optional ``eval_file`` + form options)."""
+                       on_progress: Callable[[int], None] | None = None,
+                       replay_rows: list[dict] | None = None) -> dict:
+        """Multipart upload (``file`` + optional ``eval_file`` + form options; ``replay_rows``
+        go as ``replay_file``: train split only)."""
         data = {k: str(v) for k, v in (options or {}).items() if v is not None}
         tick = on_progress or (lambda n: None)
         with open(file, "rb") as fh, (open(eval_file, "rb") if eval_file else _null()) as efh:
             files: dict[str, Any] = {"file": (file.name, ProgressReader(fh, tick), "application/jsonl")}
             if efh is not None:
                 files["eval_file"] = (eval_file.name, ProgressReader(efh, tick), "application/jsonl")
+            if replay_rows:
+                body = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in replay_rows).encode()
+                files["replay_file"] = ("replay.jsonl", body, "application/jsonl")
             return self.request("POST", "/v1/datasets", files=files, data=data,
                                 timeout=httpx.Timeout(600.0, connect=5.0)).json()
+
+    def replay_rows(self, n: int, *, model: str | None = None, seed: int = 42) -> dict:
+        """Replay rows against forgetting: the served base's answers to general prompts."""
+        body = {"n": n, "seed": seed, **({"model": model} if model else {})}
+        return self.post("/v1/replay-rows", body, timeout=httpx.Timeout(1800.0, connect=5.0))
 
     def upload_rows(self, rows: list[dict], **options: Any) -> dict:
         return self.post("/v1/datasets", {"rows": rows, **{k: v for k, v in options.items() if v is not None}},

@@ -13,8 +13,10 @@ Per-request timeouts and per-target concurrency come from the engine's measured 
 is ``safety x max_tokens x seconds-per-token`` (measured, an EWMA over successful answers,
 clamped to ``[timeout_min_s, timeout_max_s]``, doubled on each retry of a request) and the
 concurrency opens up to the configured cap, halving whenever the engine times out or says it
-is overloaded. A target whose last ``give_up_after`` requests all failed for good is treated as
-down: its remaining requests fail at once (``target down``) instead of waiting out every retry.
+is overloaded. A target is treated as down when its last ``give_up_after`` attempts all failed
+and nothing answered for ``give_up_after_s`` seconds: its remaining requests then fail at once
+(``target down``) instead of each waiting out its retries — a hung engine costs minutes, not
+hours, and a short outage (a restart) is ridden out by the retries.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class RetryPolicy:
     timeout_max_s: float = 600.0
     timeout_safety: float = 4.0
     give_up_after: int = 8
+    give_up_after_s: float = 120.0
 
 
 class Pace:
@@ -120,7 +123,8 @@ class Pace:
         self.active = 0
         self.policy = policy
         self.s_per_token: float | None = None
-        self.failed_in_a_row = 0
+        self.failed_in_a_row = 0  # failed attempts since the last answer
+        self.last_ok = time.monotonic()
         self.backoffs = 0
         self._cond = asyncio.Condition()
 
@@ -147,18 +151,21 @@ class Pace:
         self.s_per_token = per_token if self.s_per_token is None else (
             0.8 * self.s_per_token + 0.2 * per_token)
         self.failed_in_a_row = 0
+        self.last_ok = time.monotonic()
         async with self._cond:
             self.limit = min(self.max, self.limit * 2)
             self._cond.notify_all()
 
     def overloaded(self) -> None:
-        """A timeout, 429 or 5xx: fewer requests in flight from now on."""
+        """A timeout, connection error, 429 or 5xx: fewer requests in flight from now on."""
         self.limit = max(1, self.limit // 2)
         self.backoffs += 1
+        self.failed_in_a_row += 1
 
     @property
     def down(self) -> bool:
-        return self.failed_in_a_row >= self.policy.give_up_after
+        return (self.failed_in_a_row >= self.policy.give_up_after
+                and time.monotonic() - self.last_ok >= self.policy.give_up_after_s)
 
     def summary(self) -> dict[str, Any]:
         return {"concurrency": self.limit, "max_concurrency": self.max,
@@ -211,11 +218,12 @@ class TargetClient:
         """One generation, retried on infrastructure errors; paced by :class:`Pace`."""
         attempt, total_start = 0, time.perf_counter()
         while True:
-            if self.pace.down:
-                return Generation(latency_s=0.0, attempts=attempt,
-                                  error=f"target down: {self.pace.failed_in_a_row} requests in a "
-                                  "row failed after retries")
             async with self.pace:
+                if self.pace.down:  # checked once a slot is free: the wait may have been long
+                    return Generation(latency_s=time.perf_counter() - total_start, attempts=attempt,
+                                      error=f"target down: its last {self.pace.failed_in_a_row} "
+                                      "attempts failed and nothing answered for "
+                                      f"{time.monotonic() - self.pace.last_ok:.0f}s")
                 gen, retry, hint = await self._once(messages, max_tokens, attempt)
             gen.attempts = attempt + 1
             if gen.error is None:
@@ -224,8 +232,6 @@ class TargetClient:
             if retry:
                 self.pace.overloaded()
             if not retry or attempt >= self.policy.retries:
-                if retry:
-                    self.pace.failed_in_a_row += 1
                 gen.latency_s = time.perf_counter() - total_start
                 return gen
             await asyncio.sleep(backoff_delay(attempt, self.policy, hint))

@@ -76,7 +76,7 @@ class EvalService:
             backoff_max_s=settings.eval_backoff_max_s,
             timeout_min_s=min(settings.eval_request_timeout_min_s, settings.eval_request_timeout_s),
             timeout_max_s=settings.eval_request_timeout_s, timeout_safety=settings.eval_timeout_safety,
-            give_up_after=settings.eval_give_up_after)
+            give_up_after=settings.eval_give_up_after, give_up_after_s=settings.eval_give_up_after_s)
 
     # -- lifecycle ---------------------------------------------------------------------
     def recover(self) -> int:
