@@ -58,7 +58,7 @@ def test_interval_across_the_threshold_is_inconclusive_with_rows_needed():
     assert decision == "inconclusive" and c["verdict"] == "inconclusive"
     # half-width 0.10 must shrink below the gap 0.03: (0.10 / 0.03)^2 * 80 rows
     assert c["rows_needed"] == 889
-    assert any("about 889 eval rows in all would decide it (have 80)" in r for r in reasons)
+    assert any("about 889 eval rows in all would decide it (have 80, 809 more)" in r for r in reasons)
 
 
 def test_a_definite_failure_beats_an_inconclusive_check():

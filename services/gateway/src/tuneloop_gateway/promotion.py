@@ -144,7 +144,8 @@ def _reason(c: dict[str, Any], n_eval: int | None) -> str:
     line = f"{c['check']}: {c['value']}{ci} {word} {c['op']} {c['threshold']} ({c['detail']})"
     if c["verdict"] == "inconclusive" and "rows_needed" in c:
         need = c["rows_needed"]
-        line += (f"; about {need} {c['unit']} in all would decide it (have {c.get('n')})" if need
+        more = f", {need - c['n']} more" if need and c.get("n") else ""
+        line += (f"; about {need} {c['unit']} in all would decide it (have {c.get('n')}{more})" if need
                  else "; the estimate sits on the threshold: more rows will not decide it soon")
     return line
 
