@@ -123,6 +123,22 @@ def test_disconnected_plain_client_cancels_its_generation(service):
     _short_request_answers(service.url)
 
 
+def test_disconnect_through_the_gateway_cancels_too(service, tmp_path):
+    """The gateway, too, lets go of a generation its client abandoned (before: it waited up
+    to its 300 s read timeout, and the engine generated for nobody all that time)."""
+    admin = "tlk-limits-admin-key-0123456789abcdef"
+    with ServiceProcess("tuneloop_gateway", log_path=tmp_path / "gw.log", env={
+            "TUNELOOP_DATA_DIR": str(tmp_path / "gw"), "GATEWAY_BOOTSTRAP_ADMIN_KEY": admin,
+            "GATEWAY_INFERENCE_URL": service.url, "GATEWAY_RECONCILE_INTERVAL_S": "0",
+            "TUNELOOP_LOG_JSON": "false"}) as gw:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(gw.url + "/v1/chat/completions", timeout=httpx.Timeout(60, read=3),
+                       headers={"Authorization": f"Bearer {admin}"},
+                       json={"model": "base", "messages": MESSAGES, **ENDLESS})
+        _wait_idle(service.url)
+    _short_request_answers(service.url)
+
+
 def test_over_capacity_is_429_and_a_dropped_stream_cancels(service):
     body = {"model": "base", "messages": MESSAGES, "stream": True, **ENDLESS}
     with httpx.Client(timeout=120) as c, c.stream("POST", service.url + "/v1/chat/completions",
