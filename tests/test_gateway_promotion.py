@@ -5,7 +5,11 @@ winner to the OpenAI SDK through the gateway, manual promote and rollback, auth 
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import threading
+import time
 
 import httpx
 import openai
@@ -19,6 +23,7 @@ pytestmark = pytest.mark.slow
 ADMIN = "tlk-cross-admin-key-0123456789abcdef"
 INFERENCE_ADMIN = "inference-admin-key-for-tests"
 TUNED, DAMAGED = "mv-00000000000000a1", "mv-00000000000000d2"
+SECOND = "mv-00000000000000b3"  # the same weights as TUNED, as a second task's model version
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +34,7 @@ def stack(tmp_path_factory, tiny_base_dir, ticket_rows):
     work = tmp_path_factory.mktemp("models")
     tuned = build_tuned_copy(tiny_base_dir, work / "tuned", ticket_rows[:240], steps=100)
     damaged = build_damaged_copy(tuned, work / "damaged")
-    for mv, src in ((TUNED, tuned), (DAMAGED, damaged)):
+    for mv, src in ((TUNED, tuned), (DAMAGED, damaged), (SECOND, tuned)):
         shutil.copytree(src, var / "artifacts" / "models" / mv / "merged")
     common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false"}
     procs = []
@@ -39,7 +44,9 @@ def stack(tmp_path_factory, tiny_base_dir, ticket_rows):
         inference = ServiceProcess(
             "tuneloop_inference", env={**common, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
                                        "INFERENCE_BASE_MODEL_PATH": str(tiny_base_dir),
-                                       "INFERENCE_ENGINE": "transformers"},
+                                       "INFERENCE_ENGINE": "transformers",
+                                       # a stopped engine must stay stopped (no health restart)
+                                       "INFERENCE_HEALTH_INTERVAL_S": "3600"},
             log_path=var / "logs" / "inference.log", health_path="/ready", startup_timeout=240)
         procs.append(inference.start())
         gateway = ServiceProcess(
@@ -50,7 +57,13 @@ def stack(tmp_path_factory, tiny_base_dir, ticket_rows):
                                      "TUNELOOP_TRAINER_URL": "http://127.0.0.1:9",
                                      "GATEWAY_RECONCILE_INTERVAL_S": "0",
                                      "GATEWAY_EVAL_MAX_TOKENS": "64",
-                                     "GATEWAY_EVAL_CONCURRENCY": "2"},
+                                     "GATEWAY_EVAL_CONCURRENCY": "2",
+                                     "GATEWAY_GENERAL_SUITE_SIZE": "40",
+                                     # a stopped engine costs about a minute, not ten
+                                     "GATEWAY_EVAL_REQUEST_TIMEOUT_MIN_S": "20",
+                                     "GATEWAY_EVAL_RETRIES": "1", "GATEWAY_EVAL_BACKOFF_MAX_S": "1",
+                                     "GATEWAY_EVAL_GIVE_UP_AFTER": "2",
+                                     "GATEWAY_EVAL_GIVE_UP_AFTER_S": "30"},
             log_path=var / "logs" / "gateway.log")
         procs.append(gateway.start())
         yield {"gateway": gateway, "inference": inference, "dataset": dataset, "var": var,
@@ -69,11 +82,12 @@ def admin(stack):
 
 @pytest.fixture(scope="module")
 def dataset_id(admin, stack, ticket_rows):
+    # 40 held-out rows: enough for the gate's 95% intervals to decide on a clear winner
     r = admin.post("/v1/datasets", json={"rows": ticket_rows[:276], "name": "tickets",
-                                         "eval_size": 16, "tokenizer": str(stack["base_dir"])})
+                                         "eval_size": 40, "tokenizer": str(stack["base_dir"])})
     assert r.status_code in (200, 201), r.text
     ds = r.json()
-    assert ds["counts"]["eval"] == 16
+    assert ds["counts"]["eval"] == 40
     return ds["id"]
 
 
@@ -94,9 +108,10 @@ def test_eval_on_a_dataset_version_through_inference(admin, dataset_id):
     # TUNED is not deployed yet: its generations fail (404 from inference), the run still reports
     assert r.status_code == 200, r.text
     rep = r.json()["report"]
-    assert rep["n_examples"] == 16
+    assert rep["n_examples"] == 40
     by = {t["name"]: t for t in rep["targets"]}
-    assert by["tuned"]["status"] == "failed" and by["tuned"]["metrics"]["errors"] == 16
+    assert by["tuned"]["status"] == "failed" and by["tuned"]["metrics"]["errors"] == 40
+    assert r.json()["status"] == "incomplete" and rep["n_failed_requests"] == 40
     assert by["base"]["status"] == "ok"
 
 
@@ -110,9 +125,11 @@ def test_gate_promotes_the_better_model_and_refuses_the_damaged_one(admin, stack
     checks = {c["check"]: c for c in d["evidence"]["checks"]}
     assert checks["uplift_vs_base"]["passed"] and checks["json_validity"]["passed"]
     assert "general_suite_drop" in checks
+    assert checks["uplift_vs_base_kshot"]["passed"]  # it beat the prompted baseline too
     run = admin.get(f"/v1/evals/{d['eval_id']}").json()
     assert run["status"] == "succeeded"
-    assert [t["name"] for t in run["report"]["targets"]] == ["base", "candidate"]
+    kshot = run["config"]["kshot"]["target"]
+    assert [t["name"] for t in run["report"]["targets"]] == ["base", kshot, "candidate"]
 
     # the alias now serves the tuned model to OpenAI SDK clients through the gateway
     key = admin.post("/v1/keys", json={"name": "sdk", "scopes": ["inference"]}).json()["key"]
@@ -129,11 +146,11 @@ def test_gate_promotes_the_better_model_and_refuses_the_damaged_one(admin, stack
     assert bad.status_code == 200, bad.text
     b = bad.json()
     assert b["status"] == "rejected"
-    failed = {c["check"] for c in b["evidence"]["checks"] if not c["passed"]}
+    failed = {c["check"] for c in b["evidence"]["checks"] if c["verdict"] == "fail"}
     assert {"uplift_vs_base", "uplift_vs_production", "json_validity"} <= failed
     assert b["previous"] == TUNED and any("fails" in r for r in b["reasons"])
     run = admin.get(f"/v1/evals/{b['eval_id']}").json()
-    assert [t["name"] for t in run["report"]["targets"]] == ["base", "candidate", "production"]
+    assert [t["name"] for t in run["report"]["targets"]] == ["base", kshot, "candidate", "production"]
     # production unchanged
     aliases = httpx.get(stack["inference"].url + "/admin/aliases",
                         headers={"Authorization": f"Bearer {INFERENCE_ADMIN}"}).json()["data"]
@@ -154,3 +171,83 @@ def test_manual_promote_and_rollback(admin, stack):
     assert kinds[:2] == ["rollback", "manual"]
     nope = admin.post("/v1/promotions", json={"alias": "production", "model": "no-such-model"})
     assert nope.status_code == 404 and nope.json()["error"]["code"] == "model_not_found"
+
+
+def _aliases(stack) -> dict:
+    data = httpx.get(stack["inference"].url + "/admin/aliases",
+                     headers={"Authorization": f"Bearer {INFERENCE_ADMIN}"}).json()["data"]
+    return {a["id"]: a["model"] for a in data}
+
+
+def test_stopped_engine_makes_the_gate_inconclusive_then_a_rerun_promotes_onto_its_own_alias(admin, stack,
+                                                                                            dataset_id):
+    """The candidate's real engine is stopped (SIGSTOP) in the middle of its gate: its requests
+    time out through their retries, the eval is 'incomplete' and the decision 'inconclusive' —
+    never 'rejected' — and no alias moves. Resumed (SIGCONT), the gate runs again: it generates
+    only what failed, and promotes the model onto the alias it was gated for, not 'production'."""
+    inf = httpx.Client(base_url=stack["inference"].url, timeout=900,
+                       headers={"Authorization": f"Bearer {INFERENCE_ADMIN}"})
+    dep = inf.post("/admin/deployments", params={"wait": "true"}, json={"model_id": SECOND}).json()
+    assert dep["state"] == "ready", dep
+    pid = dep["local"]["pid"]
+    before = _aliases(stack)
+    assert "invoices" not in before
+    result: dict = {}
+
+    def gate() -> None:
+        with httpx.Client(base_url=stack["gateway"].url, timeout=1800,
+                          headers={"Authorization": f"Bearer {ADMIN}"}) as c:
+            result["r"] = c.post("/v1/promotions/gate", json={"model_id": SECOND, "dataset_id": dataset_id,
+                                                             "alias": "invoices"})
+
+    worker = threading.Thread(target=gate)
+    worker.start()
+    stopped = False
+    try:
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline and not stopped:
+            found = admin.get("/v1/promotions", params={"model_id": SECOND}).json()["data"]
+            if found and found[0]["eval_id"]:
+                run = admin.get(f"/v1/evals/{found[0]['eval_id']}").json()
+                assert run["status"] == "running", "the eval ended before the engine was stopped"
+                if run["progress"]["candidate"]["done"] >= 1:
+                    os.kill(pid, signal.SIGSTOP)
+                    stopped = True
+            time.sleep(0.1)
+        assert stopped, "the candidate never answered"
+        worker.join(900)
+    finally:
+        if stopped:
+            os.kill(pid, signal.SIGCONT)
+        worker.join(900)
+    r = result["r"]
+    assert r.status_code == 200, r.text
+    d = r.json()
+    assert d["status"] == "inconclusive", d["reasons"]
+    assert d["alias"] == "invoices" and d["reasons"][0].startswith("inconclusive: neither promoted nor rejected")
+    assert "had no target before" in d["reasons"][0] and "None" not in d["reasons"][0]
+    assert d["evidence"]["checks"][0]["check"] == "all_requests_answered"
+    assert d["evidence"]["failed_requests"] and {f["target"] for f in d["evidence"]["failed_requests"]} == {"candidate"}
+    first = admin.get(f"/v1/evals/{d['eval_id']}").json()
+    assert first["status"] == "incomplete"
+    lost = first["report"]["n_failed_requests"]
+    assert lost > 0 and any("failed after retries" in a for a in first["report"]["advice"])
+    assert _aliases(stack) == before  # nothing moved
+
+    # resumed: the gate again, on the alias of this task; only the failed requests are generated
+    again = admin.post("/v1/promotions/gate", json={"model_id": SECOND, "dataset_id": dataset_id,
+                                                    "alias": "invoices"})
+    assert again.status_code == 200, again.text
+    a = again.json()
+    assert a["status"] == "promoted", a["reasons"]
+    assert a["reasons"][0] == (f"promoted: 'invoices' now serves {SECOND} "
+                               "(before: nothing (it had no target before))")
+    second = admin.get(f"/v1/evals/{a['eval_id']}").json()
+    assert second["status"] == "succeeded"
+    rep = second["report"]
+    assert rep["reused_generations"]["candidate"] == first["id"]
+    assert rep["regenerated"]["candidate"] == lost
+    assert rep["regenerated"]["base"] == 0
+    after = _aliases(stack)
+    assert after["invoices"] == SECOND and after["production"] == before["production"] == TUNED
+    inf.close()
