@@ -226,31 +226,36 @@ class Engine(ABC):
             self._idle.set()
 
     async def admit(self) -> None:
-        """Take one of the engine's ``engine_max_num_seqs`` slots (then ``acquire``), waiting
+        """Take one of the engine's ``engine_max_num_seqs`` slots (counted in ``in_flight``
+        from the start, queued time included, so a drain waits for it too), waiting
         in a bounded queue when all are taken; a full queue or a wait beyond
         ``engine_queue_timeout_s`` is a 429 with Retry-After (over capacity is never a 502)."""
         s = self.settings
-        if self._slots.locked():
-            if self.waiting >= s.engine_queue_size:
-                raise RateLimited(
-                    f"engine for '{self.name}' is at capacity ({s.engine_max_num_seqs} requests "
-                    f"running, {self.waiting} queued); retry shortly", code="engine_overloaded",
-                    details={"retry_after_s": 1, "max_num_seqs": s.engine_max_num_seqs,
-                             "queue_size": s.engine_queue_size})
-            self.waiting += 1
-            try:
-                await asyncio.wait_for(self._slots.acquire(), s.engine_queue_timeout_s)
-            except asyncio.TimeoutError:
-                raise RateLimited(
-                    f"engine for '{self.name}' is at capacity: no slot free after "
-                    f"{s.engine_queue_timeout_s:g}s in the queue; retry shortly",
-                    code="engine_overloaded",
-                    details={"retry_after_s": 1, "max_num_seqs": s.engine_max_num_seqs}) from None
-            finally:
-                self.waiting -= 1
-        else:
-            await self._slots.acquire()
-        self.acquire()
+        if self._slots.locked() and self.waiting >= s.engine_queue_size:
+            raise RateLimited(
+                f"engine for '{self.name}' is at capacity ({s.engine_max_num_seqs} requests "
+                f"running, {self.waiting} queued); retry shortly", code="engine_overloaded",
+                details={"retry_after_s": 1, "max_num_seqs": s.engine_max_num_seqs,
+                         "queue_size": s.engine_queue_size})
+        self.acquire()  # a queued request counts too: a drain waits for it
+        try:
+            if self._slots.locked():
+                self.waiting += 1
+                try:
+                    await asyncio.wait_for(self._slots.acquire(), s.engine_queue_timeout_s)
+                except asyncio.TimeoutError:
+                    raise RateLimited(
+                        f"engine for '{self.name}' is at capacity: no slot free after "
+                        f"{s.engine_queue_timeout_s:g}s in the queue; retry shortly",
+                        code="engine_overloaded", details={
+                            "retry_after_s": 1, "max_num_seqs": s.engine_max_num_seqs}) from None
+                finally:
+                    self.waiting -= 1
+            else:
+                await self._slots.acquire()
+        except BaseException:
+            self.release()
+            raise
 
     def leave(self) -> None:
         """Give back the slot taken by ``admit``."""
@@ -328,7 +333,8 @@ class Engine(ABC):
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "url": self.url, "pid": self.pid, "state": self.state,
-                "restarts": self.restarts, "in_flight": self.in_flight,
+                "restarts": self.restarts, "in_flight": self.in_flight, "queued": self.waiting,
+                "max_num_seqs": self.settings.engine_max_num_seqs,
                 "tensor_parallel_size": self.tensor_parallel_size, "gpus": self.gpus}
 
 
