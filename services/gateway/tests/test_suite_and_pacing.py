@@ -65,6 +65,9 @@ def test_kshot_examples_are_deterministic_fit_the_budget_and_never_an_eval_promp
     assert not {m["content"] for m in shots} & {ex.messages[0]["content"] for ex in evals}
     small, info = choose_shots(rows, 3, evals, seed="ds-1", budget_tokens=110, max_tokens=64)
     assert info["used"] < 3 and "fit" in info["note"]
+    replay = [{"instruction": f"What is {i} plus {i}?", "output": str(2 * i), "line": -(i + 1)} for i in range(50)]
+    mixed, _ = choose_shots(replay + rows, 3, evals, seed="ds-1", budget_tokens=1000, max_tokens=64)
+    assert mixed == shots  # replay rows (line < 0) are never examples of the task
     none, info = choose_shots(rows, 3, evals, seed="ds-1", budget_tokens=70, max_tokens=64)
     assert none == [] and info["skipped"]
     t = Target("base_3shot", "u", "m", shots=shots, n_shots=3)

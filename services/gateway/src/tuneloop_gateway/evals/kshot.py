@@ -6,7 +6,8 @@ candidate with the base *prompted with examples*, not only with the zero-shot ba
 never seen the output format). The examples are the same for every eval of a dataset version:
 rows are ordered by a hash of (seed, row content) — a seeded shuffle that does not depend on
 the order they were read in — and taken in that order while they fit the budget. Rows whose
-prompt is also an eval prompt are never used (that would show the model the answer).
+prompt is also an eval prompt are never used (that would show the model the answer), nor replay
+rows (``line < 0`` in the train split: general rows, not the task).
 
 Token counts are estimated from characters (one token per 3 characters, on the safe side for
 English BPE vocabularies); the budget covers the examples, the longest eval prompt and
@@ -32,6 +33,9 @@ def choose_shots(rows: list[dict[str, Any]], k: int, examples: list[Example], *,
     """``(few-shot turns, info)``: up to ``k`` train rows as user/assistant turns."""
     usable: list[tuple[str, Example]] = []
     for row in rows:
+        line = row.get("line") if isinstance(row, dict) else None
+        if isinstance(line, int) and line < 0:
+            continue  # a replay row (general, not the task): never an example of the task
         try:
             ex = rows_to_examples([row])[0]
         except ValueError:
