@@ -209,7 +209,8 @@ class Swap:
             body = r.json()
             self.deploy_result = {"status": r.status_code, "state": body.get("state"),
                                   "error": body.get("error"),
-                                  "seconds": round(time.monotonic() - t, 1)}
+                                  "seconds": round(time.monotonic() - t, 1),
+                                  "ready_at_s": round(time.monotonic() - T0, 1)}
         except Exception as exc:  # noqa: BLE001
             self.deploy_result = {"error": repr(exc)[:300]}
 
@@ -326,7 +327,7 @@ def main() -> int:  # noqa: PLR0915
 
     open_files = raise_open_files_limit()  # 1,024 clients per path: more than the default 1,024
     mode = "gpu" if args.gpu and not args.dry_run else ("dry-run" if args.gpu else "cpu")
-    defaults = {"gpu": (10, "256,1024", 128, 470.0), "dry-run": (3, "4,8", 8, 900.0),
+    defaults = {"gpu": (10, "256,1024", 128, 520.0), "dry-run": (3, "4,8", 8, 900.0),
                 "cpu": (5, "4,16", 16, 1200.0)}[mode]
     n_rounds = args.rounds or defaults[0]
     sizes = [int(x) for x in (args.concurrency or defaults[1]).split(",")]
@@ -390,15 +391,15 @@ def main() -> int:  # noqa: PLR0915
         step("deploy_v2_started")
         rc = asyncio.run(load(inference.url, gateway.url, key, admin, swap, sizes, n_rounds,
                               max_tokens, ignore_eos, budget, rounds))
+        summarise(rounds, sizes, n_rounds)  # the rows before teardown: a cut-off stop loses none
     finally:
         admin.close()
-        gateway.stop(timeout=30)
-        inference.stop(timeout=90)
         RESULT["log_tails"] = {p.name: p.read_text(errors="replace")[-2000:]
                                for p in (work / "inference.log", work / "gateway.log")
                                if p.exists()}
         save()
-    summarise(rounds, sizes, n_rounds)
+        gateway.stop(timeout=30)
+        inference.stop(timeout=90)
     failed = sum(r.failed for r in rounds)
     if mode != "gpu":
         RESULT["notes"].append(
@@ -471,7 +472,9 @@ async def load(service_url: str, gateway_url: str, key: str, admin: httpx.Client
                                           swap if do_swap else None)
                     rounds.append(rnd)
                     RESULT["rounds"].append({
-                        "path": name, "C": c, "round": i, "seconds": round(rnd.seconds, 2),
+                        "path": name, "C": c, "round": i,
+                        "ended_at_s": round(time.monotonic() - T0, 1),
+                        "seconds": round(rnd.seconds, 2),
                         "tokens_per_s": round(rnd.tokens_per_s, 1), "ok": rnd.ok,
                         "failed": rnd.failed, "statuses": rnd.statuses,
                         "errors": rnd.errors[:3], "models": rnd.models,
