@@ -74,3 +74,5 @@ def test_cpu_recipe_for_a_small_model_and_threads_from_load():
     quiet = DeviceInfo("cpu", "cpu", 24 * GIB, 20 * GIB, False, 2, 0.1)
     assert resolve(Hyperparameters(), quiet, SMOL, "peft", [150]).threads == 2
     assert resolve(Hyperparameters(), busy, SMOL, "peft", [150], configured_threads=2).threads == 2
+    # two DDP ranks on a quiet 2-core machine: one thread each, not two
+    assert resolve(Hyperparameters(), quiet, SMOL, "peft", [150], processes=2).threads == 1

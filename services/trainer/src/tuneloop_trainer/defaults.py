@@ -148,16 +148,17 @@ def fits(est: dict[str, int], dev: DeviceInfo) -> bool:
 
 
 # ------------------------------------------------------------------------------ choices
-def torch_threads(dev: DeviceInfo, configured: int | None = None) -> tuple[int, str]:
+def torch_threads(dev: DeviceInfo, configured: int | None = None, processes: int = 1) -> tuple[int, str]:
     """CPU threads: the configured number, else one per core that is not busy already. On a
     shared CPU a second OpenMP thread that gets descheduled stalls the other at every barrier
     (measured: 8 tok/s with 2 threads against 44-62 with 1, docs/demo.md)."""
     if configured:
         return configured, f"TRAINER_TORCH_THREADS={configured}"
-    free = dev.cores - dev.load_1m
-    n = max(1, min(dev.cores, int(free + 0.5)))
-    return n, (f"{dev.cores} cores with load {dev.load_1m:.1f}: {n} thread(s) "
-               "(a thread on a busy core stalls its partners at every barrier)")
+    free = (dev.cores - dev.load_1m) / max(1, processes)
+    n = max(1, min(dev.cores // max(1, processes) or 1, int(free + 0.5)))
+    return n, (f"{dev.cores} cores with load {dev.load_1m:.1f}"
+               + (f" shared by {processes} processes" if processes > 1 else "")
+               + f": {n} thread(s) (a thread on a busy core stalls its partners at every barrier)")
 
 
 def lr_for(m: ModelInfo) -> tuple[float, str]:
@@ -170,7 +171,8 @@ def lr_for(m: ModelInfo) -> tuple[float, str]:
 
 
 def resolve(given: Hyperparameters, dev: DeviceInfo, m: ModelInfo, backend: str,
-            lengths: list[int] | None = None, configured_threads: int | None = None) -> Plan:
+            lengths: list[int] | None = None, configured_threads: int | None = None,
+            processes: int = 1) -> Plan:
     """Fill in what the user left unset (``given.model_fields_set`` says what they set)."""
     explicit = set(given.model_fields_set)
     hp = given.model_copy()
@@ -183,7 +185,7 @@ def resolve(given: Hyperparameters, dev: DeviceInfo, m: ModelInfo, backend: str,
         plan.choose(name, value, why)
 
     if not dev.cuda:
-        plan.threads, why = torch_threads(dev, configured_threads)
+        plan.threads, why = torch_threads(dev, configured_threads, processes)
         plan.choose("torch_threads", plan.threads, why)
     lr, why = lr_for(m)
     default("learning_rate", lr, why)

@@ -94,7 +94,7 @@ def length_report(lengths: list[int], max_len: int) -> dict[str, int]:
 
 
 def plan_job(given: Hyperparameters, base_model: str, backend_name: str, lengths: list[int],
-             local_rank: int, ev: EventWriter) -> Hyperparameters:
+             local_rank: int, ev: EventWriter, world: int = 1) -> Hyperparameters:
     """Fill in the hyperparameters the user left unset for this device, model and data
     (:mod:`.defaults`), set the CPU threads, and record every choice with its reason."""
     import os
@@ -104,7 +104,7 @@ def plan_job(given: Hyperparameters, base_model: str, backend_name: str, lengths
     dev = defaults.probe_device(local_rank)
     threads_env = os.environ.get("TRAINER_TORCH_THREADS")
     plan = defaults.resolve(given, dev, defaults.load_model_info(base_model), backend_name,
-                            lengths, int(threads_env) if threads_env else None)
+                            lengths, int(threads_env) if threads_env else None, world)
     if plan.threads:
         import torch
 
@@ -375,7 +375,7 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
         torch.cuda.set_device(local_rank)
     train, eval_ = load_splits(store, spec["dataset_key"], workdir)
     lengths = row_lengths(AutoTokenizer.from_pretrained(spec["base_model"]), train)
-    hp = plan_job(given, spec["base_model"], backend.name, lengths, local_rank, ev)
+    hp = plan_job(given, spec["base_model"], backend.name, lengths, local_rank, ev, world)
     device = torch.cuda.get_device_name(local_rank) if torch.cuda.is_available() else "cpu"
     ev.emit("info", message=f"backend {backend.name} on {device}"
             + (f" x {world} processes (DDP)" if world > 1 else ""), backend=backend.name,
