@@ -17,7 +17,8 @@ KEY = "tlk-client-admin-key-0123456789"
 
 def test_gateway_client_keys_evals_promotions(tmp_path):
     s = GatewaySettings(data_dir=tmp_path, reconcile_interval_s=0, log_json=False,
-                        bootstrap_admin_key=KEY, inference_url=f"http://127.0.0.1:{free_port()}")
+                        bootstrap_admin_key=KEY, inference_url=f"http://127.0.0.1:{free_port()}",
+                        eval_retries=1, eval_backoff_max_s=0.2)
     app = create_app(s)
 
     async def scenario():
@@ -33,18 +34,23 @@ def test_gateway_client_keys_evals_promotions(tmp_path):
             with pytest.raises(ServiceError) as err:
                 await gw.get_eval("eval-0000000000000000")
             assert err.value.status == 404 and err.value.code == "eval_not_found"
-            # targets that cannot be reached: the run still ends, with failed targets
+            # targets that cannot be reached: the run still ends, incomplete, with failed targets
+            # and the failed requests (retried first) listed, not scored as wrong answers
             run = await gw.create_eval([{"name": "a", "model": "m"}, {"name": "b", "model": "m"}],
                                        rows=[{"instruction": "q", "output": "Paris"}],
                                        general_suite=False)
             done = await gw.wait_eval(run["id"], poll_s=0.05, timeout_s=60)
-            assert done["status"] == "succeeded"
+            assert done["status"] == "incomplete"
             assert [t["status"] for t in done["report"]["targets"]] == ["failed", "failed"]
+            failed = done["report"]["failed_requests"]
+            assert [(f["target"], f["attempts"]) for f in failed] == [("a", 2), ("b", 2)]
+            assert all(f["error"].startswith("unreachable") for f in failed)
+            assert done["report"]["targets"][0]["metrics"]["task_score"]["n"] == 0
             # one target: the base-only evaluation the article asks for before fine-tuning
             one = await gw.create_eval([{"name": "base", "model": "m"}], wait=True,
                                        rows=[{"instruction": "q", "output": "Paris"}],
                                        general_suite=False)
-            assert one["status"] == "succeeded" and one["report"]["comparisons"] == []
+            assert one["status"] == "incomplete" and one["report"]["comparisons"] == []
             assert one["report"]["advice"][0].startswith("Base 'base' scores 0.0%")
 
     with TestClient(app):  # runs the lifespan (DB, keys, services)
