@@ -252,7 +252,10 @@ def step_eval_base(api: GatewayAPI, ds: dict) -> dict | None:
     with console.status(f"evaluating the base model ({ds['counts']['eval']} held-out rows + "
                         "general suite)..."):
         run = api.wait_eval(run["id"])
-    if run.get("status") != "succeeded":
+    if run.get("status") == "incomplete":  # some generations failed after retries: not scored
+        console.print(f"[yellow]base evaluation {run['id']} is incomplete: the gate regenerates "
+                      "only the failed requests[/]")
+    elif run.get("status") != "succeeded":
         raise DemoError(f"base evaluation {run['id']} {run.get('status')}: {run.get('error')}")
     console.print(eval_table(run))
     for line in comparison_lines(run):
@@ -325,8 +328,15 @@ def step_gate(api: GatewayAPI, job: dict, appear_s: float = 60.0, timeout_s: flo
         while True:
             rows = api.promotions(job_id=job["id"]).get("data", [])
             gates = [p for p in rows if p.get("kind") == "gate"]
-            if gates and gates[0].get("status") in ("promoted", "rejected", "failed", "done"):
-                return gates[0]
+            if gates and gates[0].get("status") in ("promoted", "rejected", "inconclusive",
+                                                     "failed", "done"):
+                decision = gates[0]
+                if decision["status"] == "inconclusive" and \
+                        (decision.get("evidence") or {}).get("failed_requests"):
+                    # infrastructure errors are not answers: once more, generating only those
+                    status.update("some generations failed: running the gate again for them")
+                    decision = api.gate_job(job["id"], alias=decision.get("alias"))
+                return decision
             if not gates and time.monotonic() > appear:
                 status.update("no gate started by the callback: asking the gateway to gate the job")
                 return api.gate_job(job["id"])
@@ -341,7 +351,8 @@ def step_report(api: GatewayAPI, decision: dict, base_run: dict | None) -> dict 
         console.print(eval_table(run))
         for line in comparison_lines(run):
             console.print(f"  {line}")
-    color = {"promoted": "green", "rejected": "yellow"}.get(decision.get("status"), "red")
+    color = {"promoted": "green", "rejected": "yellow", "inconclusive": "yellow"}.get(
+        decision.get("status"), "red")
     console.print(f"gate: [bold {color}]{decision.get('status')}[/]")
     marks = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]open[/]"}
     for check in (decision.get("evidence") or {}).get("checks") or []:
