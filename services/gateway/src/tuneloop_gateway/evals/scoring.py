@@ -4,17 +4,16 @@ accuracy, ROUGE-1/2/L, the general-suite answer match, Wilson and bootstrap inte
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-_WORD = re.compile(r"[a-z0-9]+")
-_FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.S)
+from tuneloop.textmetrics import f1 as _f1
+from tuneloop.textmetrics import parse_json, rouge_l, tokens  # noqa: F401 (re-exported)
+
 
 
 # -- text normalisation --------------------------------------------------------------------
@@ -22,10 +21,6 @@ def normalize(text: Any) -> str:
     """Lowercase, collapse whitespace, strip surrounding quotes and final punctuation."""
     s = " ".join(str(text).lower().split())
     return s.strip(" \"'`").rstrip(".!?;:,").strip()
-
-
-def tokens(text: str) -> list[str]:
-    return _WORD.findall(str(text).lower())
 
 
 def exact_match(prediction: str, reference: str) -> float:
@@ -47,20 +42,6 @@ def _canon(value: Any) -> Any:
 
 
 # -- JSON ----------------------------------------------------------------------------------
-def parse_json(text: str) -> Any | None:
-    """The JSON value in ``text`` (a surrounding Markdown code fence is allowed), else None."""
-    s = str(text).strip()
-    m = _FENCE.match(s)
-    if m:
-        s = m.group(1).strip()
-    if not s or s[0] not in "{[":
-        return None
-    try:
-        return json.loads(s)
-    except ValueError:
-        return None
-
-
 def is_text_field(values: Sequence[Any]) -> bool:
     """A field is free text (scored by ROUGE-L) when its references average > 3 words."""
     strs = [v for v in values if isinstance(v, str)]
@@ -91,13 +72,6 @@ def field_scores(prediction: Any, reference: dict, text_fields: set[str]) -> dic
 
 
 # -- ROUGE ---------------------------------------------------------------------------------
-def _f1(overlap: float, n_pred: int, n_ref: int) -> float:
-    if overlap <= 0 or n_pred == 0 or n_ref == 0:
-        return 0.0
-    p, r = overlap / n_pred, overlap / n_ref
-    return 2 * p * r / (p + r)
-
-
 def rouge_n(prediction: str, reference: str, n: int) -> float:
     """ROUGE-N F1 over lowercase alphanumeric tokens (clipped n-gram counts)."""
     pt, rt = tokens(prediction), tokens(reference)
@@ -105,24 +79,6 @@ def rouge_n(prediction: str, reference: str, n: int) -> float:
     rg = Counter(tuple(rt[i:i + n]) for i in range(len(rt) - n + 1))
     overlap = sum((pg & rg).values())
     return _f1(overlap, sum(pg.values()), sum(rg.values()))
-
-
-def _lcs(a: list[str], b: list[str]) -> int:
-    if not a or not b:
-        return 0
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[j - 1]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (longest common subsequence of tokens)."""
-    pt, rt = tokens(prediction), tokens(reference)
-    return _f1(_lcs(pt, rt), len(pt), len(rt))
 
 
 def rouge_all(prediction: str, reference: str) -> dict[str, float]:
