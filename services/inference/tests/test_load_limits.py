@@ -115,6 +115,15 @@ def test_context_length_is_checked_before_the_engine(service, tmp_path):
     _short_request_answers(service.url)  # nothing was started in the engine
 
 
+def test_a_complete_stream_ends_with_done(service):
+    """transformers serve ends its streams without ``data: [DONE]``; the service adds it (as
+    OpenAI and vLLM send it), so a stream that lacks it downstream is known to be cut."""
+    r = httpx.post(service.url + "/v1/chat/completions", timeout=120, json={
+        "model": "base", "messages": MESSAGES, "max_tokens": 3, "stream": True})
+    assert r.status_code == 200
+    assert r.text.rstrip().endswith("data: [DONE]") and r.text.count("[DONE]") == 1, r.text
+
+
 def test_disconnected_plain_client_cancels_its_generation(service):
     with pytest.raises(httpx.ReadTimeout):  # the client gives up: its connection closes
         httpx.post(service.url + "/v1/chat/completions", timeout=httpx.Timeout(60, read=3),

@@ -452,6 +452,8 @@ async def _stream(engine: Engine, path: str, body: dict, ctx: _Ctx) -> Response:
                 rest = rewrite.flush()
                 if rest:
                     yield rest
+            if b"data: [DONE]" not in tail:  # transformers serve ends without it; OpenAI (and
+                yield b"data: [DONE]\n\n"  # vLLM) always end with it: the gateway checks for it
         except (aiohttp.ClientError, asyncio.TimeoutError, ConnectionError) as exc:
             status = 502
             err = error_body(f"{engine.kind} engine stream broke: {exc.__class__.__name__}",
