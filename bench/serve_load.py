@@ -36,7 +36,7 @@ On the H200 (no registry there; ../shared/gpu/README.md). Here, once:
 1. five calls ``source .gpu/device-setup.sh vllm-part``, carrying ``.gpu/vllm-part-aa`` (then
    -ab ... -ae) and ``.gpu/device-setup.sh``;
 2. ``python3 -m pip install -q --no-index --no-deps --target /tmp/tldeps .gpu/tl-deps/*.whl``,
-   carrying ``.gpu/tl-deps``;
+   carrying ``.gpu/tl-deps`` (fits in the ``-ae`` call: 50 + 9 MiB);
 3. ``source .gpu/device-setup.sh vllm && source bench/device/env.sh &&
    python3 bench/serve_load.py --gpu``, carrying ``.gpu/vllm-deps``, ``.gpu/device-setup.sh``,
    ``.gpu/vllm.sha256`` (timeout 600 s). Expect ~8-9 minutes: models ~15 s, the first vLLM
