@@ -106,7 +106,7 @@ def configure_env(var: Path, base_path: Path, eval_max_tokens: int, gpu: bool = 
         "GATEWAY_EVAL_CONCURRENCY": "8",
         # on 2 CPU cores the whole 438-item suite would take longer than the rest of the demo
         # (a stated subset, round-robin across its kinds; the GPU demo runs all of it)
-        "GATEWAY_GENERAL_SUITE_SIZE": "120",
+        "GATEWAY_GENERAL_SUITE_SIZE": "200",
     }
     if gpu:  # vLLM with runtime LoRA: the candidate is evaluated as an adapter of the served base
         env.update({"INFERENCE_ENGINE": "vllm", "INFERENCE_VLLM_ENABLE_LORA": "true",

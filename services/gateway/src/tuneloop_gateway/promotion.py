@@ -178,6 +178,7 @@ class PromotionService:
         self._queued: set[str] = set()
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()  # one alias change at a time
+        self._gating: set[str] = set()  # jobs whose gate runs in this process right now
 
     # -- background --------------------------------------------------------------------
     def recover(self) -> int:
@@ -255,12 +256,18 @@ class PromotionService:
         if existing is not None and existing.status in TERMINAL and not (
                 rerun and existing.status in RERUNNABLE):
             return promotion_view(existing)
+        if job_id in self._gating:  # a re-run in progress is not "undecided": never two at once
+            return promotion_view(existing) if existing is not None else None
         job = await self.trainer.get_job(job_id)
         if job.get("status") != "succeeded" or not job.get("model_id"):
             return None
         if alias:
             job = {**job, "gate_alias": alias}
-        return await self._gate(job, existing)
+        self._gating.add(job_id)
+        try:
+            return await self._gate(job, existing)
+        finally:
+            self._gating.discard(job_id)
 
     async def gate_model(self, model_id: str, dataset_id: str, base_model: str | None = None,
                          alias: str | None = None) -> dict[str, Any]:
