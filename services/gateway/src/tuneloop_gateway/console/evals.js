@@ -185,7 +185,11 @@ async function samplesView(ctx, id, targets, rep) {
   const samples = await loadAll(ctx, id);
   const names = targets.map((t) => t.name);
   const baseline = rep.baseline || names[0];
-  const cand = targets.find((t) => t.role === "candidate")?.name || names.find((n) => n !== baseline) || baseline;
+  // B defaults to the model under test: the candidate, else the first target that is neither
+  // the baseline nor the prompted (k-shot) baseline the gateway adds to every task eval
+  const cand = targets.find((t) => t.role === "candidate")?.name
+    || targets.find((t) => t.name !== baseline && t.role !== "base_kshot")?.name
+    || names.find((n) => n !== baseline) || baseline;
   const opt = (sel) => names.map((n) => h("option", { value: n, selected: n === sel }, n));
   const a = h("select", { id: "cmp-a" }, opt(baseline));
   const b = h("select", { id: "cmp-b" }, opt(cand));
