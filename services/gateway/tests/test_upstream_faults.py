@@ -3,7 +3,7 @@
 - the idle keep-alive race: the upstream closes a reused connection as a request arrives on
   it (deterministic here: :class:`tuneloop.testing.faults.FaultyUpstream`); the gateway sends
   the request again on a fresh connection instead of answering 502, plain and streamed;
-- a stream the upstream breaks, or ends without ``data: [DONE]``: the gateway ends it with an
+- a stream the upstream breaks, or ends without ``data: [DONE]`` or a finish_reason: the gateway ends it with an
   error event, so the OpenAI SDK raises instead of returning a cut answer;
 - ``?rest=`` is never copied into the forwarded path;
 - over capacity upstream (429 with ``Retry-After``) reaches the client as that 429.

@@ -10,7 +10,7 @@ instead of hangs.
 Idle pooled connections live ``upstream_keepalive_s`` (2 s), less than the upstreams' own
 5 s, and a request whose connection closed before any response byte is sent again when that
 is safe (a replayable body and a read or a generation: :mod:`tuneloop.upstream`). A stream
-the upstream breaks, or ends without ``data: [DONE]``, ends with an error event, so OpenAI
+the upstream breaks, or ends without ``data: [DONE]`` or a finish_reason, ends with an error event, so OpenAI
 clients raise instead of returning a cut answer as complete.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -225,6 +226,7 @@ async def forward(request: Request, upstream: Upstream, path: str, *, limit: int
 
 
 DONE = b"data: [DONE]"
+FINISHED = re.compile(rb'"finish_reason"\s*:\s*"')
 
 
 async def _relay(resp: aiohttp.ClientResponse, name: str, openai: bool) -> AsyncIterator[bytes]:
@@ -237,8 +239,11 @@ async def _relay(resp: aiohttp.ClientResponse, name: str, openai: bool) -> Async
         async for chunk in resp.content.iter_any():
             tail = (tail + chunk)[-4096:]
             yield chunk
-        if openai and DONE not in tail and b'data: {"error"' not in tail:
-            error = "ended without [DONE]"
+        # complete: [DONE], or (engines that omit it, e.g. transformers serve) a clean end after
+        # a chunk that carries a finish_reason; a clean end without either is a cut answer
+        if openai and DONE not in tail and b'data: {"error"' not in tail \
+                and not FINISHED.search(tail):
+            error = "ended without [DONE] or a finish_reason"
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         error = f"{exc.__class__.__name__}"
     if error is not None:
