@@ -96,7 +96,8 @@ def measure(backend_name: str, four_bit: bool, model_dir: str, data_dir: str, st
     from trl import SFTConfig
 
     from tuneloop_trainer.hparams import Hyperparameters
-    from tuneloop_trainer.training import make_trainer_class, to_prompt_completion
+    from tuneloop_trainer.data import to_prompt_completion
+    from tuneloop_trainer.training import make_trainer_class
 
     cuda = torch.cuda.is_available()
     hp = Hyperparameters(max_seq_length=seq, load_in_4bit=four_bit)

@@ -152,7 +152,7 @@ def _trl_trainer(model_dir: str, data_dir: str, res: dict):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
-    from tuneloop_trainer.training import to_prompt_completion
+    from tuneloop_trainer.data import to_prompt_completion
 
     cuda = torch.cuda.is_available()
     tok = AutoTokenizer.from_pretrained(model_dir)
@@ -185,8 +185,8 @@ def _tuneloop_trainer(backend_name: str, explicit: dict, model_dir: str, data_di
 
     from tuneloop_trainer.events import EventWriter
     from tuneloop_trainer.hparams import Hyperparameters
-    from tuneloop_trainer.training import (build_trainer, ensure_isolated_packing, make_callback,
-                                           plan_job, row_lengths, to_prompt_completion)
+    from tuneloop_trainer.data import row_lengths, to_prompt_completion
+    from tuneloop_trainer.training import build_trainer, ensure_isolated_packing, make_callback, plan_job
 
     cuda = torch.cuda.is_available()
     work = Path(tempfile.mkdtemp())
@@ -204,7 +204,7 @@ def _tuneloop_trainer(backend_name: str, explicit: dict, model_dir: str, data_di
     trainer = build_trainer(model, tok, hp, backend, train, eval_, work / "ckpt", 1,
                             [make_callback(ev, "bench")])
     if hp.packing:
-        ensure_isolated_packing(trainer, hp, ev)
+        ensure_isolated_packing(trainer, ev)
     events = [json.loads(x) for x in (work / "events.jsonl").read_text().splitlines()]
     res["plan"] = next((e["data"] for e in events if e["type"] == "plan"), None)
     res["packing_check"] = next((e["data"] for e in events if e["type"] == "packing_check"), None)

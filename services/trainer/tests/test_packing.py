@@ -11,7 +11,8 @@ from pathlib import Path
 from tuneloop_trainer import backends
 from tuneloop_trainer.hparams import Hyperparameters
 from tuneloop_trainer.packing import isolation_probe, split_packed
-from tuneloop_trainer.training import make_trainer_class, sft_config, to_prompt_completion
+from tuneloop_trainer.data import to_prompt_completion
+from tuneloop_trainer.training import make_trainer_class, sft_config
 
 from trainer_testlib import FAST_HP, article_to_chat
 

@@ -11,7 +11,8 @@ from tuneloop_trainer import backends
 from tuneloop_trainer.events import EventWriter, read_new_events
 from tuneloop_trainer.export import gguf, verify
 from tuneloop_trainer.hparams import ExportOptions, Hyperparameters
-from tuneloop_trainer.training import data_warnings, make_callback, make_trainer_class, sft_config
+from tuneloop_trainer.data import data_warnings
+from tuneloop_trainer.training import make_callback, make_trainer_class, sft_config
 
 from trainer_testlib import FAST_HP, article_to_chat
 
@@ -24,7 +25,7 @@ def test_loss_is_on_response_tokens_only(tiny_random_dir: Path, ticket_rows, tmp
     """TRL's collator masks every prompt token (-100); the labels left are exactly the answer."""
     from datasets import Dataset
 
-    from tuneloop_trainer.training import to_prompt_completion
+    from tuneloop_trainer.data import to_prompt_completion
 
     hp = Hyperparameters(**FAST_HP)
     model, tok = backends.get_backend("peft").load(str(tiny_random_dir), hp)
@@ -171,7 +172,7 @@ def test_early_stopping_exports_the_best_checkpoint(tiny_random_dir: Path, ticke
 
 
 def test_push_to_hub_reports_why_it_did_not_push(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    from tuneloop_trainer.training import _push
+    from tuneloop_trainer.export.publish import push_to_hub as _push
 
     ev = EventWriter(tmp_path / "e.jsonl")
     monkeypatch.delenv("HF_TOKEN", raising=False)

@@ -146,7 +146,7 @@ class TrainerService:
         from transformers import AutoTokenizer
 
         from .estimate import estimate
-        from .training import load_splits, row_lengths
+        from .data import load_splits, row_lengths
 
         with tempfile.TemporaryDirectory(prefix="tuneloop-estimate-") as tmp:
             train, eval_ = load_splits(self.store, ds["hf_key"], Path(tmp))

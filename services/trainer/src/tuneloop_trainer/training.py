@@ -20,79 +20,14 @@ from typing import Any
 
 from tuneloop.storage import ArtifactStore
 
+from .data import data_warnings, length_report, load_splits, row_lengths
 from .events import EventWriter
+from .failures import JobError
+from .export.publish import base_revision, publish, push_to_hub
 from .hparams import ExportOptions, Hyperparameters
 
-MIN_ROWS, SAFE_ROWS = 200, 1000  # the article: <200 rarely works, 1000+ is a safer minimum
 
-
-class JobError(RuntimeError):
-    """A failure with a stable code, reported as the job's error."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
-# --------------------------------------------------------------------------------- data
-def to_prompt_completion(ds: Any) -> Any:
-    """``messages`` rows -> conversational ``prompt``/``completion`` rows (other columns dropped)."""
-
-    def split(row: dict[str, Any]) -> dict[str, Any]:
-        msgs = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        return {"prompt": msgs[:-1], "completion": msgs[-1:]}
-
-    return ds.map(split, remove_columns=ds.column_names)
-
-
-def load_splits(store: ArtifactStore, key: str, workdir: Path) -> tuple[Any, Any]:
-    from datasets import load_from_disk
-
-    if not store.exists(key):
-        raise JobError("dataset_missing", f"dataset artifact {key} not found in the store")
-    dd = load_from_disk(str(store.get_dir(key, workdir / "dataset")))
-    if "train" not in dd or "eval" not in dd:
-        raise JobError("dataset_invalid", f"{key} must have 'train' and 'eval' splits")
-    for name in ("train", "eval"):
-        if "messages" not in dd[name].column_names:
-            raise JobError("dataset_invalid", f"{key} split {name} has no 'messages' column")
-    if len(dd["train"]) == 0 or len(dd["eval"]) == 0:
-        raise JobError("dataset_invalid", f"{key}: train and eval splits must not be empty")
-    return to_prompt_completion(dd["train"]), to_prompt_completion(dd["eval"])
-
-
-def data_warnings(ev: EventWriter, n_train: int, hp: Hyperparameters) -> None:
-    """The article's mistakes, as warning events before any GPU time is spent."""
-    if n_train < MIN_ROWS:
-        ev.warning("too_few_rows", f"only {n_train} training rows: under {MIN_ROWS} examples rarely "
-                   f"produces meaningful specialisation; {SAFE_ROWS}+ is a safer minimum",
-                   rows=n_train)
-    elif n_train < SAFE_ROWS:
-        ev.warning("few_rows", f"{n_train} training rows: {SAFE_ROWS}+ is a safer minimum",
-                   rows=n_train)
-    if hp.num_train_epochs > 3 and n_train < SAFE_ROWS:
-        ev.warning("many_epochs_small_dataset", f"{hp.num_train_epochs:g} epochs on {n_train} rows "
-                   "invites overfitting: watch the eval loss (early stopping is on)"
-                   if hp.early_stopping_patience else
-                   f"{hp.num_train_epochs:g} epochs on {n_train} rows with early stopping off "
-                   "invites overfitting", epochs=hp.num_train_epochs, rows=n_train)
-
-
-def row_lengths(tokenizer: Any, ds: Any) -> list[int]:
-    """Rendered token length of every row (prompt + completion through the chat template)."""
-    out = []
-    for row in ds:
-        ids = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=True)
-        out.append(len(ids["input_ids"] if hasattr(ids, "keys") else ids))
-    return out
-
-
-def length_report(lengths: list[int], max_len: int) -> dict[str, int]:
-    """Rendered token lengths against ``max_seq_length`` (truncated rows lose their answer)."""
-    return {"longest": max(lengths, default=0), "truncated": sum(n > max_len for n in lengths),
-            "tokens": sum(min(n, max_len) for n in lengths)}
-
-
+# ------------------------------------------------------------------------------- planning
 def plan_job(given: Hyperparameters, base_model: str, backend_name: str, lengths: list[int],
              local_rank: int, ev: EventWriter, world: int = 1) -> Hyperparameters:
     """Fill in the hyperparameters the user left unset for this device, model and data
@@ -115,7 +50,7 @@ def plan_job(given: Hyperparameters, base_model: str, backend_name: str, lengths
     return plan.hp
 
 
-def ensure_isolated_packing(trainer: Any, hp: Hyperparameters, ev: EventWriter) -> bool:
+def ensure_isolated_packing(trainer: Any, ev: EventWriter) -> bool:
     """Run the packing probe (:mod:`.packing`) on the built trainer; False when rows leak."""
     from .packing import isolation_probe
 
@@ -393,7 +328,7 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
     if hp.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(hp.early_stopping_patience, hp.early_stopping_threshold))
     trainer = build_trainer(model, tokenizer, hp, backend, train, eval_, ckpt_dir, world, callbacks)
-    if hp.packing and not ensure_isolated_packing(trainer, hp, ev):
+    if hp.packing and not ensure_isolated_packing(trainer, ev):
         hp = hp.model_copy(update={"packing": False,
                                    "per_device_train_batch_size": given.per_device_train_batch_size,
                                    "gradient_accumulation_steps": given.gradient_accumulation_steps})
@@ -483,8 +418,8 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
                            f"merged model does not behave like the trained model: {checks[-1]['detail']}")
 
     # ---- publish (immutable, atomic; a resumed job that already published keeps it) ----
-    _publish(store, adapter_stage, adapter_key)
-    _publish(store, merged_stage, merged_key)
+    publish(store, adapter_stage, adapter_key)
+    publish(store, merged_stage, merged_key)
     artifacts: dict[str, Any] = {
         "adapter": {"key": adapter_key, "bytes": store.size(adapter_key)},
         "merged": {"key": merged_key, "bytes": store.size(merged_key), "dtype": ex.merged_dtype},
@@ -509,65 +444,12 @@ def run(spec: dict[str, Any], store: ArtifactStore, ev: EventWriter, workdir: Pa
                 artifacts["gguf"].append({"quant": r["quant"], "key": f"{gguf_key}/{r['file']}",
                                           "bytes": r["bytes"]})
         if any(p.is_file() for p in gguf_stage.iterdir()):
-            _publish(store, gguf_stage, gguf_key)
+            publish(store, gguf_stage, gguf_key)
     if ex.push_to_hub:
-        checks.append(_push(store.local_path(merged_key), ex.push_to_hub, ev))
+        checks.append(push_to_hub(store.local_path(merged_key), ex.push_to_hub, ev))
     return {"model_id": mv_id, "job_id": job_id, "backend": backend.name, "metrics": metrics,
             "artifacts": artifacts, "export_checks": checks, "base_revision": base_revision(spec["base_model"]),
             "length_report": report, "merge_seconds": round(merge_s, 3)}
-
-
-def _publish(store: ArtifactStore, stage: Path, key: str) -> None:
-    import shutil
-
-    if store.exists(key):
-        shutil.rmtree(stage, ignore_errors=True)
-        return
-    store.put_dir(stage, key, move=True)
-
-
-def _push(merged: Path, repo: str, ev: EventWriter) -> dict[str, Any]:
-    import os
-
-    if not (os.environ.get("HF_TOKEN") or os.environ.get("HUGGING_FACE_HUB_TOKEN")):
-        detail = "push_to_hub skipped: no HF_TOKEN"
-        ok = False
-    elif os.environ.get("HF_HUB_OFFLINE") in ("1", "true"):
-        detail, ok = "push_to_hub skipped: HF_HUB_OFFLINE is set (no network)", False
-    else:
-        try:
-            from huggingface_hub import HfApi
-
-            HfApi().upload_folder(folder_path=str(merged), repo_id=repo, repo_type="model")
-            detail, ok = f"pushed to {repo}", True
-        except Exception as exc:
-            detail, ok = f"push_to_hub failed: {exc}", False
-    if not ok:
-        ev.warning("push_to_hub_failed", detail)
-    return {"kind": "push_to_hub", "passed": ok, "detail": detail}
-
-
-def base_revision(base_model: str) -> dict[str, Any]:
-    """Identify the base: Hub commit when cached from the Hub, else a hash of config + weights index."""
-    import hashlib
-
-    p = Path(base_model)
-    if p.is_dir():
-        h = hashlib.sha256()
-        for name in sorted(x.name for x in p.iterdir() if x.suffix in (".json", ".safetensors")):
-            f = p / name
-            h.update(name.encode())
-            h.update(str(f.stat().st_size).encode())
-            if f.suffix == ".json" or f.stat().st_size < 64 << 20:
-                h.update(f.read_bytes())
-        return {"kind": "local", "path": str(p.resolve()), "sha256": h.hexdigest()}
-    try:
-        from huggingface_hub import snapshot_download
-
-        snap = Path(snapshot_download(base_model, local_files_only=True))
-        return {"kind": "hub", "repo": base_model, "revision": snap.name}
-    except Exception:
-        return {"kind": "hub", "repo": base_model, "revision": None}
 
 
 def _last_train_loss(history: list[dict[str, Any]]) -> float | None:
