@@ -32,11 +32,11 @@ import httpx
 from rich.console import Console
 from rich.panel import Panel
 from rich.rule import Rule
-from rich.syntax import Syntax
 from rich.table import Table
 
 from .cli.api import ApiError, GatewayAPI
 from .cli.render import JobWatcher, comparison_lines, dataset_table, eval_table
+from .demo_snippet import step_snippet
 
 ALIAS = "support-bot"
 # The demo's sizing (bench/demo_sizing.py): the smallest setup that clearly beats the base on
@@ -372,41 +372,6 @@ def step_report(api: GatewayAPI, decision: dict, base_run: dict | None) -> dict 
     return run
 
 
-SNIPPET = '''from openai import OpenAI
-
-client = OpenAI(base_url="{url}/v1", api_key="{key}")
-ticket = """Subject: Charged twice
-Hi, I was charged twice for my Pro subscription this month. Urgent: production is down for all our customers. Thanks, Anna"""
-resp = client.chat.completions.create(
-    model="{alias}",
-    messages=[{{"role": "user", "content": "Summarize this support ticket and classify its urgency.\\n\\n" + ticket}}],
-    max_tokens=80,
-)
-print(resp.choices[0].message.content)
-'''
-
-
-def step_snippet(api: GatewayAPI, alias: str) -> dict:
-    key = api.create_key("demo-inference", ["inference"])
-    code = SNIPPET.format(url=api.url, key=key["key"], alias=alias)
-    console.print(Panel(Syntax(code, "python", word_wrap=True),
-                        title=f"OpenAI SDK against the promoted alias '{alias}'", expand=False))
-    answer = None
-    try:  # prove it works: the same call, through the gateway, with the new inference key
-        from openai import OpenAI
-
-        client = OpenAI(base_url=f"{api.url}/v1", api_key=key["key"], max_retries=0, timeout=120)
-        ticket = ("Subject: Charged twice\nHi, I was charged twice for my Pro subscription this month. "
-                  "Urgent: production is down for all our customers. Thanks, Anna")
-        resp = client.chat.completions.create(model=alias, max_tokens=80, messages=[{
-            "role": "user", "content": "Summarize this support ticket and classify its urgency.\n\n" + ticket}])
-        answer = resp.choices[0].message.content
-        console.print(f"answer from '{alias}': [bold]{answer}[/]")
-    except Exception as exc:  # noqa: BLE001 - the demo reports, it does not crash here
-        console.print(f"[yellow]the snippet's call failed: {exc}[/]")
-    return {"key_id": key.get("id"), "answer": answer}
-
-
 # -- driver --------------------------------------------------------------------------------------
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tuneloop.demo", description=__doc__.split("\n")[0])
@@ -478,7 +443,7 @@ def run(cfg: argparse.Namespace) -> int:
                                                for t in report.get("targets") or []]}
             alias = decision.get("alias") or ALIAS
             if decision.get("status") == "promoted":
-                summary["snippet"] = step_snippet(api, alias)
+                summary["snippet"] = step_snippet(api, alias, console)
     except DemoError as exc:
         console.print(f"[bold red]demo stopped[/]: {exc}")
         return _finish(cfg, var, t, summary, 1)
