@@ -2,7 +2,7 @@
 estimates; the best baseline; failed requests make it inconclusive; float noise at the boundary."""
 
 from tuneloop_gateway.evals.scoring import decide, paired_difference
-from tuneloop_gateway.promotion import GateConfig, apply_gate
+from tuneloop_gateway.gate import GateConfig, apply_gate
 
 GATE = GateConfig(min_uplift=0.05, min_vs_production=0.0, max_general_drop=0.05, min_json_validity=0.9)
 
