@@ -47,6 +47,16 @@ def test_replay_prompts_sampling_and_exclude():
     assert len(excluded) == len(REPLAY_PROMPTS) - 1
 
 
+def test_replay_bank_is_gpu_sized_and_hand_written_prompts_come_first():
+    from tuneloop.examples.general_replay import _GENERATED, _HANDWRITTEN
+
+    assert len(REPLAY_PROMPTS) >= 400  # the GPU demo asks for 400 (a third of its 1,200 tickets)
+    small = replay_prompts(64, seed=42)
+    assert set(small) <= set(_HANDWRITTEN)  # the CPU demo's replay set: short factual prompts
+    big = replay_prompts(400, seed=42)
+    assert len(set(big)) == 400 and set(_HANDWRITTEN) <= set(big) and set(big) & set(_GENERATED)
+
+
 def test_build_replay_rows_drops_cut_off_and_empty_answers():
     answers = {"p1": ("Madrid.", "stop"), "p2": ("Once upon a time there", "length"),
                "p3": ("   ", "stop"), "p4": ("x" * 500, "stop"), "p5": ("Seven.", None)}

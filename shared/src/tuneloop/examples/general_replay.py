@@ -103,6 +103,63 @@ REPLAY_PROMPTS: tuple[str, ...] = (
     "Complete the sentence: The early bird catches the ...",
 )
 
+# A GPU-sized task (1,200 tickets) needs a few hundred replay rows to keep the ~1:4 replay share
+# that measured no forgetting on CPU (64 replay rows beside 128 tickets): 66 rows beside 1,200
+# tickets let the general suite drop 0.395 -> 0.276 on the H200 (bench/results/demo_gpu.json).
+# Open-ended templates fill the bank; their topics are everyday nouns that none of the suite's
+# subjects (countries, elements, the word tasks' words) share (tests/test_demo_replay.py).
+_TOPICS = (
+    "the moon", "rain", "music", "friendship", "a library", "trains", "coffee", "winter",
+    "a busy city", "school", "a bicycle", "cooking", "the beach", "snow", "a farm",
+    "a birthday party", "a museum", "football", "clouds", "a market", "the wind", "a festival",
+    "a train station", "bread", "a painting", "the night sky", "a storm", "a picnic", "tea",
+    "a zoo", "sunrise", "a song", "a board game", "the sea", "a post office", "a bakery",
+    "autumn leaves", "a playground", "a hot summer day", "a thunderstorm",
+)
+_THINGS = (
+    "a calendar", "a thermometer", "a map", "a clock", "a vaccine", "an airport", "a battery",
+    "a microscope", "a recipe", "a passport", "a dictionary", "a telescope", "a volcano",
+    "a rainbow", "a compass", "a keyboard", "a bicycle bell", "a refrigerator", "a password",
+    "a spreadsheet", "a newspaper", "a vitamin", "a satellite", "an orchestra", "a budget",
+    "a lighthouse", "a glacier", "a hurricane", "a solar panel", "a web browser",
+)
+_ACTIVITIES = (
+    "staying healthy", "learning a second language", "saving money", "sleeping well",
+    "studying for an exam", "writing a clear email", "keeping a houseplant alive",
+    "running a short meeting", "packing for a trip", "making friends at work", "staying focused",
+    "drinking enough water", "keeping a desk tidy", "learning to cook", "starting to run",
+    "reading more books", "speaking in public", "taking good photos", "remembering names",
+    "cutting down on sugar", "planning a week", "keeping a journal", "learning to swim",
+    "working from home", "caring for a puppy",
+)
+_PLACES = (
+    "a classroom", "a hospital", "a supermarket", "a bathroom", "an office", "a park",
+    "a car", "a bedroom", "a restaurant", "a gym", "a campsite", "a cinema", "a bus",
+    "a toolbox", "a school bag", "a doctor's bag", "a first-aid kit", "a beach bag",
+)
+_WHYS = (
+    "wear sunglasses", "drink water", "brush their teeth", "sleep at night", "read books",
+    "plant trees", "wash their hands", "use umbrellas", "wear seat belts", "recycle paper",
+    "keep pets", "learn history", "exercise", "save photos", "write shopping lists",
+    "listen to music", "visit doctors", "take holidays", "cook at home", "lock their doors",
+)
+_TEMPLATES = (
+    ("Write one short sentence about {}.", _TOPICS),
+    ("Explain in one sentence what {} is.", _THINGS),
+    ("Give one short tip for {}.", _ACTIVITIES),
+    ("Name two things you might find in {}.", _PLACES),
+    ("Why do people {}? Reply in one sentence.", _WHYS),
+    ("Describe {} in one short sentence.", _TOPICS[:25]),
+    ("Write a short question someone might ask about {}.", _TOPICS),
+    ("Give three words that describe {}.", _TOPICS),
+    ("What is {} used for? Reply in one sentence.", _THINGS),
+    ("Suggest a title for a short story about {}.", _TOPICS),
+    ("Give one reason people enjoy {}.", _TOPICS[:30]),
+)
+_HANDWRITTEN = REPLAY_PROMPTS
+_GENERATED = tuple(t.format(x) for t, xs in _TEMPLATES for x in xs if t.format(x) not in _HANDWRITTEN)
+REPLAY_PROMPTS = _HANDWRITTEN + _GENERATED
+
 Ask = Callable[[str], tuple[str, str | None]]
 
 
@@ -112,12 +169,18 @@ def _norm(text: str) -> str:
 
 def replay_prompts(n: int, seed: int = 42, exclude: Iterable[str] = ()) -> list[str]:
     """``n`` prompts from the bank (all of them, shuffled, when ``n`` >= the bank's size),
-    leaving out any whose normalised text is in ``exclude`` (e.g. an eval suite's questions)."""
+    leaving out any whose normalised text is in ``exclude`` (e.g. an eval suite's questions).
+    The hand-written prompts come first (short factual answers, cheap on a CPU), the templated
+    ones only when ``n`` asks for more."""
     skip = {_norm(q) for q in exclude}
-    pool = [p for p in REPLAY_PROMPTS if _norm(p) not in skip
-            and _norm(p.removesuffix(" Answer in a few words.")) not in skip]
-    random.Random(seed).shuffle(pool)
-    return pool[:max(0, n)]
+    rng = random.Random(seed)
+    out: list[str] = []
+    for bank in (_HANDWRITTEN, _GENERATED):
+        pool = [p for p in bank if _norm(p) not in skip
+                and _norm(p.removesuffix(" Answer in a few words.")) not in skip]
+        rng.shuffle(pool)
+        out += pool
+    return out[:max(0, n)]
 
 
 def build_replay_rows(ask: Ask, prompts: list[str], *, concurrency: int = 8,
