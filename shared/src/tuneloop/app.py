@@ -8,9 +8,10 @@ Hostile input is refused here, once for every route of every service, before any
 a control character in the path or the query (``/v1/files/file-%00``) and an integer query
 value beyond 64 bits (``?offset=263516800467726430633984``, which no database column holds)
 are a 400 in the envelope, and so is a body nested so deeply that parsing it overflows the
-stack (a route that parses its JSON by hand would otherwise 500). An unexpected exception is answered with the 500 envelope *here*,
-so it never reaches Starlette's outermost handler, which re-raises and makes the server drop
-the connection (the client's next request on it would fail with "connection reset").
+stack (a route that parses its JSON by hand would otherwise 500). An unexpected exception is
+answered with the 500 envelope *here*, so it never reaches Starlette's outermost handler,
+which re-raises and makes the server drop the connection (the client's next request on it
+would fail with "connection reset").
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_body, install_error_handlers
+from .error_handlers import install_error_handlers
+from .errors import error_body
 from .logs import configure_logging, request_id_var
 from .metrics import CONTENT_TYPE_LATEST, ServiceMetrics
 from .settings import ServiceSettings

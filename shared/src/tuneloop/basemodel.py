@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import layout
 from .storage import ArtifactStore
 
 log = logging.getLogger("tuneloop.basemodel")
@@ -182,7 +183,7 @@ def prepare_base(store: ArtifactStore | str | Path, *, name: str = DEFAULT_BASE_
         store = ArtifactStore(str(store))
     if not store.is_local:
         raise BaseModelError("prepare_base needs a local artifact store")
-    key = f"base/{name}"
+    key = layout.base_model(name)
     final = store.local_path(key)
     if store.exists(key):
         if is_valid(final) and not force:

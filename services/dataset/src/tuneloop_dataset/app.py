@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -46,8 +47,8 @@ def create_app(settings: DatasetSettings | None = None) -> FastAPI:
 
     async def ready(app: FastAPI) -> dict:
         store = app.state.store
-        return {"database": await anyio.to_thread.run_sync(app.state.db.ping),
-                "artifact_store": await anyio.to_thread.run_sync(store.ping)}
+        return {"database": await asyncio.to_thread(app.state.db.ping),
+                "artifact_store": await asyncio.to_thread(store.ping)}
 
     app = build_service_app(settings, title="tuneloop dataset service", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)

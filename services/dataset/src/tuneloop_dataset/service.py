@@ -25,6 +25,7 @@ import numpy as np
 from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
+from tuneloop import layout
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, InvalidRequest, NotFound, TuneloopError, Unprocessable
 from tuneloop.ids import content_id, require_id
@@ -102,7 +103,8 @@ class DatasetService:
     def load_tokenizer(self, name: str | None, *, explicit: bool) -> tuple[Any, str | None]:
         """(tokenizer, note). An explicit bad name is a 400; a bad default only a note."""
         if not name:
-            return None, "no tokenizer given (option `tokenizer` or DATASET_DEFAULT_TOKENIZER): token statistics skipped"
+            return None, ("no tokenizer given (option `tokenizer` or DATASET_DEFAULT_TOKENIZER): "
+                          "token statistics skipped")
         with self._tok_lock:
             if name in self._tokenizers:
                 return self._tokenizers[name], None
@@ -110,7 +112,7 @@ class DatasetService:
                 from transformers import AutoTokenizer
 
                 tok = AutoTokenizer.from_pretrained(name, local_files_only=not self.settings.hub_enabled)
-            except Exception as exc:  # noqa: BLE001 - any load failure is reported the same way
+            except Exception as exc:  # any load failure is reported the same way
                 if explicit:
                     raise InvalidRequest(f"cannot load tokenizer {name[:200]!r}: {str(exc)[:300]}",
                                          code="tokenizer_not_found", param="tokenizer") from exc
@@ -181,7 +183,7 @@ class DatasetService:
         tokenizer_name = opts.tokenizer or self.settings.default_tokenizer
         tok, note = self.load_tokenizer(tokenizer_name, explicit=bool(opts.tokenizer))
         eval_lines = self._choose_eval(work / "rows.jsonl", eval_n, opts.seed) if ev is None else None
-        stage = self.store.staging_dir(f"datasets/{ds_id}")
+        stage = self.store.staging_dir(layout.dataset(ds_id))
         try:
             report = self._build(work, stage, main, ev, eval_lines, opts, tok, tokenizer_name, note,
                                  {"method": method, "seed": opts.seed}, rp)
@@ -319,7 +321,7 @@ class DatasetService:
     def _publish(self, row: DatasetRow, stage: Path) -> bool:
         """Insert the row and move the artifacts into place in one unit: the unique id makes
         the loser of a race for identical content fall back to the winner's version."""
-        key = f"datasets/{row.id}"
+        key = layout.dataset(row.id)
         try:
             with self.db.session() as s:
                 s.add(row)
@@ -366,7 +368,7 @@ class DatasetService:
                 "created_at": row.created_at, "counts": row.counts, "format": row.format,
                 "warnings": row.warnings, "options": row.options, "source": row.source,
                 "bytes": row.bytes, "artifacts": artifact_keys(row.id),
-                "artifact_url": self.store.uri(f"datasets/{row.id}"),
+                "artifact_url": self.store.uri(layout.dataset(row.id)),
                 "in_use_by": self._holders(row.id)}
 
     def get(self, ds_id: str) -> dict[str, Any]:
@@ -448,7 +450,7 @@ class DatasetService:
 
     def delete(self, ds_id: str) -> dict[str, Any]:
         self._require(ds_id)
-        key = f"datasets/{ds_id}"
+        key = layout.dataset(ds_id)
         trash = f"trash/{ds_id}-{uuid.uuid4().hex[:8]}"
         with self.db.session() as s:
             # row lock on PostgreSQL: a lease being inserted (its FK check locks the row) either

@@ -11,6 +11,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from tuneloop import layout
 from tuneloop.storage import ArtifactStore
 
 SCHEMA = pa.schema([
@@ -22,9 +23,8 @@ SPLITS = ("train", "eval")
 
 
 def artifact_keys(ds_id: str) -> dict[str, str]:
-    base = f"datasets/{ds_id}"
-    return {"hf": f"{base}/hf", "train_parquet": f"{base}/train.parquet",
-            "eval_parquet": f"{base}/eval.parquet", "report": f"{base}/report.json"}
+    """The store keys of a version (``tuneloop.layout`` owns them)."""
+    return layout.dataset_artifacts(ds_id)
 
 
 class SplitWriter:

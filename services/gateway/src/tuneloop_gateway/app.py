@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,6 +15,9 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from tuneloop.app import build_service_app
+from tuneloop.clients.dataset import DatasetClient
+from tuneloop.clients.inference import InferenceClient
+from tuneloop.clients.trainer import TrainerClient
 from tuneloop.settings import open_service_state
 from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
@@ -22,7 +26,6 @@ from .api import evals, keys, passthrough, promotions, proxy, replay
 from .auth import KeyStore, RateLimiter, bootstrap_admin_key
 from .evals.service import EvalService
 from .metrics import GatewayMetrics
-from .peers import DatasetPeer, InferencePeer, TrainerPeer
 from .promotion import PromotionService
 from .proxy import Upstream
 from .settings import GatewaySettings
@@ -61,10 +64,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                      api_key=token, max_connections=512,
                                      keepalive_s=s.upstream_keepalive_s),
         }
-        dataset = DatasetPeer(s.dataset_url, timeout=t, api_key=token)
-        trainer = TrainerPeer(s.trainer_url, timeout=t, api_key=token)
-        inference = InferencePeer(s.inference_url, timeout=t, api_key=s.inference_admin_key,
-                                  deploy_timeout=s.deploy_timeout_s)
+        dataset = DatasetClient(s.dataset_url, timeout=t, api_key=token)
+        trainer = TrainerClient(s.trainer_url, timeout=t, api_key=token)
+        inference = InferenceClient(s.inference_url, timeout=t, api_key=s.inference_admin_key,
+                                    deploy_timeout=s.deploy_timeout_s)
         app.state.inference = inference
         app.state.evals = EvalService(s, db, app.state.store, dataset, gw_metrics, inference)
         app.state.evals.recover()
@@ -85,7 +88,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         """Ready when the database answers and inference is ready (serves its default model):
         what a client of the gateway needs first. Dataset/trainer outages degrade admin routes
         only (503 in the envelope), so they do not take the gateway out of rotation."""
-        return {"database": app.state.db.ping(), "inference": await app.state.inference.ready()}
+        return {"database": await asyncio.to_thread(app.state.db.ping),
+                "inference": await app.state.inference.ready()}
 
     app = build_service_app(settings, title="tuneloop gateway", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)

@@ -31,6 +31,9 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from tuneloop.clients.base import ServiceError
+from tuneloop.clients.inference import InferenceClient
+from tuneloop.clients.trainer import TrainerClient
+from tuneloop.contracts import Deployment
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, NotFound, TuneloopError
 from tuneloop.ids import is_valid_id, new_id
@@ -38,7 +41,6 @@ from tuneloop.ids import is_valid_id, new_id
 from .db import Promotion
 from .evals.service import EvalService
 from .gate import GateConfig, apply_gate
-from .peers import InferencePeer, TrainerPeer
 from .schemas import EvalCreate, PromoteRequest, RollbackRequest, TargetSpec
 from .settings import GatewaySettings
 
@@ -63,8 +65,8 @@ def promotion_view(p: Promotion) -> dict[str, Any]:
 
 
 class PromotionService:
-    def __init__(self, settings: GatewaySettings, db: Database, trainer: TrainerPeer,
-                 inference: InferencePeer, evals: EvalService, metrics: Any) -> None:
+    def __init__(self, settings: GatewaySettings, db: Database, trainer: TrainerClient,
+                 inference: InferenceClient, evals: EvalService, metrics: Any) -> None:
         self.settings = settings
         self.db = db
         self.trainer = trainer
@@ -132,12 +134,12 @@ class PromotionService:
 
     async def reconcile_once(self) -> list[str]:
         """Queue every succeeded job that has no final decision yet."""
-        jobs = await self.trainer.succeeded_jobs()
+        jobs = (await self.trainer.list_jobs(status="succeeded", limit=100)).data
         decided = await run_in_threadpool(self._decided_jobs)
         queued = []
         for job in jobs:
-            if job.get("model_id") and job["id"] not in decided and self.notify(job["id"]):
-                queued.append(job["id"])
+            if job.model_id and job.id not in decided and self.notify(job.id):
+                queued.append(job.id)
         return queued
 
     def _decided_jobs(self) -> set[str]:
@@ -157,13 +159,12 @@ class PromotionService:
         if job_id in self._gating:  # a re-run in progress is not "undecided": never two at once
             return promotion_view(existing) if existing is not None else None
         job = await self.trainer.get_job(job_id)
-        if job.get("status") != "succeeded" or not job.get("model_id"):
+        if job.status != "succeeded" or not job.model_id:
             return None
-        if alias:
-            job = {**job, "gate_alias": alias}
+        subject = job.to_dict() | ({"gate_alias": alias} if alias else {})
         self._gating.add(job_id)
         try:
-            return await self._gate(job, existing)
+            return await self._gate(subject, existing)
         finally:
             self._gating.discard(job_id)
 
@@ -199,10 +200,10 @@ class PromotionService:
                                    evidence: dict[str, Any]) -> dict[str, Any]:
         base = await self.ensure_base(job.get("base_model"))
         dep, swap = await self._deploy_candidate(job["model_id"], base)
-        if dep.get("state") != "ready":
-            raise TuneloopError(f"candidate deployment {dep.get('id')} is {dep.get('state')}: "
-                                f"{dep.get('error')}", code="candidate_not_ready")
-        candidate = dep["model"]
+        if dep.state != "ready":
+            raise TuneloopError(f"candidate deployment {dep.id} is {dep.state}: {dep.error}",
+                                code="candidate_not_ready")
+        candidate = dep.model
         evidence["swap"] = swap
         production = await self.inference.alias_target(alias)
         targets = [TargetSpec(name="base", model=base, role="base"),
@@ -230,7 +231,7 @@ class PromotionService:
             "baselines": [t["name"] for t in report["targets"] if t.get("role") in ("base", "base_kshot")],
             "failed_requests": (report.get("failed_requests") or [])[:50],
             "served": {"candidate": candidate, "base": base, "production": production},
-            "deployment": dep.get("id")})
+            "deployment": dep.id})
         if decision == "pass":
             serve = await self._serve_merged(job["model_id"], dep, swap) \
                 if swap["candidate_via"] == "adapter" else candidate
@@ -256,49 +257,49 @@ class PromotionService:
                                            evidence=evidence)
         reasons.insert(0, f"refused: '{alias}' stays on {production}" if production
                        else f"refused: '{alias}' had no target before and still has none")
-        if dep.get("id") and candidate not in (production, base):
+        if candidate not in (production, base):
             await self._drop(dep, evidence)  # a refused candidate should not hold an engine
         return await run_in_threadpool(self._finish, pid, "rejected", reasons=reasons,
                                        evidence=evidence)
 
-    async def _deploy_candidate(self, model_id: str, base: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def _deploy_candidate(self, model_id: str, base: str) -> tuple[Deployment, dict[str, Any]]:
         """The candidate for its evaluation: attached as a runtime LoRA adapter to the served base
         when inference can (vLLM with LoRA on: seconds, no second engine), else its merged
         weights in an engine of their own."""
         t0 = time.monotonic()
         if self.settings.gate_via_adapter:
             try:
-                dep = await self.inference.deploy({"model_id": model_id, "adapter_of": base})
-                if dep.get("state") == "ready":
+                dep = await self.inference.deploy(model_id=model_id, adapter_of=base)
+                if dep.state == "ready":
                     return dep, {"candidate_via": "adapter", "adapter_of": base,
                                  "candidate_deploy_s": round(time.monotonic() - t0, 3)}
                 await self._drop(dep, {})
-                why = f"adapter deployment {dep.get('state')}: {dep.get('error')}"
+                why = f"adapter deployment {dep.state}: {dep.error}"
             except ServiceError as exc:
                 why = f"{exc.code}: {exc.message}"
             log.info("candidate evaluated as merged weights", extra={"model_id": model_id, "why": why})
         t0 = time.monotonic()
-        dep = await self.inference.deploy({"model_id": model_id})
+        dep = await self.inference.deploy(model_id=model_id)
         swap = {"candidate_via": "merged", "candidate_deploy_s": round(time.monotonic() - t0, 3)}
         if self.settings.gate_via_adapter:
             swap["adapter_refused"] = why
         return dep, swap
 
-    async def _serve_merged(self, model_id: str, adapter_dep: dict[str, Any],
+    async def _serve_merged(self, model_id: str, adapter_dep: Deployment,
                             swap: dict[str, Any]) -> str:
         """After a pass through the adapter: the merged weights (the verified export, the
         documented contract) get an engine of their own, and the alias moves to them."""
         t0 = time.monotonic()
-        merged = await self.inference.deploy({"model_id": model_id})
+        merged = await self.inference.deploy(model_id=model_id)
         swap["merged_deploy_s"] = round(time.monotonic() - t0, 3)
-        if merged.get("state") != "ready":
-            raise TuneloopError(f"merged deployment {merged.get('id')} is {merged.get('state')}: "
-                                f"{merged.get('error')}", code="candidate_not_ready")
-        return merged["model"]
+        if merged.state != "ready":
+            raise TuneloopError(f"merged deployment {merged.id} is {merged.state}: {merged.error}",
+                                code="candidate_not_ready")
+        return merged.model
 
-    async def _drop(self, dep: dict[str, Any], evidence: dict[str, Any]) -> None:
+    async def _drop(self, dep: Deployment, evidence: dict[str, Any]) -> None:
         try:  # the record keeps the evidence; the engine (or adapter slot) is freed
-            await self.inference.undeploy(dep["id"])
+            await self.inference.undeploy(dep.id)
             evidence["undeployed"] = True
         except ServiceError as exc:
             evidence["undeployed"] = f"failed: {exc.message}"
@@ -306,21 +307,20 @@ class PromotionService:
     async def ensure_base(self, base_model: str | None) -> str:
         """The served name of the job's base model on inference, deployed if absent."""
         name = self.settings.base_model_name
-        ready = [d for d in await self.inference.deployments() if d.get("state") == "ready"]
+        ready = [d for d in await self.inference.deployments() if d.state == "ready"]
         for d in ready:  # the same folder, whatever it is called
-            if base_model and d.get("path") == base_model:
-                return d["model"]
+            if base_model and d.path == base_model:
+                return d.model
         for d in ready:  # the configured base deployment (the job may name the base by hub id)
-            if d.get("model") == name and not d.get("model_id"):
-                return d["model"]
+            if d.model == name and not d.model_id:
+                return d.model
         if not base_model:
             raise TuneloopError("no base deployment and the job names no base model",
                                 code="base_unknown")
-        dep = await self.inference.deploy({"name": name, "path": base_model})
-        if dep.get("state") != "ready":
-            raise TuneloopError(f"base deployment is {dep.get('state')}: {dep.get('error')}",
-                                code="base_not_ready")
-        return dep["model"]
+        dep = await self.inference.deploy(name=name, path=base_model)
+        if dep.state != "ready":
+            raise TuneloopError(f"base deployment is {dep.state}: {dep.error}", code="base_not_ready")
+        return dep.model
 
     # -- manual ------------------------------------------------------------------------
     async def promote(self, req: PromoteRequest) -> dict[str, Any]:
@@ -330,11 +330,11 @@ class PromotionService:
             if not is_valid_id(req.model_id, "mv"):
                 raise NotFound(f"model '{req.model_id[:80]}' not found", code="model_not_found",
                                param="model_id")
-            dep = await self.inference.deploy({"model_id": req.model_id})
-            if dep.get("state") != "ready":
-                raise Conflict(f"deployment of {req.model_id} is {dep.get('state')}: {dep.get('error')}",
+            dep = await self.inference.deploy(model_id=req.model_id)
+            if dep.state != "ready":
+                raise Conflict(f"deployment of {req.model_id} is {dep.state}: {dep.error}",
                                code="deployment_not_ready")
-            model, dep_id = dep["model"], dep.get("id")
+            model, dep_id = dep.model, dep.id
         async with self._lock:
             previous = await self.inference.alias_target(alias)
             await self.inference.set_alias(alias, model)

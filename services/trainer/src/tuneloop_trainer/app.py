@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,7 +46,8 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
             db.dispose()
 
     async def ready(app: FastAPI) -> dict:
-        return {"database": app.state.db.ping(), "dataset_service": await app.state.trainer.datasets.health()}
+        return {"database": await asyncio.to_thread(app.state.db.ping),
+                "dataset_service": await app.state.trainer.datasets.health()}
 
     app = build_service_app(settings, title="tuneloop trainer service", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)

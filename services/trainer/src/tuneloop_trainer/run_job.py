@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 import tempfile
 import threading
@@ -21,6 +20,8 @@ import time
 import traceback
 from pathlib import Path
 
+from tuneloop import layout
+from tuneloop.ids import is_valid_id
 from tuneloop.storage import ArtifactStore
 
 EXIT_OK, EXIT_FAILED, EXIT_OOM = 0, 1, 3
@@ -72,19 +73,19 @@ def main(argv: list[str] | None = None) -> int:
     if a.parent_pid:
         watch_parent(a.parent_pid, direct=world == 1)
     job_id = a.job_id
-    if not re.fullmatch(r"job-[a-z0-9]{6,64}", job_id):  # ids only in store keys (no tuneloop.ids:
-        p.error(f"invalid job id {job_id!r}")              # it pulls FastAPI into the job image)
+    if not is_valid_id(job_id, "job"):  # only ids go into store keys
+        p.error(f"invalid job id {job_id!r}")
     store = ArtifactStore(a.store or default_store_url())
     from .events import EventWriter, RankEventWriter
 
-    path = store.local_path(f"jobs/{job_id}/events.jsonl")
+    path = store.local_path(layout.job_events(job_id))
     # one writer of events, result and exports: rank 0; other ranks only train (and report an
     # error of their own, tagged with their rank, so a failing rank is not silent)
     ev = EventWriter(path) if rank == 0 else RankEventWriter(path, rank)
-    if store.exists(f"jobs/{job_id}/result.json"):
+    if store.exists(layout.job_result(job_id)):
         ev.emit("info", message="result already written; nothing to do")
         return EXIT_OK
-    spec = json.loads(store.read_bytes(f"jobs/{job_id}/spec.json"))
+    spec = json.loads(store.read_bytes(layout.job_spec(job_id)))
     ev.emit("process_start", pid=os.getpid(), host=os.uname().nodename, rank=rank,
             world_size=world)
     from . import training
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
             result = training.run(spec, store, ev, Path(tmp))
         if rank != 0:
             return EXIT_OK
-        store.write_bytes(f"jobs/{job_id}/result.json", training.dumps(result).encode())
+        store.write_bytes(layout.job_result(job_id), training.dumps(result).encode())
         ev.emit("done", model_id=result["model_id"])
         return EXIT_OK
     except training.JobError as exc:

@@ -1,11 +1,13 @@
 """Trainer domain logic: validation, the persistent queue, events, model versions, files.
 
-Never imports FastAPI. Blocking work (DB, loading a tokenizer) is called from the routes through
-a thread; the supervisor (``supervisor.py``) drives jobs through their states.
+Never imports FastAPI. Blocking work (DB, store, loading a tokenizer) runs in a thread
+(``asyncio.to_thread``): the async methods here offload it themselves, the sync ones are called
+from the routes through one; the supervisor (``supervisor.py``) drives jobs through their states.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -17,6 +19,7 @@ from sqlalchemy import delete, func, select
 
 from tuneloop.clients.base import ServiceError
 from tuneloop.clients.dataset import DatasetClient
+from tuneloop import layout
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, NotFound, ServiceUnavailable, TuneloopError, Unprocessable
 from tuneloop.ids import is_valid_id, new_id, require_id
@@ -60,20 +63,19 @@ class TrainerService:
                 raise ServiceUnavailable(f"dataset service unavailable: {exc.message}",
                                          code="dataset_service_unavailable") from exc
             raise
-        if ds.get("status") != "ready":
-            raise Unprocessable(f"dataset '{dataset_id}' is {ds.get('status')!r}, not 'ready' "
+        if ds.status != "ready":
+            raise Unprocessable(f"dataset '{dataset_id}' is {ds.status!r}, not 'ready' "
                                 "(it did not pass validation)", code="dataset_not_ready",
                                 param="dataset_id")
-        counts = ds.get("counts") or {}
-        if not counts.get("train") or not counts.get("eval"):
+        if not ds.counts.train or not ds.counts.eval:
             raise Unprocessable(f"dataset '{dataset_id}' needs rows in both train and eval splits "
-                                f"(train={counts.get('train')}, eval={counts.get('eval')})",
+                                f"(train={ds.counts.train}, eval={ds.counts.eval})",
                                 code="dataset_split_empty", param="dataset_id")
-        key = (ds.get("artifacts") or {}).get("hf") or f"datasets/{dataset_id}/hf"
-        if not self.store.exists(key):
+        key = ds.artifacts.get("hf") or layout.dataset_hf(dataset_id)
+        if not await asyncio.to_thread(self.store.exists, key):
             raise Unprocessable(f"dataset '{dataset_id}' has no {key} in the artifact store shared "
                                 "with the trainer", code="dataset_artifact_missing", param="dataset_id")
-        return {**ds, "hf_key": key}
+        return ds.to_dict() | {"hf_key": key}
 
     def validate_base_model(self, base_model: str, hp: Hyperparameters) -> dict[str, Any]:
         """Config + tokenizer load (offline), chat template present, sequence length fits."""
@@ -129,14 +131,12 @@ class TrainerService:
                            hyperparameters: dict[str, Any] | Hyperparameters,
                            export: dict[str, Any] | ExportOptions, gpus: int = 1) -> dict[str, Any]:
         """What ``create_job`` would start, without starting it (:mod:`.estimate`)."""
-        import anyio
-
         gpus = self.validate_gpus(gpus, backend)
         hp = _model(Hyperparameters, hyperparameters, "hyperparameters")
         _model(ExportOptions, export, "export")
         ds = await self.validate_dataset(dataset_id)
-        await anyio.to_thread.run_sync(self.validate_base_model, base_model, hp)
-        out = await anyio.to_thread.run_sync(self._estimate, ds, base_model, backend, hp, gpus)
+        await asyncio.to_thread(self.validate_base_model, base_model, hp)
+        out = await asyncio.to_thread(self._estimate, ds, base_model, backend, hp, gpus)
         return {**out, "dataset_id": dataset_id, "base_model": base_model, "gpus": gpus}
 
     def _estimate(self, ds: dict[str, Any], base_model: str, backend: str, hp: Hyperparameters,
@@ -160,20 +160,19 @@ class TrainerService:
                          suffix: str | None, source: str = "api", training_file: str | None = None,
                          validation_file: str | None = None, gpus: int = 1,
                          gate_alias: str | None = None) -> dict[str, Any]:
-        import anyio
-
         gpus = self.validate_gpus(gpus, backend)
         hp = _model(Hyperparameters, hyperparameters, "hyperparameters")
         ex = _model(ExportOptions, export, "export")
         ds = await self.validate_dataset(dataset_id)
-        await anyio.to_thread.run_sync(self.validate_base_model, base_model, hp)
+        await asyncio.to_thread(self.validate_base_model, base_model, hp)
         job_id, mv_id = new_id("job"), new_id("mv")
         spec = {"job_id": job_id, "model_id": mv_id, "dataset_id": dataset_id,
                 "dataset_key": ds["hf_key"], "base_model": base_model, "backend": backend,
                 "gpus": gpus, "export": ex.model_dump(),
                 # only what the user set: the job fills in the rest for its device (defaults.py)
                 "hyperparameters": hp.model_dump(exclude_unset=True)}
-        self.store.write_bytes(f"jobs/{job_id}/spec.json", json.dumps(spec, indent=1).encode())
+        await asyncio.to_thread(self.store.write_bytes, layout.job_spec(job_id),
+                                json.dumps(spec, indent=1).encode())
         try:
             await self.datasets.lease(dataset_id, job_id)
         except ServiceError as exc:
@@ -184,6 +183,10 @@ class TrainerService:
                   callback_url=callback_url or self.settings.callback_url, suffix=suffix,
                   gate_alias=gate_alias, model_id=mv_id, progress={}, created_at=now(), queued_at=time.time(),
                   source=source, training_file=training_file, validation_file=validation_file)
+        return await asyncio.to_thread(self._enqueue, job)
+
+    def _enqueue(self, job: Job) -> dict[str, Any]:
+        job_id = job.id  # read before the session commits (and expires) the row
         with self.db.session() as s:
             s.add(job)
             s.flush()
@@ -191,7 +194,7 @@ class TrainerService:
         return self.get_job(job_id)
 
     # ------------------------------------------------------------------ reads
-    def get_row(self, s, job_id: str) -> Job:  # noqa: ANN001
+    def get_row(self, s, job_id: str) -> Job:
         require_id(job_id, "job", "job")
         job = s.get(Job, job_id)
         if job is None:
@@ -282,17 +285,17 @@ class TrainerService:
                                param="job_id")
             s.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
             s.delete(job)
-        self.store.delete(f"jobs/{job_id}")
+        self.store.delete(layout.job(job_id))
         return {"id": job_id, "object": "training_job.deleted", "deleted": True}
 
     # ------------------------------------------------------------------ state changes
-    def _add_event(self, s, job: Job, type_: str, data: dict[str, Any],  # noqa: ANN001
+    def _add_event(self, s, job: Job, type_: str, data: dict[str, Any],
                    ts: float | None = None) -> None:
         s.add(JobEvent(job_id=job.id, seq=job.next_seq, type=type_, created_at=int(ts or time.time()),
                        data=data))
         job.next_seq += 1
 
-    def finish(self, s, job: Job, status: str, error: dict[str, Any] | None,  # noqa: ANN001
+    def finish(self, s, job: Job, status: str, error: dict[str, Any] | None,
                message: str) -> None:
         job.status = status
         job.error = error
@@ -301,7 +304,7 @@ class TrainerService:
                                           **({"error": error} if error else {})})
 
     # ------------------------------------------------------------------ model versions
-    def register_model(self, s, job: Job, result: dict[str, Any]) -> dict[str, Any]:  # noqa: ANN001
+    def register_model(self, s, job: Job, result: dict[str, Any]) -> dict[str, Any]:
         """Lineage record: dataset version, base + revision, full config, metrics, artifacts, checks."""
         record = {
             "id": job.model_id, "object": "model_version", "job_id": job.id,
@@ -399,7 +402,7 @@ def file_view(f: File) -> dict[str, Any]:
             "status_details": None, "expires_at": None, "dataset_id": f.dataset_id}
 
 
-def _model(cls, value, param: str):  # noqa: ANN001, ANN202
+def _model(cls, value, param: str):
     if isinstance(value, cls):
         return value
     try:

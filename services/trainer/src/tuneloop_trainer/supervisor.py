@@ -19,6 +19,8 @@ import anyio
 import httpx
 from sqlalchemy import select
 
+from tuneloop import layout
+
 from .db import Job
 from .events import read_new_events
 from .executors import Executor, Exit
@@ -191,8 +193,8 @@ class Supervisor:
             if job is not None:
                 self._drain(s, job)
 
-    def _drain(self, s, job: Job) -> None:  # noqa: ANN001
-        path = self.svc.store.local_path(f"jobs/{job.id}/events.jsonl")
+    def _drain(self, s, job: Job) -> None:
+        path = self.svc.store.local_path(layout.job_events(job.id))
         events, offset = read_new_events(path, job.events_offset)
         if not events:
             return
@@ -232,7 +234,7 @@ class Supervisor:
             job = s.get(Job, job_id)
             self._drain(s, job)
             error = (job.progress or {}).get("_error")
-            result_key = f"jobs/{job_id}/result.json"
+            result_key = layout.job_result(job_id)
             if job.cancel_requested:
                 self.svc.finish(s, job, "cancelled", None, "cancelled: job process stopped")
             elif ended.returncode == 0 and self.svc.store.exists(result_key):

@@ -11,6 +11,7 @@ from typing import Any
 
 import httpx
 
+from ..contracts import Alias, Deleted, Deployment
 from .base import ServiceClient
 
 
@@ -34,49 +35,54 @@ class InferenceClient(ServiceClient):
     # -- deployments ---------------------------------------------------------------------
     async def deploy(self, *, model_id: str | None = None, name: str | None = None,
                      path: str | None = None, adapter_of: str | None = None,
-                     wait: bool = True) -> dict[str, Any]:
-        """Load a model version (``model_id``) or a local folder (``name`` + ``path``)."""
+                     wait: bool = True) -> Deployment:
+        """Load a model version (``model_id``) or a local folder (``name`` + ``path``);
+        ``wait`` blocks until it is ready or failed."""
         body = {k: v for k, v in {"model_id": model_id, "name": name, "path": path,
                                   "adapter_of": adapter_of}.items() if v is not None}
-        return await self.post_json("/admin/deployments", body,
-                                    params={"wait": "true" if wait else "false"},
-                                    timeout=self._long())
+        return Deployment.model_validate(await self.post_json(
+            "/admin/deployments", body, params={"wait": "true" if wait else "false"},
+            timeout=self._long()))
 
-    async def deployments(self) -> list[dict[str, Any]]:
-        return (await self.get_json("/admin/deployments"))["data"]
+    async def deployments(self) -> list[Deployment]:
+        page = await self.get_json("/admin/deployments")
+        return [Deployment.model_validate(d) for d in page["data"]]
 
-    async def deployment(self, dep_id: str) -> dict[str, Any]:
-        return await self.get_json(f"/admin/deployments/{dep_id}")
+    async def deployment(self, dep_id: str) -> Deployment:
+        return Deployment.model_validate(await self.get_json(f"/admin/deployments/{dep_id}"))
 
-    async def undeploy(self, dep_id: str) -> dict[str, Any]:
-        return (await self.request("DELETE", f"/admin/deployments/{dep_id}",
-                                   timeout=self._long())).json()
+    async def undeploy(self, dep_id: str) -> Deployment:
+        """Drain and stop (the record stays, ``state: stopped``)."""
+        resp = await self.request("DELETE", f"/admin/deployments/{dep_id}", timeout=self._long())
+        return Deployment.model_validate(resp.json())
 
     # -- aliases -------------------------------------------------------------------------
-    async def aliases(self) -> list[dict[str, Any]]:
-        return (await self.get_json("/admin/aliases"))["data"]
+    async def aliases(self) -> list[Alias]:
+        return [Alias.model_validate(a) for a in (await self.get_json("/admin/aliases"))["data"]]
 
-    async def alias(self, alias: str) -> dict[str, Any]:
-        return await self.get_json(f"/admin/aliases/{alias}")
+    async def alias(self, alias: str) -> Alias:
+        return Alias.model_validate(await self.get_json(f"/admin/aliases/{alias}"))
 
     async def alias_target(self, alias: str) -> str | None:
+        """The served name ``alias`` routes to, or None when there is no such alias."""
         for item in await self.aliases():
-            if item["id"] == alias:
-                return item["model"]
+            if item.id == alias:
+                return item.model
         return None
 
-    async def set_alias(self, alias: str, model: str, *,
-                        retire_previous: bool = True) -> dict[str, Any]:
+    async def set_alias(self, alias: str, model: str, *, retire_previous: bool = True) -> Alias:
         """Blue/green flip (loads ``model`` first when it is a model version not deployed)."""
-        return (await self.request("PUT", f"/admin/aliases/{alias}",
-                                   json={"model": model, "retire_previous": retire_previous},
-                                   timeout=self._long())).json()
+        resp = await self.request("PUT", f"/admin/aliases/{alias}",
+                                  json={"model": model, "retire_previous": retire_previous},
+                                  timeout=self._long())
+        return Alias.model_validate(resp.json())
 
-    async def rollback(self, alias: str) -> dict[str, Any]:
-        return await self.post_json(f"/admin/aliases/{alias}/rollback", timeout=self._long())
+    async def rollback(self, alias: str) -> Alias:
+        return Alias.model_validate(
+            await self.post_json(f"/admin/aliases/{alias}/rollback", timeout=self._long()))
 
-    async def delete_alias(self, alias: str) -> dict[str, Any]:
-        return (await self.request("DELETE", f"/admin/aliases/{alias}")).json()
+    async def delete_alias(self, alias: str) -> Deleted:
+        return Deleted.model_validate((await self.request("DELETE", f"/admin/aliases/{alias}")).json())
 
     # -- OpenAI surface ------------------------------------------------------------------
     async def models(self) -> list[dict[str, Any]]:

@@ -1,11 +1,14 @@
-"""``/v1/datasets``: thin routes. Bodies are streamed to disk; the work runs in a thread."""
+"""``/v1/datasets``: thin routes. Bodies are streamed to disk; the work runs in a thread
+(``asyncio.to_thread``: nothing that touches a file, the DB or the store runs on the loop)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -14,6 +17,8 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
 from tuneloop.errors import InvalidRequest, PayloadTooLarge, TuneloopError, UnsupportedMediaType
+from tuneloop import layout
+from tuneloop.contracts import Dataset, Deleted, Lease, Page, RowsPage
 from tuneloop.examples.support_tickets import write_jsonl
 
 from ..schemas import ExampleRequest, JsonUpload, PushRequest, UploadOptions, check_holder, parse_model
@@ -35,13 +40,29 @@ def _svc(request: Request) -> DatasetService:
 
 
 def _respond(result: Ingested) -> JSONResponse:
-    return JSONResponse(result.dataset, status_code=201 if result.created else 200)
+    """201 for a new version, 200 when identical content was stored before; checked against
+    the contract here because a returned ``JSONResponse`` skips FastAPI's check."""
+    body = Dataset.model_validate(result.dataset).to_dict()
+    return JSONResponse(body, status_code=201 if result.created else 200)
 
 
-async def run_ingest(request: Request, *args: Any) -> Ingested:
+Input = IO[bytes] | Path | None  # an open upload, or a file the thread opens
+
+
+async def run_ingest(request: Request, src: Input, opts: UploadOptions, source: dict[str, Any],
+                     eval_src: Input = None, replay_src: Input = None) -> Ingested:
     """Run one ingest in a worker thread, at most DATASET_MAX_CONCURRENT_INGESTS at once."""
     async with request.app.state.ingest_limiter:
-        return await anyio.to_thread.run_sync(_svc(request).ingest, *args)
+        return await asyncio.to_thread(_ingest, _svc(request), src, opts, source, eval_src,
+                                       replay_src)
+
+
+def _ingest(svc: DatasetService, src: Input, opts: UploadOptions, source: dict[str, Any],
+            eval_src: Input, replay_src: Input) -> Ingested:
+    with contextlib.ExitStack() as stack:
+        src, eval_src, replay_src = (stack.enter_context(open(f, "rb")) if isinstance(f, Path) else f
+                                     for f in (src, eval_src, replay_src))
+        return svc.ingest(src, opts, source, eval_src, replay_src)
 
 
 def _check_length(request: Request, limit: int) -> None:
@@ -50,7 +71,9 @@ def _check_length(request: Request, limit: int) -> None:
         raise PayloadTooLarge(f"request body is larger than {limit} bytes")
 
 
-@router.post("", summary="Upload a JSONL dataset (multipart, raw JSONL or JSON body)")
+@router.post("", summary="Upload a JSONL dataset (multipart, raw JSONL or JSON body)",
+             response_model=Dataset, status_code=201,
+             response_model_exclude_unset=True)
 async def create_dataset(request: Request) -> JSONResponse:
     """Count every refused upload (``uploads_total{result="rejected"|"error"}``)."""
     uploads = request.app.state.metrics.uploads
@@ -123,14 +146,13 @@ async def _raw(request: Request) -> JSONResponse:
     with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
         path = Path(tmp) / "body.jsonl"
         size = 0
-        with open(path, "wb") as fh:
+        async with await anyio.open_file(path, "wb") as fh:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
                     raise PayloadTooLarge(f"upload is larger than {settings.max_upload_bytes} bytes")
-                fh.write(chunk)
-        with open(path, "rb") as src:
-            return _respond(await run_ingest(request, src, opts, {"kind": "upload"}))
+                await fh.write(chunk)
+        return _respond(await run_ingest(request, path, opts, {"kind": "upload"}))
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -154,29 +176,27 @@ async def _json(request: Request) -> JSONResponse:
         eval_path = replay_path = None
         if body.eval_rows is not None:
             eval_path = Path(tmp) / "eval.jsonl"
-            write_rows(body.eval_rows, eval_path)
+            await asyncio.to_thread(write_rows, body.eval_rows, eval_path)
         if body.replay_rows is not None:
             replay_path = Path(tmp) / "replay.jsonl"
-            write_rows(body.replay_rows, replay_path)
+            await asyncio.to_thread(write_rows, body.replay_rows, replay_path)
         if body.rows is not None:
             if not body.rows:
                 raise InvalidRequest("'rows' is empty", code="no_rows", param="rows")
             path = Path(tmp) / "rows.jsonl"
-            write_rows(body.rows, path)
+            await asyncio.to_thread(write_rows, body.rows, path)
             source: dict[str, Any] = {"kind": "rows"}
         elif body.source.path is not None:
-            path = resolve_import_path(settings, body.source.path)
+            path = await asyncio.to_thread(resolve_import_path, settings, body.source.path)
             source = {"kind": "path", "path": str(path)}
         else:
             path = Path(tmp) / "hub.jsonl"
-            await anyio.to_thread.run_sync(hub_to_jsonl, settings, body.source, path)
+            await asyncio.to_thread(hub_to_jsonl, settings, body.source, path)
             source = {"kind": "hf_dataset", "hf_dataset": body.source.hf_dataset,
                       "split": body.source.split}
         if opts.name is None:
             opts.name = name_from_filename(path.name) if source["kind"] == "path" else None
-        with (open(path, "rb") as src, (open(eval_path, "rb") if eval_path else _null()) as ev,
-              (open(replay_path, "rb") if replay_path else _null()) as rp):
-            return _respond(await run_ingest(request, src, opts, source, ev, rp))
+        return _respond(await run_ingest(request, path, opts, source, eval_path, replay_path))
 
 
 class _anull:
@@ -187,15 +207,9 @@ class _anull:
         return None
 
 
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-
-@router.post("/examples/support-tickets", summary="Generate and store the built-in example task")
+@router.post("/examples/support-tickets", summary="Generate and store the built-in example task",
+             response_model=Dataset, status_code=201,
+             response_model_exclude_unset=True)
 async def create_example(request: Request) -> JSONResponse:
     raw = await _read_json(request, 1 << 16) if await request.body() else {}
     body = parse_model(ExampleRequest, raw)
@@ -203,29 +217,31 @@ async def create_example(request: Request) -> JSONResponse:
     opts.name = opts.name or f"support-tickets-{body.n}-seed{body.example_seed}"
     with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
         path = Path(tmp) / "tickets.jsonl"
-        await anyio.to_thread.run_sync(write_jsonl, str(path), body.n, body.example_seed)
+        await asyncio.to_thread(write_jsonl, str(path), body.n, body.example_seed)
         source = {"kind": "example", "example": "support-tickets", "n": body.n,
                   "seed": body.example_seed}
-        with open(path, "rb") as src:
-            return _respond(await run_ingest(request, src, opts, source))
+        return _respond(await run_ingest(request, path, opts, source))
 
 
-@router.get("", summary="List dataset versions (newest first)")
+@router.get("", summary="List dataset versions (newest first)", response_model=Page[Dataset],
+            response_model_exclude_unset=True)
 async def list_datasets(request: Request, limit: int = Query(20, ge=1, le=100),
                         offset: int = Query(0, ge=0)) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).list, limit, offset)
+    return await asyncio.to_thread(_svc(request).list, limit, offset)
 
 
-@router.get("/{dataset_id}", summary="One dataset version")
+@router.get("/{dataset_id}", summary="One dataset version", response_model=Dataset,
+            response_model_exclude_unset=True)
 async def get_dataset(request: Request, dataset_id: str) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).get, dataset_id)
+    return await asyncio.to_thread(_svc(request).get, dataset_id)
 
 
-@router.get("/{dataset_id}/rows", summary="A page of a split's rows")
+@router.get("/{dataset_id}/rows", summary="A page of a split's rows", response_model=RowsPage,
+            response_model_exclude_unset=True)
 async def get_rows(request: Request, dataset_id: str,
                    split: Literal["train", "eval"] = Query("train"),
                    offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).rows, dataset_id, split, offset, limit)
+    return await asyncio.to_thread(_svc(request).rows, dataset_id, split, offset, limit)
 
 
 @router.get("/{dataset_id}/report", summary="The quality report (?format=text: readable summary)",
@@ -237,33 +253,39 @@ async def get_report(request: Request, dataset_id: str,
     """``tokenizer``/``max_seq_length`` recompute the token section for another base model."""
     svc = _svc(request)
     if format == "text":
-        return PlainTextResponse(await anyio.to_thread.run_sync(
+        return PlainTextResponse(await asyncio.to_thread(
             svc.report_text, dataset_id, tokenizer, max_seq_length))
     async with request.app.state.ingest_limiter if tokenizer or max_seq_length else _anull():
-        return await anyio.to_thread.run_sync(svc.report, dataset_id, tokenizer, max_seq_length)
+        return await asyncio.to_thread(svc.report, dataset_id, tokenizer, max_seq_length)
 
 
-@router.delete("/{dataset_id}", summary="Delete a version (409 dataset_in_use while leased)")
+@router.delete("/{dataset_id}", summary="Delete a version (409 dataset_in_use while leased)",
+               response_model=Deleted,
+               response_model_exclude_unset=True)
 async def delete_dataset(request: Request, dataset_id: str) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).delete, dataset_id)
+    return await asyncio.to_thread(_svc(request).delete, dataset_id)
 
 
-@router.put("/{dataset_id}/leases/{holder}", summary="Mark a version as used by a job")
+@router.put("/{dataset_id}/leases/{holder}", summary="Mark a version as used by a job",
+            response_model=Lease,
+            response_model_exclude_unset=True)
 async def put_lease(request: Request, dataset_id: str, holder: str) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).lease, dataset_id, check_holder(holder))
+    return await asyncio.to_thread(_svc(request).lease, dataset_id, check_holder(holder))
 
 
-@router.delete("/{dataset_id}/leases/{holder}", summary="Release a lease")
+@router.delete("/{dataset_id}/leases/{holder}", summary="Release a lease", response_model=Lease,
+               response_model_exclude_unset=True)
 async def delete_lease(request: Request, dataset_id: str, holder: str) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).unlease, dataset_id, check_holder(holder))
+    return await asyncio.to_thread(_svc(request).unlease, dataset_id, check_holder(holder))
 
 
 @router.post("/{dataset_id}/push", summary="Push a version to the Hugging Face Hub (optional)")
 async def push(request: Request, dataset_id: str) -> dict:
     svc = _svc(request)
     body = parse_model(PushRequest, await _read_json(request, 1 << 16))
-    svc.get(dataset_id)
-    hf_dir = svc.store.get_dir(f"datasets/{dataset_id}/hf", svc.tmp_root / f"push-{dataset_id}")
-    url = await anyio.to_thread.run_sync(push_to_hub, request.app.state.settings, hf_dir,
-                                         body.repo_id, body.private)
+    await asyncio.to_thread(svc.get, dataset_id)  # 404 before anything is fetched
+    hf_dir = await asyncio.to_thread(svc.store.get_dir, layout.dataset_hf(dataset_id),
+                                     svc.tmp_root / f"push-{dataset_id}")
+    url = await asyncio.to_thread(push_to_hub, request.app.state.settings, hf_dir,
+                                  body.repo_id, body.private)
     return {"object": "dataset.push", "dataset_id": dataset_id, "repo_id": body.repo_id, "url": url}

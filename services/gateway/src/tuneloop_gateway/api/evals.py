@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from tuneloop.contracts import EvalRun, Page
 from tuneloop.errors import InvalidRequest, Unprocessable, UnsupportedMediaType
 
 from ..auth import require_admin
@@ -66,23 +67,29 @@ async def _spec_from_request(request: Request) -> tuple[EvalCreate, dict | None]
         raise InvalidRequest(f"'config' is not valid JSON: {exc.msg}", param="config") from exc
 
 
-@router.post("", summary="Start an eval run (202), or wait for the report")
+@router.post("", summary="Start an eval run (202), or wait for the report", status_code=202,
+             response_model=EvalRun,
+             response_model_exclude_unset=True)
 async def create_eval(request: Request) -> JSONResponse:
     spec, source = await _spec_from_request(request)
     service = request.app.state.evals
     run_id = await service.create(spec, source=source)
     if spec.wait:
-        return JSONResponse(await service.wait(run_id), status_code=200)
-    return JSONResponse(await service.get(run_id), status_code=202)
+        return JSONResponse(EvalRun.model_validate(await service.wait(run_id)).to_dict(),
+                            status_code=200)
+    return JSONResponse(EvalRun.model_validate(await service.get(run_id)).to_dict(),
+                        status_code=202)
 
 
-@router.get("", summary="List eval runs (newest first)")
+@router.get("", summary="List eval runs (newest first)", response_model=Page[EvalRun],
+            response_model_exclude_unset=True)
 async def list_evals(request: Request, limit: int = Query(20, ge=1, le=100),
                      offset: int = Query(0, ge=0)) -> dict:
     return await request.app.state.evals.list(limit, offset)
 
 
-@router.get("/{eval_id}", summary="An eval run and its report")
+@router.get("/{eval_id}", summary="An eval run and its report", response_model=EvalRun,
+            response_model_exclude_unset=True)
 async def get_eval(eval_id: str, request: Request) -> dict:
     return await request.app.state.evals.get(eval_id)
 

@@ -13,20 +13,27 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from tuneloop.contracts import Alias, Deployment, Page
+
 from ..auth import require_admin
 from ..proxy import forward
 
 router = APIRouter(tags=["passthrough"], dependencies=[Depends(require_admin)])
 
 
-@router.get("/v1/aliases", summary="Aliases with their state per inference replica")
-async def aliases(request: Request) -> dict:
-    return {"object": "list", "data": await request.app.state.inference.aliases()}
+@router.get("/v1/aliases", summary="Aliases with their state per inference replica",
+            response_model=Page[Alias],
+            response_model_exclude_unset=True)
+async def aliases(request: Request) -> Page[Alias]:
+    return Page[Alias](object="list", data=await request.app.state.inference.aliases(), has_more=False)
 
 
-@router.get("/v1/deployments", summary="Deployments (engines) with their state per replica")
-async def deployments(request: Request) -> dict:
-    return {"object": "list", "data": await request.app.state.inference.deployments()}
+@router.get("/v1/deployments", summary="Deployments (engines) with their state per replica",
+            response_model=Page[Deployment],
+            response_model_exclude_unset=True)
+async def deployments(request: Request) -> Page[Deployment]:
+    return Page[Deployment](object="list", data=await request.app.state.inference.deployments(),
+                            has_more=False)
 
 
 @router.api_route("/v1/synthetic/{rest:path}", methods=["GET", "POST"])

@@ -8,6 +8,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from tuneloop.contracts import Page, Promotion
 from tuneloop.errors import Conflict
 from tuneloop.ids import require_id
 
@@ -18,12 +19,14 @@ router = APIRouter(prefix="/v1/promotions", tags=["promotions"], dependencies=[D
 callbacks = APIRouter(tags=["internal"])
 
 
-@router.get("", summary="Promotion decisions, newest first")
+@router.get("", summary="Promotion decisions, newest first", response_model=Page[Promotion],
+            response_model_exclude_unset=True)
 async def list_promotions(request: Request, model_id: str | None = None, job_id: str | None = None,
                           limit: int = Query(50, ge=1, le=200)) -> dict:
+    """``has_more`` is known: one decision more than the page is read."""
     data = await run_in_threadpool(request.app.state.promotions.list, model_id=model_id,
-                                   job_id=job_id, limit=limit)
-    return {"object": "list", "data": data, "has_more": len(data) == limit}
+                                   job_id=job_id, limit=limit + 1)
+    return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
 
 
 @router.get("/gate", summary="The gate's thresholds")
@@ -33,7 +36,9 @@ async def gate_config(request: Request) -> dict:
             **request.app.state.promotions.gate.__dict__}
 
 
-@router.post("/gate", summary="Gate a succeeded job, or a stored model version, now (waits)")
+@router.post("/gate", summary="Gate a succeeded job, or a stored model version, now (waits)",
+             response_model=Promotion,
+             response_model_exclude_unset=True)
 async def gate(body: GateRequest, request: Request) -> dict:
     """Runs the gate and answers with the decision. A job whose gate was ``inconclusive`` (or
     failed) is gated again; one already promoted or rejected answers its decision."""
@@ -50,17 +55,22 @@ async def gate(body: GateRequest, request: Request) -> dict:
     return decision
 
 
-@router.post("", status_code=201, summary="Manual promotion of a served model or model version")
+@router.post("", status_code=201, summary="Manual promotion of a served model or model version",
+             response_model=Promotion,
+             response_model_exclude_unset=True)
 async def promote(body: PromoteRequest, request: Request) -> dict:
     return await request.app.state.promotions.promote(body)
 
 
-@router.post("/rollback", status_code=201, summary="Roll the alias back to its previous model")
+@router.post("/rollback", status_code=201, summary="Roll the alias back to its previous model",
+             response_model=Promotion,
+             response_model_exclude_unset=True)
 async def rollback(body: RollbackRequest, request: Request) -> dict:
     return await request.app.state.promotions.rollback(body)
 
 
-@router.get("/{promotion_id}", summary="One decision with its evidence")
+@router.get("/{promotion_id}", summary="One decision with its evidence", response_model=Promotion,
+            response_model_exclude_unset=True)
 async def get_promotion(promotion_id: str, request: Request) -> dict:
     return await run_in_threadpool(request.app.state.promotions.get, promotion_id)
 

@@ -22,13 +22,15 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from tuneloop.clients.base import ServiceError
+from tuneloop.clients.dataset import DatasetClient
+from tuneloop.clients.inference import InferenceClient
+from tuneloop import layout
 from tuneloop.db import Database
 from tuneloop.errors import InvalidRequest, NotFound, Unprocessable
 from tuneloop.ids import is_valid_id, new_id
 from tuneloop.storage import ArtifactStore
 
 from ..db import EvalRun
-from ..peers import DatasetPeer, InferencePeer
 from ..schemas import EvalCreate
 from ..settings import GatewaySettings
 from .kshot import choose_shots
@@ -61,7 +63,7 @@ def run_view(row: EvalRun, *, full: bool = True, progress: dict | None = None) -
 
 class EvalService:
     def __init__(self, settings: GatewaySettings, db: Database, store: ArtifactStore,
-                 dataset: DatasetPeer, metrics: Any, inference: InferencePeer | None = None) -> None:
+                 dataset: DatasetClient, metrics: Any, inference: InferenceClient | None = None) -> None:
         self.settings = settings
         self.db = db
         self.store = store
@@ -107,11 +109,11 @@ class EvalService:
         if not is_valid_id(dataset_id, "ds"):
             raise NotFound(f"dataset '{dataset_id[:80]}' not found", code="dataset_not_found",
                            param="dataset_id")
-        key = f"datasets/{dataset_id}/eval.parquet"
+        key = layout.dataset_parquet(dataset_id, "eval")
         if await run_in_threadpool(self.store.exists, key):
             return await run_in_threadpool(self._read_parquet, key, limit)
         try:
-            rows = await self.dataset.eval_rows(dataset_id, limit)
+            rows = await self.dataset.all_rows(dataset_id, "eval", page=100, limit=limit)
         except ServiceError as exc:
             if exc.status == 404:
                 raise NotFound(f"dataset '{dataset_id}' not found", code="dataset_not_found",
@@ -121,10 +123,10 @@ class EvalService:
 
     async def _train_rows(self, dataset_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """The first rows of a dataset version's train split (the k-shot baseline's examples)."""
-        key = f"datasets/{dataset_id}/train.parquet"
+        key = layout.dataset_parquet(dataset_id, "train")
         if await run_in_threadpool(self.store.exists, key):
             return await run_in_threadpool(self._read_parquet, key, limit)
-        return await self.dataset.train_rows(dataset_id, limit)
+        return await self.dataset.all_rows(dataset_id, "train", page=100, limit=limit)
 
     async def _kshot_target(self, spec: EvalCreate, targets: list[Target], examples: list[Example],
                             baseline: str, max_tokens: int) -> tuple[Target | None, dict[str, Any]]:
@@ -304,16 +306,16 @@ class EvalService:
             return {}
         try:
             deployments = await self.inference.deployments()
-            aliases = {a.get("id"): a.get("model") for a in await self.inference.aliases()}
-        except Exception as exc:  # noqa: BLE001 - reuse is an optimisation, never a failure
+            aliases = {a.id: a.model for a in await self.inference.aliases()}
+        except Exception as exc:  # reuse is an optimisation, never a failure
             log.info("eval reuse off for this run: %s", exc)
             return {}
         out = {}
         for t in ours:
             served = aliases.get(t.model, t.model)
-            dep = next((d for d in deployments if d.get("model") == served), None)
-            if dep and (dep.get("model_id") or dep.get("path")):
-                out[t.name] = f"{served}@{dep.get('model_id') or dep.get('path')}"
+            dep = next((d for d in deployments if d.model == served), None)
+            if dep and (dep.model_id or dep.path):
+                out[t.name] = f"{served}@{dep.model_id or dep.path}"
                 if t.shots is not None:  # same weights, other prompts: other answers
                     out[t.name] += f"#shots:{shots_fingerprint(t.shots)}"
         return out

@@ -6,9 +6,10 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 
-import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
+
+from tuneloop.contracts import Deleted, Job, JobEvent, Page
 
 from ..schemas import JobCreate
 from ..service import TERMINAL, TrainerService
@@ -22,7 +23,8 @@ def _svc(request: Request) -> TrainerService:
 
 
 @router.post("", status_code=201, summary="Validate and queue a training job (or, with "
-             "dry_run, estimate it: 200, nothing queued)")
+             "dry_run, estimate it: 200, nothing queued)", response_model=Job,
+             response_model_exclude_unset=True)
 async def create_job(body: JobCreate, request: Request) -> JSONResponse:
     backend = body.backend or request.app.state.settings.backend
     if body.dry_run:
@@ -35,57 +37,63 @@ async def create_job(body: JobCreate, request: Request) -> JSONResponse:
         hyperparameters=body.hyperparameters, export=body.export, callback_url=body.callback_url,
         suffix=body.suffix, gate_alias=body.gate_alias)
     request.app.state.supervisor.wake.set()
-    return JSONResponse(job, status_code=201)
+    return JSONResponse(Job.model_validate(job).to_dict(), status_code=201)
 
 
-@router.get("", summary="List jobs, newest first")
+@router.get("", summary="List jobs, newest first (cursor: ?after=<last job id>)",
+            response_model=Page[Job],
+            response_model_exclude_unset=True)
 async def list_jobs(request: Request, status: str | None = Query(None, pattern=STATUSES),
                     limit: int = Query(20, ge=1, le=500), after: str | None = None) -> dict:
-    return await anyio.to_thread.run_sync(
-        lambda: _svc(request).list_jobs(status=status, limit=limit, after=after))
+    return await asyncio.to_thread(_svc(request).list_jobs, status=status, limit=limit, after=after)
 
 
-@router.get("/{job_id}", summary="One job with its progress")
+@router.get("/{job_id}", summary="One job with its progress", response_model=Job,
+            response_model_exclude_unset=True)
 async def get_job(job_id: str, request: Request) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).get_job, job_id)
+    return await asyncio.to_thread(_svc(request).get_job, job_id)
 
 
-@router.post("/{job_id}/cancel", summary="Cancel a queued or running job")
+@router.post("/{job_id}/cancel", summary="Cancel a queued or running job", response_model=Job,
+             response_model_exclude_unset=True)
 async def cancel_job(job_id: str, request: Request) -> dict:
-    job, kill = await anyio.to_thread.run_sync(_svc(request).request_cancel, job_id)
+    job, kill = await asyncio.to_thread(_svc(request).request_cancel, job_id)
     request.app.state.supervisor.wake.set()
     if not kill:
-        row = await anyio.to_thread.run_sync(_svc(request).job_row, job_id)
+        row = await asyncio.to_thread(_svc(request).job_row, job_id)
         try:
             await _svc(request).datasets.unlease(row.dataset_id, job_id)
-        except Exception:  # noqa: BLE001 - a stale lease is harmless
+        except Exception:  # a stale lease is harmless
             pass
     return job
 
 
-@router.delete("/{job_id}", summary="Delete a finished job (its model version stays)")
+@router.delete("/{job_id}", summary="Delete a finished job (its model version stays)",
+               response_model=Deleted,
+               response_model_exclude_unset=True)
 async def delete_job(job_id: str, request: Request) -> dict:
     svc = _svc(request)
-    row = await anyio.to_thread.run_sync(svc.job_row, job_id)
-    out = await anyio.to_thread.run_sync(svc.delete_job, job_id)
+    row = await asyncio.to_thread(svc.job_row, job_id)
+    out = await asyncio.to_thread(svc.delete_job, job_id)
     try:  # normally released when the job ended; make sure no stale holder remains
         await svc.datasets.unlease(row.dataset_id, job_id)
-    except Exception:  # noqa: BLE001 - the dataset may be gone or the lease already released
+    except Exception:  # the dataset may be gone or the lease already released
         pass
     return out
 
 
-@router.get("/{job_id}/events", summary="Events after a sequence number (oldest first)")
+@router.get("/{job_id}/events", summary="Events after a sequence number (oldest first)",
+            response_model=Page[JobEvent],
+            response_model_exclude_unset=True)
 async def job_events(job_id: str, request: Request, after: int = Query(0, ge=0),
                      limit: int = Query(100, ge=1, le=1000)) -> dict:
-    return await anyio.to_thread.run_sync(
-        lambda: _svc(request).events(job_id, after=after, limit=limit))
+    return await asyncio.to_thread(_svc(request).events, job_id, after=after, limit=limit)
 
 
 @router.get("/{job_id}/events/stream", summary="Live events (Server-Sent Events)")
 async def job_events_stream(job_id: str, request: Request, after: int = Query(0, ge=0)) -> StreamingResponse:
     svc = _svc(request)
-    await anyio.to_thread.run_sync(svc.get_job, job_id)  # 404 before the stream starts
+    await asyncio.to_thread(svc.get_job, job_id)  # 404 before the stream starts
     last = request.headers.get("last-event-id", "")
     start = int(last) if last.isdigit() else after
     return StreamingResponse(_sse(request, svc, job_id, start), media_type="text/event-stream",
@@ -97,16 +105,16 @@ async def _sse(request: Request, svc: TrainerService, job_id: str, after: int) -
     idle = 0.0
     interval = request.app.state.settings.poll_interval_s
     while True:
-        page = await anyio.to_thread.run_sync(lambda: svc.events(job_id, after=after, limit=500))
+        page = await asyncio.to_thread(svc.events, job_id, after=after, limit=500)
         for ev in page["data"]:
             after = ev["seq"]
             yield f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n".encode()
             idle = 0.0
         if page["has_more"]:
             continue
-        job = await anyio.to_thread.run_sync(svc.get_job, job_id)
+        job = await asyncio.to_thread(svc.get_job, job_id)
         if job["status"] in TERMINAL:
-            final = await anyio.to_thread.run_sync(lambda: svc.events(job_id, after=after, limit=500))
+            final = await asyncio.to_thread(svc.events, job_id, after=after, limit=500)
             if not final["data"]:
                 yield b"event: end\ndata: {\"status\": \"" + job["status"].encode() + b"\"}\n\n"
                 return

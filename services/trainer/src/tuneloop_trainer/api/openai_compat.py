@@ -18,6 +18,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
 
+from tuneloop import layout
 from tuneloop.errors import InvalidRequest, PayloadTooLarge, TuneloopError
 from tuneloop.ids import new_id
 
@@ -47,7 +48,7 @@ async def create_file(request: Request) -> JSONResponse:
         raise InvalidRequest(f"purpose must be 'fine-tune' (got {purpose!r})",
                              code="unsupported_purpose", param="purpose")
     file_id = new_id("file")
-    key = f"files/{file_id}.jsonl"
+    key = layout.upload_file(file_id)
     filename = Path(upload.filename or "train.jsonl").name
     with tempfile.NamedTemporaryFile(prefix="tuneloop-upload-", suffix=".jsonl") as tmp:
         size = 0

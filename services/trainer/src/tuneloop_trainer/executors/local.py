@@ -9,6 +9,7 @@ if the service dies (``--parent-pid``). A crash, an OOM kill or a signal fails o
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -16,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from tuneloop import layout
 
 from ..launch import job_command, pick_gpus
 from .base import Executor, Exit
@@ -28,7 +31,7 @@ _SIGNAL_HINT = {signal.SIGKILL: "killed (SIGKILL: out of memory or killed by an 
 class LocalExecutor(Executor):
     name = "local"
 
-    def __init__(self, settings, store) -> None:  # noqa: ANN001
+    def __init__(self, settings, store) -> None:
         self.settings = settings
         self.store = store
         self.procs: dict[str, subprocess.Popen] = {}
@@ -36,7 +39,7 @@ class LocalExecutor(Executor):
         self.gpu_of: dict[str, list[str]] = {}  # job -> the GPUs it holds (no GPU is shared)
 
     def log_path(self, job_id: str) -> Path:
-        return self.store.local_path(f"jobs/{job_id}/process.log")
+        return self.store.local_path(layout.job_log(job_id))
 
     def free_gpus(self) -> int | None:
         """GPUs of the pool not held by a running job (None: no pool, jobs see every GPU)."""
@@ -61,9 +64,7 @@ class LocalExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = handle["gpu"] = ",".join(mine)
         cmd = job_command(self.settings.job_python or sys.executable, job_id, self.store.url,
                           gpus=gpus, parent_pid=os.getpid())
-        with open(log, "ab") as fh:
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
-                                    start_new_session=True, cwd=str(Path.cwd()))
+        proc = await asyncio.to_thread(_spawn, cmd, log, env)
         self.procs[job_id] = proc
         return {"pid": proc.pid, "started": time.time(), **handle}
 
@@ -121,7 +122,7 @@ class LocalExecutor(Executor):
             for _ in range(50):
                 if not _alive(pid):
                     break
-                time.sleep(0.1)
+                await asyncio.sleep(0.1)
         return False
 
     async def close(self) -> None:
@@ -157,3 +158,11 @@ def _is_our_job(pid: int, job_id: str) -> bool:
     except OSError:
         return False
     return b"tuneloop_trainer.run_job" in cmd and job_id.encode() in cmd
+
+
+def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
+    """Start the job process in its own session, its output appended to ``log`` (a thread's
+    work: fork and exec block)."""
+    with open(log, "ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, cwd=str(Path.cwd()))
