@@ -6,7 +6,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tuneloop-installed
 PROJECTS := shared services/dataset services/trainer services/inference services/gateway
 
-.PHONY: venv test test-fast demo up down status bench clean
+.PHONY: venv test test-fast lint demo up down status bench clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+# ruff with the committed config (ruff.toml): the same gate .ci/run applies after the tests
+lint: $(STAMP)
+	$(VENV)/bin/ruff check shared services tests bench
 
 demo: $(STAMP)
 	$(PY) -m tuneloop.demo $(DEMO_ARGS)

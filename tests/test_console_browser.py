@@ -210,7 +210,7 @@ def test_promote_then_evaluate_side_by_side(page, console_stack, flow):
     pg.wait_for_selector("#notice:has-text('Promoted')", timeout=300_000)
     assert _alias(console_stack)["model"] == mv
     assert "production" in pg.locator("#lineage-alias").inner_text()
-    assert pg.locator(f"[data-rollback=production]").count() == 1
+    assert pg.locator("[data-rollback=production]").count() == 1
     shot(pg, "model-lineage")
 
     pg.click("nav >> text=Evaluations")

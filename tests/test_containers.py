@@ -140,7 +140,7 @@ def _compose(podman: dict, env_file: Path, *args: str, check: bool = True,
     return _run(cmd, podman["env"], timeout=timeout, check=check)
 
 
-def _wait(predicate, timeout: float, what: str, interval: float = 2.0):  # noqa: ANN001, ANN202
+def _wait(predicate, timeout: float, what: str, interval: float = 2.0):
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:

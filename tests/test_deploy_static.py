@@ -276,7 +276,9 @@ def test_k8s_cross_references(rendered, target: str) -> None:
 def test_overlays_pick_the_flavour(rendered) -> None:
     dev = _by_kind(rendered["overlays/dev"])
     gpu = _by_kind(rendered["overlays/gpu-cluster"])
-    image = lambda kinds, name: kinds["Deployment"][name]["spec"]["template"]["spec"]["containers"][0]["image"]  # noqa: E731
+    def image(kinds: dict, name: str) -> str:
+        return kinds["Deployment"][name]["spec"]["template"]["spec"]["containers"][0]["image"]
+
     assert image(dev, "trainer") == "tuneloop/trainer-cpu:0.1.0"
     assert image(dev, "inference") == "tuneloop/inference-cpu:0.1.0"
     assert image(gpu, "trainer") == "tuneloop/trainer-gpu:0.1.0"

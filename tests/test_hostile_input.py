@@ -81,7 +81,7 @@ def _check(results: list[str], what: str, status: int, data: bytes, expect: set[
     try:
         err = json.loads(data)["error"]
         assert isinstance(err["message"], str) and isinstance(err["code"], str)
-    except Exception:  # noqa: BLE001 - collected, reported together
+    except Exception:  # collected, reported together
         results.append(f"{what}: {status}, not the error envelope: {data[:200]!r}")
 
 

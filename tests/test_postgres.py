@@ -8,7 +8,6 @@ import importlib
 import threading
 from pathlib import Path
 
-import pytest
 from sqlalchemy import inspect
 
 from tuneloop.db import Database
@@ -16,17 +15,17 @@ from tuneloop.db import Database
 SERVICES = ("dataset", "trainer", "inference", "gateway")
 
 
-def _service(name: str):  # noqa: ANN202
+def _service(name: str):
     app = importlib.import_module(f"tuneloop_{name}.app")
     db = importlib.import_module(f"tuneloop_{name}.db")
     return Path(app.MIGRATIONS), db.Base.metadata, f"alembic_version_{name}"
 
 
-def _schema_drift(db: Database, metadata) -> list:  # noqa: ANN001
+def _schema_drift(db: Database, metadata) -> list:
     from alembic.autogenerate import compare_metadata
     from alembic.migration import MigrationContext
 
-    def own(name, type_, _parent) -> bool:  # noqa: ANN001 (only this service's tables)
+    def own(name, type_, _parent) -> bool:  # (only this service's tables)
         return type_ != "table" or name in metadata.tables
 
     with db.engine.connect() as conn:
@@ -75,7 +74,7 @@ def test_replicas_migrating_at_once_do_not_collide(postgres_url: str) -> None:
         try:
             barrier.wait()
             db.migrate(migrations, version_table)
-        except BaseException as exc:  # noqa: BLE001
+        except BaseException as exc:
             errors.append(exc)
         finally:
             db.dispose()

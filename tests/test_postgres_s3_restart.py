@@ -22,7 +22,7 @@ def _start(module: str, env: dict[str, str], log: Path) -> ServiceProcess:
 
 
 def test_crash_and_restart_lose_nothing_on_postgres_and_s3(
-        postgres_url: str, s3_server, s3_artifact_url: str, ticket_rows, tmp_path: Path) -> None:  # noqa: ANN001
+        postgres_url: str, s3_server, s3_artifact_url: str, ticket_rows, tmp_path: Path) -> None:
     s3_env = {k.replace("TUNELOOP_", "DATASET_"): v
               for k, v in s3_server.env_for(s3_artifact_url).items()}
     envs = {

@@ -37,7 +37,7 @@ def peer():
 
         do_GET = do_POST = do_PUT = _answer
 
-        def log_message(self, *a) -> None:  # noqa: ANN002
+        def log_message(self, *a) -> None:
             pass
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Peer)

@@ -83,7 +83,7 @@ def test_failed_dir_publish_leaves_nothing(store: ArtifactStore, tmp_path: Path)
     assert store.list("models") == []
 
 
-def test_incomplete_folder_is_invisible_then_replaced(s3_artifact_url: str, s3_storage_options,  # noqa: ANN001
+def test_incomplete_folder_is_invisible_then_replaced(s3_artifact_url: str, s3_storage_options,
                                                       tmp_path: Path) -> None:
     """S3 has no rename: what a crash mid-publish leaves (objects, no marker) is not an
     artifact for readers, and publishing the key again replaces it."""
@@ -117,7 +117,7 @@ def test_large_file_streams_in_chunks(store: ArtifactStore, tmp_path: Path) -> N
     assert h2.hexdigest() == h.hexdigest()
 
 
-def test_settings_build_an_s3_store(s3_server, s3_artifact_url: str, monkeypatch) -> None:  # noqa: ANN001
+def test_settings_build_an_s3_store(s3_server, s3_artifact_url: str, monkeypatch) -> None:
     """The S3 settings (env, TUNELOOP_ fallback) reach the store: a service opens the bucket."""
     from tuneloop.settings import ServiceSettings
 

@@ -79,7 +79,9 @@ def test_split_is_deterministic_and_options(client, jsonl, upload):
     b = upload(jsonl(list(reversed(rows))), eval_fraction=0.25).json()
     eval_b = client.get(f"/v1/datasets/{b['id']}/rows", params={"split": "eval", "limit": 100}).json()
     assert a["id"] != b["id"]
-    key = lambda page: sorted(json.dumps(r["messages"]) for r in page["data"])  # noqa: E731
+    def key(page: dict) -> list[str]:
+        return sorted(json.dumps(r["messages"]) for r in page["data"])
+
     assert key(eval_a) == key(eval_b)
     c = upload(jsonl(rows), eval_size=10).json()
     assert c["counts"]["eval"] == 10 and c["counts"]["train"] == 110

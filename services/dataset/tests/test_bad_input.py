@@ -280,7 +280,8 @@ def test_hub_enabled_still_checks_ids_and_token(client, settings, seeded, snapsh
 
 
 def test_broken_multipart_body(seeded, snapshot, client):
-    r = client.post("/v1/datasets", content=b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n",
+    r = client.post("/v1/datasets",
+                    content=b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n",
                     headers={"content-type": "multipart/form-data; boundary=xyz"})
     assert 400 <= r.status_code < 500 and set(r.json()) == {"error"}, r.text
     assert snapshot() == seeded

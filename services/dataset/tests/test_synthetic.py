@@ -193,7 +193,7 @@ def test_busy_teacher_is_retried_with_backoff_honouring_retry_after(service, tea
     seen: list[int] = []
 
     class Limiter(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("content-length", 0)))
             if refusals:
                 status, headers = refusals.pop(0)
@@ -210,7 +210,7 @@ def test_busy_teacher_is_retried_with_backoff_honouring_retry_after(service, tea
             self.end_headers()
             self.wfile.write(data)
 
-        def log_message(self, *a) -> None:  # noqa: ANN002
+        def log_message(self, *a) -> None:
             pass
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Limiter)

@@ -23,21 +23,25 @@ def test_shipped_suite_is_the_generators_output_and_large_enough():
     assert len({it["prompt"] for it in shipped}) == len(shipped)
 
 
+def _right_answer(c: dict) -> str:
+    """An answer that a check of this kind must accept."""
+    return {
+        "contains": lambda: f"It is {c['answers'][0]}.",
+        "exclusive": lambda: c["answer"],
+        "case_sensitive": lambda: c["text"],
+        "repeat": lambda: " ".join([c["word"]] * c["times"]),
+        "exact_word": lambda: c["word"].capitalize() + ".",
+        "starts_with": lambda: f"{c['word'].capitalize()} is here.",
+        "json_key": lambda: json.dumps({c["key"]: c["value"]}),
+        "number_sequence": lambda: ", ".join(map(str, c["numbers"])),
+        "bracketed": lambda: f"[{c['word']}]",
+        "first_number": lambda: str(c["number"]),
+    }[c["type"]]()
+
+
 def test_every_item_accepts_a_right_answer_and_refuses_a_wrong_one():
     for it in load_suite():
-        c = it["check"]
-        right = {
-            "contains": lambda: f"It is {c['answers'][0]}.",
-            "exclusive": lambda: c["answer"],
-            "case_sensitive": lambda: c["text"],
-            "repeat": lambda: " ".join([c["word"]] * c["times"]),
-            "exact_word": lambda: c["word"].capitalize() + ".",
-            "starts_with": lambda: f"{c['word'].capitalize()} is here.",
-            "json_key": lambda: json.dumps({c["key"]: c["value"]}),
-            "number_sequence": lambda: ", ".join(map(str, c["numbers"])),
-            "bracketed": lambda: f"[{c['word']}]",
-            "first_number": lambda: str(c["number"]),
-        }[c["type"]]()
+        right = _right_answer(it["check"])
         assert check_general(right, it) == 1.0, (it, right)
         assert check_general("I am not sure.", it) == 0.0, it
     both = next(it for it in load_suite() if it["check"]["type"] == "exclusive")

@@ -93,7 +93,7 @@ def test_over_capacity_upstream_is_a_429_with_retry_after(tmp_path):
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     class Full(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("content-length", 0)))
             body = json.dumps({"error": {"message": "engine at capacity", "type":
                                          "rate_limit_error", "param": None,
@@ -105,7 +105,7 @@ def test_over_capacity_upstream_is_a_429_with_retry_after(tmp_path):
             self.end_headers()
             self.wfile.write(body)
 
-        def log_message(self, *a) -> None:  # noqa: ANN002
+        def log_message(self, *a) -> None:
             pass
 
     srv = ThreadingHTTPServer(("127.0.0.1", 0), Full)

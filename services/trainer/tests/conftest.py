@@ -12,8 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tuneloop.testing import ServiceProcess  # noqa: E402
-from trainer_testlib import FakeKube, Receiver, Stack  # noqa: E402
+from tuneloop.testing import ServiceProcess
+from trainer_testlib import FakeKube, Receiver, Stack
 
 
 @pytest.fixture(scope="module")

@@ -130,7 +130,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *a: Any) -> None:
         pass
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/healthz":
             return self._send(200, {"ok": True})
         if self.path == "/_fake/jobs":
@@ -150,7 +150,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(404, status_obj(404, "NotFound", f'jobs.batch "{name}" not found'))
         return self._send(200, job)
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         if self.path == "/_fake/token":  # the kubelet rotated the service-account token
             Handler.token = (self._body() or {})["token"]
             return self._send(200, {"ok": True})
@@ -187,7 +187,7 @@ class Handler(BaseHTTPRequestHandler):
             STORE[(ns, name)] = body
         return self._send(201, body)
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         m = JOBS_PATH.match(self.path.split("?")[0])
         if not m or not m.group(2):
             return self._send(404, status_obj(404, "NotFound", "not found"))

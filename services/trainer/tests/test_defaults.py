@@ -33,7 +33,9 @@ def test_parameter_counts_from_config():
 
 def test_memory_model_matches_h200_measurements():
     hp = Hyperparameters()
-    gib = lambda four, ckpt: estimate_bytes(LLAMA_1B, hp, H200, four, ckpt, 4096)["peak_allocated"] / GIB
+    def gib(four: bool, ckpt: bool) -> float:
+        return estimate_bytes(LLAMA_1B, hp, H200, four, ckpt, 4096)["peak_allocated"] / GIB
+
     assert 2.6 * 0.75 < gib(False, True) < 2.6 * 1.35      # measured 2.60 GiB
     assert 7.04 * 0.75 < gib(False, False) < 7.04 * 1.25   # measured 7.04 GiB
     assert gib(True, True) < gib(False, True)

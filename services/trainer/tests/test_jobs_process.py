@@ -143,7 +143,7 @@ def test_job_end_to_end(stack: Stack, tiny_base_dir: Path, small_dataset: str, r
 
 
 def test_openai_sdk_fine_tuning(stack: Stack, tiny_base_dir: Path, ticket_rows, tmp_path: Path):
-    from openai import OpenAI
+    from openai import ConflictError, OpenAI
 
     t = stack.trainer("openai")
     client = OpenAI(base_url=f"{t.url}/v1", api_key="unused", max_retries=0)
@@ -185,7 +185,7 @@ def test_openai_sdk_fine_tuning(stack: Stack, tiny_base_dir: Path, ticket_rows, 
     assert gguf["passed"] is False and "GGUF converter not available" in gguf["detail"]
     assert mv["artifacts"]["gguf"] == [{"quant": "q8_0", "error": gguf["detail"]}]
     assert not (stack.artifacts / "models" / j.fine_tuned_model / "gguf").exists()  # never faked
-    with pytest.raises(Exception):
+    with pytest.raises(ConflictError):
         client.fine_tuning.jobs.cancel(job.id)  # 409: already finished
 
 

@@ -90,8 +90,9 @@ def test_rotated_service_account_token_is_picked_up(tmp_path: Path, fake_kube: F
         h = await ex.start("job-00000000000000b1")
         assert h["uid"]
         fake_kube.token_file.write_text("rotated-token-456")  # the kubelet writes the new one
-        httpx.post(fake_kube.url + "/_fake/token", json={"token": "rotated-token-456"},
-                   timeout=5).raise_for_status()  # and the old one stops working
+        async with httpx.AsyncClient(timeout=5) as http:  # and the old one stops working
+            (await http.post(fake_kube.url + "/_fake/token",
+                             json={"token": "rotated-token-456"})).raise_for_status()
         assert await ex.poll("job-00000000000000b1", h) is None  # still running, not locked out
         h2 = await ex.start("job-00000000000000b2")
         assert h2["uid"]
@@ -212,5 +213,5 @@ def test_node_selector_and_tolerations_are_configurable(tmp_path: Path, fake_kub
     assert default["spec"]["template"]["spec"]["tolerations"][0]["key"] == "nvidia.com/gpu"
     bad = build_job_manifest(_settings(tmp_path, fake_kube, k8s_gpus=1), "job-0123456789abcdef")
     bad["spec"]["template"]["spec"]["tolerations"] = [{"key": "x", "operatr": "Exists"}]
-    with pytest.raises(Exception):  # a typo in a toleration is caught by the real schema
+    with pytest.raises(kubernetes_validate.ValidationError):  # a typo caught by the real schema
         kubernetes_validate.validate(bad, "1.33", strict=True)

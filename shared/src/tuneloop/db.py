@@ -64,7 +64,7 @@ class Database:
             conn.exec_driver_sql("SELECT 1")
         return True
 
-    def alembic_config(self, migrations_dir: Path, version_table: str):  # noqa: ANN201
+    def alembic_config(self, migrations_dir: Path, version_table: str):
         """The Alembic config of one service's migrations on this database."""
         from alembic.config import Config
 
@@ -102,7 +102,7 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -127,7 +127,7 @@ def run_alembic_env(target_metadata: MetaData) -> None:
         _run_migrations(context, connection, target_metadata, version_table)
 
 
-def _run_migrations(context, connection, target_metadata: MetaData,  # noqa: ANN001
+def _run_migrations(context, connection, target_metadata: MetaData,
                     version_table: str) -> None:
     context.configure(
         connection=connection,

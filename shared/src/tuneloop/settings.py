@@ -113,7 +113,7 @@ class ServiceSettings(BaseSettings):
             opts["client_kwargs"] = {"region_name": self.s3_region}
         return opts
 
-    def open_artifact_store(self):  # noqa: ANN201
+    def open_artifact_store(self):
         """The shared artifact store this configuration names (local folder or any fsspec URL)."""
         from .storage import ArtifactStore
 
@@ -125,7 +125,7 @@ class ServiceSettings(BaseSettings):
         return f"sqlite:///{(self.data_dir / f'{self.service_name}.db').resolve()}"
 
 
-def open_service_state(settings: ServiceSettings, migrations_dir: Path):  # noqa: ANN201
+def open_service_state(settings: ServiceSettings, migrations_dir: Path):
     """What every service's lifespan opens first: its database, migrated to head with its own
     Alembic version table (``alembic_version_<service>``), and the shared artifact store."""
     from .db import Database

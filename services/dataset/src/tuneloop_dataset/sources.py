@@ -74,7 +74,7 @@ def hub_to_jsonl(settings: DatasetSettings, src: Source, path: Path) -> None:
     except FileNotFoundError as exc:
         raise NotFound(f"Hub dataset {src.hf_dataset!r} not found: {str(exc)[:300]}",
                        code="source_not_found", param="source.hf_dataset") from exc
-    except Exception as exc:  # noqa: BLE001 - network/hub failures are upstream errors
+    except Exception as exc:  # network/hub failures are upstream errors
         raise UpstreamError(f"cannot load Hub dataset {src.hf_dataset!r}: {str(exc)[:300]}",
                             code="hub_error", param="source.hf_dataset") from exc
 
@@ -90,7 +90,7 @@ def push_to_hub(settings: DatasetSettings, hf_dir: Path, repo_id: str, private: 
 
         datasets.load_from_disk(str(hf_dir)).push_to_hub(repo_id, private=private,
                                                          token=settings.hub_token)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # network/hub failures are upstream errors
         raise UpstreamError(f"push_to_hub failed: {str(exc)[:300]}", code="hub_push_failed",
                             param="repo_id") from exc
     return f"https://huggingface.co/datasets/{repo_id}"

@@ -124,7 +124,7 @@ class SynthService:
         for task in list(self._tasks.values()):
             try:
                 await task
-            except BaseException:  # noqa: BLE001 - finishing every task is all that matters
+            except BaseException:  # finishing every task is all that matters
                 pass
 
     # -- API ---------------------------------------------------------------------------
@@ -272,7 +272,7 @@ class SynthService:
                 "code": "interrupted", "message": "the dataset service stopped during the job; "
                 "rows generated before are kept in the draft"})
             raise
-        except Exception as exc:  # noqa: BLE001 - a job failure is recorded, never lost
+        except Exception as exc:  # a job failure is recorded, never lost
             log.exception("synthetic job failed", extra={"job_id": job_id})
             await anyio.to_thread.run_sync(self._finish, job_id, "failed",
                                            {"code": "internal_error", "message": str(exc)[:500]})

@@ -412,7 +412,8 @@ def evals_show(eval_id: str) -> None:
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option(help="Label.")] = "cli",
-    scope: Annotated[list[str], typer.Option("--scope", help="inference | admin (repeatable).")] = ["inference"],  # noqa: B006
+    scope: Annotated[list[str], typer.Option("--scope", help="inference | admin (repeatable).")]
+    = ["inference"],  # noqa: B006 - typer reads this default and never mutates it
     rate_limit_rpm: Annotated[Optional[int], typer.Option(help="Requests per minute.")] = None,
 ) -> None:
     """Create an API key; it is printed once."""

@@ -29,7 +29,7 @@ def four_services(var: Path, base_model: Path, *, admin_key: str, inference_admi
     logs = var / "logs"
     started: dict[str, ServiceProcess] = {}
 
-    def start(name: str, env_: dict[str, str], **kw) -> ServiceProcess:  # noqa: ANN003
+    def start(name: str, env_: dict[str, str], **kw) -> ServiceProcess:
         proc = ServiceProcess(f"tuneloop_{name}", env={**common, **env_, **extra.get(name, {})},
                               log_path=logs / f"{name}.log", **kw)
         started[name] = proc.start()

@@ -155,7 +155,8 @@ def generate() -> list[dict[str, Any]]:
         items.append(_item(kind, q, {"type": "contains", "answers": list(ans)}, suffix=True))
     for country, city in CAPITALS:
         items.append(_item("knowledge", f"What is the capital city of {country}?",
-                           {"type": "contains", "answers": _alts(city)}, subject=country.removeprefix("the "), suffix=True))
+                           {"type": "contains", "answers": _alts(city)},
+                           subject=country.removeprefix("the "), suffix=True))
     for name, sym in ELEMENTS:
         items.append(_item("knowledge", f"Which chemical element has the symbol {sym}? Name it.",
                            {"type": "contains", "answers": [name] + (["aluminum"] if name == "aluminium" else [])},

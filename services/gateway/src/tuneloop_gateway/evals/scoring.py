@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from tuneloop.textmetrics import f1 as _f1
-from tuneloop.textmetrics import parse_json, rouge_l, tokens  # noqa: F401 (re-exported)
+from tuneloop.textmetrics import parse_json, rouge_l, tokens  # (re-exported)
 
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .base import Executor, Exit
 
 
-def make_executor(settings, store) -> Executor:  # noqa: ANN001
+def make_executor(settings, store) -> Executor:
     if settings.executor == "kubernetes":
         from .kubernetes import KubernetesExecutor
 

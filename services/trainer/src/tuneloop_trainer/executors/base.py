@@ -45,5 +45,5 @@ class Executor(ABC):
         cluster's scheduler does)."""
         return None
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - an optional hook, nothing to do by default
         """Service shutdown."""
