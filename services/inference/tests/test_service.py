@@ -1,9 +1,10 @@
-"""The inference service as a real process with real CPU engines (``transformers serve``).
+"""The inference service as a real process with real CPU engines (vLLM's CPU build).
 
 One service process for the module (engine start-ups dominate the run time); the tests run in
 file order and build on each other: OpenAI SDK calls, errors, a blue/green swap under load,
-a broken model rejected under load, rollback, a killed engine restarted, and finally a
-controller restart that must bring the same deployments and aliases back.
+a broken model rejected under load, rollback, a runtime LoRA adapter attached to the served
+base (the hot-swap fast path, on CPU too), a killed engine restarted, and finally a controller
+restart that must bring the same deployments and aliases back.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow
 ADMIN_KEY = "test-admin-key"          # as in conftest.py
 V1 = "mv-0000000000000001"             # model versions conftest puts in the artifact store
 V2 = "mv-0000000000000002"
+V3 = "mv-0000000000000003"             # ... and the LoRA adapter of a third (on the base)
 MESSAGES = [{"role": "user", "content": "My invoice is wrong, please help."}]
 
 
@@ -108,15 +110,18 @@ def test_openai_errors_in_envelope(service) -> None:  # noqa: ANN001
     with pytest.raises(openai.BadRequestError) as bad:
         client.chat.completions.create(model="base", messages=MESSAGES, temperature=5)
     assert bad.value.status_code == 400 and bad.value.body["param"] == "temperature"
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model="base", messages=MESSAGES, n=2, stream=True)
+    # vLLM streams n > 1 natively (the fallback engine, without native n, answers 400)
+    chunks = list(client.chat.completions.create(model="base", messages=MESSAGES, n=2,
+                                                 max_tokens=3, stream=True))
+    assert {c.choices[0].index for c in chunks if c.choices} == {0, 1}
     raw = httpx.post(service.url + "/v1/chat/completions", content=b"{not json",
                      headers={"content-type": "application/json"})
     assert raw.status_code == 400 and raw.json()["error"]["code"] == "invalid_json"
-    # unknown fields are refused by the engine -> 400 (never a 500)
+    # unknown fields: vLLM ignores them (and logs their names), never a 500
     raw = httpx.post(service.url + "/v1/chat/completions",
-                     json={"model": "base", "messages": MESSAGES, "bogus_field": 1})
-    assert raw.status_code == 400 and "bogus_field" in raw.json()["error"]["message"]
+                     json={"model": "base", "messages": MESSAGES, "bogus_field": 1,
+                           "max_tokens": 2})
+    assert raw.status_code == 200 and raw.json()["usage"]["completion_tokens"] >= 1
 
 
 def test_admin_needs_its_own_key(service) -> None:  # noqa: ANN001
@@ -270,6 +275,33 @@ def test_typed_client(service) -> None:  # noqa: ANN001
     asyncio.run(run())
 
 
+def test_runtime_lora_adapter_on_the_cpu_engine(service, admin) -> None:  # noqa: ANN001
+    """A candidate that is an adapter of the served base is attached to the base's engine (no
+    second engine): listed under its own immutable name, answering differently from the base,
+    while the base keeps answering as before; deleting it unloads it."""
+    client = sdk(service)
+    ask = {"messages": MESSAGES, "max_tokens": 8, "temperature": 0}
+    base_before = client.chat.completions.create(model="base", **ask).choices[0].message.content
+    base_pid = next(d["local"]["pid"] for d in admin.get("/admin/deployments").json()["data"]
+                    if d["model"] == "base")
+    r = admin.post("/admin/deployments", params={"wait": "true"},
+                   json={"model_id": V3, "adapter_of": "base"})
+    assert r.status_code == 201 and r.json()["state"] == "ready", r.text
+    dep = r.json()
+    name = dep["model"]
+    assert name == f"{V3}.lora"
+    assert dep["local"]["pid"] == base_pid            # the base's engine serves it
+    assert name in [m.id for m in client.models.list().data]
+    tuned = client.chat.completions.create(model=name, **ask)
+    assert tuned.model == name and tuned.usage.completion_tokens >= 1
+    assert tuned.choices[0].message.content != base_before
+    assert client.chat.completions.create(model="base", **ask).choices[0].message.content \
+        == base_before
+    r = admin.delete(f"/admin/deployments/{dep['id']}")
+    assert r.status_code == 200 and r.json()["state"] == "stopped", r.text
+    assert name not in [m.id for m in client.models.list().data]
+
+
 # ------------------------------------------------------------------------------- supervision
 def test_killed_engine_is_restarted(service, admin) -> None:  # noqa: ANN001
     dep = next(d for d in admin.get("/admin/deployments").json()["data"] if d["model"] == "base")
@@ -313,6 +345,7 @@ def test_controller_restart_restores_deployments_and_aliases(service, data_dir: 
         assert resp.model == V1
         deps = {d["model"]: d["state"] for d in httpx.get(
             proc.url + "/admin/deployments", headers=headers).json()["data"]}
-        assert deps == {"base": "ready", V1: "ready", V2: "stopped", "broken-v3": "stopped"}
+        assert deps == {"base": "ready", V1: "ready", V2: "stopped", "broken-v3": "stopped",
+                        f"{V3}.lora": "stopped"}
     finally:
         proc.stop(timeout=60)

@@ -37,9 +37,9 @@ from tuneloop.ids import is_valid_id, new_id
 from tuneloop.storage import ArtifactStore
 
 from .db import Alias, AliasHistory, Deployment, Replica, ReplicaAlias, ReplicaDeployment
-from .engines import Engine, EngineError, make_engine, resolve_engine_kind
+from .engines import Engine, EngineError, make_engine, resolve_engine_kind, vllm_device
 from .metrics import InferenceMetrics
-from .placement import GpuAllocator, PlacementError, detect_gpus
+from .placement import CpuCores, GpuAllocator, PlacementError, detect_gpus
 from .settings import InferenceSettings
 
 log = logging.getLogger("tuneloop.inference.controller")
@@ -82,7 +82,8 @@ class Controller:
         self.db = db
         self.store = store
         self.metrics = metrics
-        self.kind = resolve_engine_kind(settings.engine)
+        self.kind = resolve_engine_kind(settings)
+        self.device = vllm_device(settings) if self.kind == "vllm" else "cpu"
         self.replica = settings.replica_id
         self.local: dict[str, LocalDeployment] = {}     # deployment id -> local state
         self.routes: dict[str, Engine] = {}             # served name -> ready engine
@@ -96,7 +97,10 @@ class Controller:
         self.log_dir = settings.data_dir / "logs" / "engines"
         self.cache_dir = settings.data_dir / "model-cache"
         self.gpus = (GpuAllocator(gpu_pool(settings), settings.gpu_memory_budget)
-                     if self.kind == "vllm" else None)
+                     if self.kind == "vllm" and self.device == "cuda" else None)
+        self.cpu_cores = (CpuCores(sorted(os.sched_getaffinity(0)))
+                          if self.kind == "vllm" and self.device == "cpu"
+                          and settings.vllm_cpu_threads_bind == "auto" else None)
 
     # ================================================================== lifecycle
     async def start(self) -> None:
@@ -245,9 +249,9 @@ class Controller:
             raise Conflict(f"'{name}' is an alias; served names and aliases must differ",
                            code="name_taken", param="name")
         if adapter_of:
-            if self.kind != "vllm" or not self.settings.vllm_enable_lora:
-                raise InvalidRequest("runtime LoRA adapters need the vllm engine with "
-                                     "INFERENCE_VLLM_ENABLE_LORA=true", param="adapter_of",
+            if self.kind != "vllm" or not self.settings.vllm_lora(self.device):
+                raise InvalidRequest("runtime LoRA adapters need the vllm engine with LoRA on "
+                                     "(INFERENCE_VLLM_ENABLE_LORA)", param="adapter_of",
                                      code="lora_unsupported")
             if adapter_of not in self.routes:
                 raise InvalidRequest(f"base deployment '{adapter_of}' is not ready here",
@@ -268,8 +272,9 @@ class Controller:
         if tp == 1 and self.gpus is None:
             return tp
         if self.gpus is None:
-            raise InvalidRequest(f"tensor_parallel_size={tp} needs the vllm engine (this "
-                                 f"replica runs the {self.kind} engine, one process per model)",
+            raise InvalidRequest(f"tensor_parallel_size={tp} needs the vllm engine on GPUs (this "
+                                 f"replica runs the {self.kind} engine on {self.device}, one "
+                                 "process per model)",
                                  param="tensor_parallel_size", code="tensor_parallel_unsupported")
         heads = self._attention_heads(model_id, path)
         if heads and heads % tp:
@@ -349,6 +354,8 @@ class Controller:
             gpus = None  # placed before the first await: concurrent bring-ups see each other
             if not row.adapter_of and self.gpus is not None:
                 gpus = self.gpus.place(row.id, tp, self.settings.gpu_memory_utilization)
+            cpus = (self.cpu_cores.place(row.id)
+                    if not row.adapter_of and self.cpu_cores is not None else None)
             await asyncio.to_thread(self._observe, loc, "starting")
             if row.adapter_of:
                 await self._attach_adapter(loc, row)
@@ -357,7 +364,7 @@ class Controller:
                 loc.engine = make_engine(self.kind, name=row.name, model_dir=model_dir,
                                          settings=self.settings,
                                          log_path=self.log_dir / f"{row.id}.log",
-                                         tensor_parallel_size=tp, gpus=gpus)
+                                         tensor_parallel_size=tp, gpus=gpus, cpus=cpus)
                 await self._start_engine(loc.engine)
         except (EngineError, PlacementError, OSError, ValueError) as exc:
             code = getattr(exc, "code", "model_load_failed")
@@ -405,8 +412,11 @@ class Controller:
             raise
 
     def _release_gpus(self, dep_id: str) -> None:
+        """Free what the engine was placed on: its GPUs, or its CPU cores."""
         if self.gpus is not None:
             self.gpus.release(dep_id)
+        if self.cpu_cores is not None:
+            self.cpu_cores.release(dep_id)
 
     def _model_dir(self, row: Deployment) -> str:
         if row.path:

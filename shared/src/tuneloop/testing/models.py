@@ -44,8 +44,12 @@ def build_tokenizer(texts: list[str], vocab_size: int = 1024):
 
 
 def build_tiny_model(out_dir: str | Path, *, hidden: int = 64, layers: int = 2,
-                     vocab_size: int = 1024, pretrain_steps: int = 0, seed: int = 0) -> Path:
-    """Write a tiny Llama model folder to ``out_dir`` and return its path."""
+                     vocab_size: int = 1024, pretrain_steps: int = 0, seed: int = 0,
+                     head_dim: int = 32) -> Path:
+    """Write a tiny Llama model folder to ``out_dir`` and return its path.
+
+    ``head_dim`` is set explicitly (4 heads of 32, whatever ``hidden`` is): vLLM's CPU attention
+    kernels take head sizes 32, 64, 80, 96, ... only, and the tests serve these models on it."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -58,7 +62,7 @@ def build_tiny_model(out_dir: str | Path, *, hidden: int = 64, layers: int = 2,
     torch.manual_seed(seed)
     cfg = LlamaConfig(
         vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 2,
-        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+        num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
         max_position_embeddings=2048, tie_word_embeddings=True,
         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, bos_token_id=None,
     )
@@ -72,7 +76,7 @@ def build_tiny_model(out_dir: str | Path, *, hidden: int = 64, layers: int = 2,
     model.save_pretrained(out)
     tok.save_pretrained(out)
     (out / "tuneloop-tiny.json").write_text(json.dumps(
-        {"hidden": hidden, "layers": layers, "pretrain_steps": pretrain_steps, "seed": seed}))
+        {"hidden": hidden, "layers": layers, "head_dim": head_dim, "pretrain_steps": pretrain_steps, "seed": seed}))
     return out
 
 

@@ -21,8 +21,10 @@ from .process import ServiceProcess
 @contextmanager
 def four_services(var: Path, base_model: Path, *, admin_key: str, inference_admin_key: str,
                   env: Mapping[str, Mapping[str, str]] | None = None) -> Iterator[dict[str, ServiceProcess]]:
-    """dataset, trainer, inference (serving ``base_model`` as ``base`` on the CPU engine) and
-    the gateway (bootstrap admin key ``admin_key``) sharing the data dir ``var``."""
+    """dataset, trainer, inference (serving ``base_model`` as ``base`` on the default CPU engine,
+    vLLM's CPU build, in float32 so that greedy answers do not depend on how requests were
+    batched; a small KV cache) and the gateway (bootstrap admin key ``admin_key``) sharing the
+    data dir ``var``."""
     extra = {k: dict(v) for k, v in (env or {}).items()}
     common = {"TUNELOOP_DATA_DIR": str(var), "TUNELOOP_LOG_JSON": "false", "HF_HUB_OFFLINE": "1",
               "TUNELOOP_SERVICE_AUTH": "true", "TUNELOOP_SERVICE_TOKEN": secrets.token_urlsafe(24)}
@@ -41,7 +43,8 @@ def four_services(var: Path, base_model: Path, *, admin_key: str, inference_admi
                                     "TRAINER_POLL_INTERVAL_S": "0.3"}, startup_timeout=120)
         inference = start("inference", {"INFERENCE_ADMIN_KEY": inference_admin_key,
                                         "INFERENCE_BASE_MODEL_PATH": str(base_model),
-                                        "INFERENCE_ENGINE": "transformers"},
+                                        "INFERENCE_VLLM_DTYPE": "float32",
+                                        "INFERENCE_VLLM_CPU_KV_CACHE_GIB": "0.25"},
                           health_path="/ready", startup_timeout=240)
         start("gateway", {"GATEWAY_BOOTSTRAP_ADMIN_KEY": admin_key, "INFERENCE_ADMIN_KEY": inference_admin_key,
                           "TUNELOOP_DATASET_URL": dataset.url, "TUNELOOP_TRAINER_URL": trainer.url,

@@ -1,6 +1,8 @@
-"""Engine processes the controller starts, one per deployment: ``transformers serve`` (CPU) and
-``vllm serve`` (GPU). Both speak the OpenAI API under the deployment's served name."""
+"""Engine processes the controller starts, one per deployment: vLLM (its CUDA build on a GPU, its
+CPU build on a CPU) and, as the CPU fallback, ``transformers serve``. Both speak the OpenAI API
+under the deployment's served name."""
 
-from .base import Engine, EngineError, make_engine, resolve_engine_kind
+from .base import Engine, EngineError, make_engine, resolve_engine_kind, vllm_device, vllm_python
 
-__all__ = ["Engine", "EngineError", "make_engine", "resolve_engine_kind"]
+__all__ = ["Engine", "EngineError", "make_engine", "resolve_engine_kind", "vllm_device",
+           "vllm_python"]

