@@ -70,10 +70,13 @@ def results_of(summary: dict) -> list[dict]:
         return m.get("value") if isinstance(m, dict) else m
 
     if cand and best:
-        for key in ("task_score", "json_valid", "rougeL", "general"):
+        for key in ("task_score", "json_valid", "rougeL"):
             if val(cand, key) is not None:
                 out.append(metric(f"{key} tuned vs best baseline ({best.get('name')})", val(cand, key),
                                   "score", val(best, key)))
+        if val(cand, "general") is not None and base:  # the k-shot baseline skips the suite
+            out.append(metric("general suite tuned vs base (forgetting)", val(cand, "general"),
+                              "score", val(base, "general")))
     job = (summary.get("job") or {}).get("metrics") or {}
     if job.get("train_tokens_per_s"):
         out.append(metric("training tokens/s (unsloth, the trainer's own recipe)",
