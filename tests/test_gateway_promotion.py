@@ -59,6 +59,11 @@ def stack(tmp_path_factory, tiny_base_dir, ticket_rows):
                                      "GATEWAY_EVAL_MAX_TOKENS": "64",
                                      "GATEWAY_EVAL_CONCURRENCY": "2",
                                      "GATEWAY_GENERAL_SUITE_SIZE": "40",
+                                     # the tiny model trained for 100 CPU steps answers 39 or 40 of
+                                     # 40 in JSON depending on the torch thread count (i.e. on load);
+                                     # 40 rows cannot show 39/40 >= 0.9 (Wilson low 0.871): this
+                                     # test is about the gate's mechanics, not the 0.9 bar
+                                     "GATEWAY_GATE_MIN_JSON_VALIDITY": "0.8",
                                      # a stopped engine costs about a minute, not ten
                                      "GATEWAY_EVAL_REQUEST_TIMEOUT_MIN_S": "20",
                                      "GATEWAY_EVAL_RETRIES": "1", "GATEWAY_EVAL_BACKOFF_MAX_S": "1",

@@ -61,6 +61,19 @@ def test_interval_across_the_threshold_is_inconclusive_with_rows_needed():
     assert any("about 889 eval rows in all would decide it (have 80, 809 more)" in r for r in reasons)
 
 
+def test_rows_needed_uses_the_side_of_a_lopsided_interval_that_faces_the_threshold():
+    # 39 of 40 JSON-valid: Wilson 0.871 .. 0.996 straddles 0.9; the lower side (0.104) must
+    # shrink to the gap (0.075): ~77 rows, never fewer than the 40 already scored
+    c = decide({"value": 0.975, "ci_low": 0.871, "ci_high": 0.996, "n": 40}, ">=", 0.9)
+    assert c["verdict"] == "inconclusive" and c["rows_needed"] == 77
+    # below the threshold for "<=" (a drop of 0.03 with 0.05 allowed): the upper side counts
+    c = decide({"value": 0.03, "ci_low": 0.025, "ci_high": 0.08, "n": 100}, "<=", 0.05)
+    assert c["rows_needed"] == 625
+    # a narrow facing side never asks for fewer rows than there are
+    c = decide({"value": 0.95, "ci_low": 0.899, "ci_high": 0.99, "n": 200}, ">=", 0.9)
+    assert c["verdict"] == "inconclusive" and c["rows_needed"] >= 201
+
+
 def test_a_definite_failure_beats_an_inconclusive_check():
     rep = _good(kshot=("cand", "base_3shot", {"value": 0.08, "ci_low": -0.02, "ci_high": 0.18, "n": 80}, None),
                 base=("cand", "base", _ci(0.7), _ci(0.3)))  # forgetting clearly above 0.05

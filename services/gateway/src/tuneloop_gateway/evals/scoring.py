@@ -183,7 +183,9 @@ def decide(ci: dict[str, Any], op: str, threshold: float) -> dict[str, Any]:
     ``>=``: pass when the lower bound clears the threshold, fail when the upper bound is below
     it; ``<=`` mirrored. Otherwise ``inconclusive``, with ``rows_needed``: roughly how many rows
     in all would shrink the interval (width ~ 1/sqrt(n)) to decide at the current estimate
-    (None when the estimate sits on the threshold).
+    (None when the estimate sits on the threshold). The side of the interval that faces the
+    threshold is what must shrink: Wilson intervals near 0 or 1 are lopsided (39/40 JSON-valid:
+    0.975, interval 0.871 .. 0.996), and their half-width would promise fewer rows than there are.
     """
     lo, hi, value, n = float(ci["ci_low"]), float(ci["ci_high"]), float(ci["value"]), int(ci.get("n") or 0)
     if op == ">=":
@@ -192,8 +194,10 @@ def decide(ci: dict[str, Any], op: str, threshold: float) -> dict[str, Any]:
         verdict = "pass" if hi <= threshold + EPS else "fail" if lo > threshold + EPS else "inconclusive"
     out: dict[str, Any] = {"verdict": verdict}
     if verdict == "inconclusive":
-        gap, half = abs(value - threshold), (hi - lo) / 2
-        out["rows_needed"] = (math.ceil(n * (half / gap) ** 2) if gap > EPS and n else None)
+        gap = abs(value - threshold)
+        side = (hi - value) if threshold > value else (value - lo)
+        out["rows_needed"] = (max(n + 1, math.ceil(n * (side / gap) ** 2))
+                              if gap > EPS and n and side > 0 else None)
     return out
 
 
