@@ -22,9 +22,11 @@ from tuneloop.settings import open_service_state
 from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
 
-from .api import evals, keys, passthrough, promotions, proxy, replay
+from .api import captures, evals, keys, passthrough, promotions, proxy, replay
 from .auth import KeyStore, RateLimiter, bootstrap_admin_key
 from .evals.service import EvalService
+from .flywheel.capture import CaptureRecorder
+from .flywheel.curate import CurateService
 from .metrics import GatewayMetrics
 from .promotion import PromotionService
 from .proxy import Upstream
@@ -73,9 +75,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.evals.recover()
         app.state.promotions = PromotionService(s, db, trainer, inference, app.state.evals, gw_metrics)
         app.state.promotions.start()
+        app.state.captures = CaptureRecorder(s, db, gw_metrics)
+        app.state.captures.start()
+        app.state.curate = CurateService(s, db, app.state.captures, dataset, trainer)
         try:
             yield
         finally:
+            await app.state.captures.aclose()
             await app.state.promotions.aclose()
             await app.state.evals.aclose()
             for ups in app.state.upstreams.values():
@@ -100,6 +106,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(promotions.router)
     app.include_router(promotions.callbacks)
     app.include_router(replay.router)
+    app.include_router(captures.router)
+    app.include_router(captures.admin)
     app.include_router(proxy.router)
     app.include_router(passthrough.router)
     app.add_api_route("/", lambda: RedirectResponse("/console/"), include_in_schema=False)

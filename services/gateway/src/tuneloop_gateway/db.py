@@ -1,10 +1,11 @@
-"""Gateway tables (owned by this service only): API keys, eval runs, promotion decisions."""
+"""Gateway tables (owned by this service only): API keys, eval runs, promotion decisions,
+captured production traffic."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Float, Integer, String, Text
+from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from tuneloop.db import make_base
@@ -25,6 +26,7 @@ class ApiKey(Base):
     rate_limit_rpm: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[int] = mapped_column(Integer)
     revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    capture: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class EvalRun(Base):
@@ -65,3 +67,33 @@ class Promotion(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[int] = mapped_column(Integer)
     finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class Capture(Base):
+    """One captured generation (masked before it was written), its feedback and its review."""
+
+    __tablename__ = "gateway_captures"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    response_id: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    key_id: Mapped[str] = mapped_column(String(40), index=True)
+    endpoint: Mapped[str] = mapped_column(String(20))  # chat | completions
+    model: Mapped[str] = mapped_column(String(300), index=True)  # what the client asked for
+    served_model: Mapped[str | None] = mapped_column(String(300), nullable=True, index=True)
+    messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    output: Mapped[str] = mapped_column(Text)
+    stream: Mapped[bool] = mapped_column(Boolean)
+    finish_reason: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    latency_s: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    masked: Mapped[dict[str, int]] = mapped_column(JSON)
+    created_at: Mapped[int] = mapped_column(Integer, index=True)
+    rating: Mapped[str | None] = mapped_column(String(8), nullable=True, index=True)  # up | down
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    feedback_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    status: Mapped[str] = mapped_column(String(12), index=True)  # pending | accepted | rejected
+    edited_output: Mapped[str | None] = mapped_column(Text, nullable=True)
+    reviewed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    dataset_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)

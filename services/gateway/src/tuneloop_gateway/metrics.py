@@ -33,3 +33,10 @@ class GatewayMetrics:
         self.promotions = Counter(
             name("promotion_decisions_total"), "Promotion decisions by kind and status.",
             ["kind", "status"], registry=reg)
+        self.captures = Counter(
+            name("captures_total"), "Captured generations by outcome (recorded, skipped: an "
+            "error answer, dropped: queue full, failed: parse or write error, expired: removed "
+            "by retention).", ["outcome"], registry=reg)
+        self.feedback = Counter(
+            name("feedback_total"), "Feedback on captured answers by rating.", ["rating"],
+            registry=reg)

@@ -7,8 +7,11 @@ read from ``INFERENCE_ADMIN_KEY`` (the same variable the inference service reads
 
 from __future__ import annotations
 
-from pydantic import AliasChoices, Field, model_validator
-from pydantic_settings import SettingsConfigDict
+import json
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic_settings import NoDecode, SettingsConfigDict
 
 from tuneloop.settings import ServiceSettings
 
@@ -112,6 +115,36 @@ class GatewaySettings(ServiceSettings):
         "many, taken round-robin across its kinds. Unset: all of it. On a slow CPU e.g. 200 "
         "halves the suite's cost but widens the forgetting interval (about +-0.07 instead of "
         "+-0.05), so more gates end 'inconclusive'.")
+
+    # -- capture (the flywheel, docs/flywheel.md) ------------------------------------------
+    capture_models: Annotated[list[str], NoDecode] = Field(
+        [], description="Served names/aliases whose traffic may be captured (comma-separated or a "
+        "JSON list; empty: capture is off). A request is captured only when its model is listed "
+        "here AND its API key opted in (capture=true).")
+    capture_max_rows: int = Field(
+        100_000, ge=1, description="Captured rows kept at most; the oldest go first.")
+    capture_retention_days: float = Field(
+        30.0, gt=0, description="Captured rows older than this are deleted (reviewed or not; rows "
+        "already published live on in their dataset version).")
+    capture_queue_size: int = Field(
+        1000, ge=1, description="Captures waiting to be written at most; beyond it a capture is "
+        "dropped and counted (tuneloop_gateway_captures_total{outcome=\"dropped\"}), never "
+        "the user's request delayed.")
+    capture_max_chars: int = Field(
+        100_000, ge=100, description="Prompt/answer text kept per capture at most (longer text "
+        "is cut and the capture marked truncated).")
+    drift_max_training_rows: int = Field(
+        20_000, ge=10, description="Training rows read for drift and near-duplicate checks at "
+        "most (the first N of the train split).")
+
+    @field_validator("capture_models", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
     # -- promotion ----------------------------------------------------------------------
     auto_promote: bool = Field(True, description="Evaluate and gate every succeeded training job.")

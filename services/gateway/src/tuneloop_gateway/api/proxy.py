@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import json
+import time
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from tuneloop.ids import is_valid_id
 from tuneloop.upstream import until_disconnect
@@ -47,9 +49,25 @@ async def _generate(request: Request, path: str) -> Response:
     side effect); cancelled upstream if the client goes away before the answer."""
     s = request.app.state.settings
     body = await read_body(request, s.max_request_bytes)
-    return await until_disconnect(request, forward(
+    recorder = request.app.state.captures
+    endpoint = "chat" if path.endswith("/chat/completions") else "completions"
+    pending = recorder.begin(getattr(request.state, "principal", None), endpoint, body)
+    resp = await until_disconnect(request, forward(
         request, _ups(request, "inference"), path, limit=s.max_request_bytes, body=body,
         repeatable=True, openai_stream=True))
+    if pending is not None and resp.status_code == 200:
+        _capture_after(resp, recorder, pending)
+    return resp
+
+
+def _capture_after(resp: Response, recorder, pending) -> None:
+    """Hand the answer to the capture queue once it has been sent (docs/flywheel.md)."""
+    if isinstance(resp, StreamingResponse):
+        resp.body_iterator = recorder.tee(pending, resp.body_iterator)
+        return
+    pending.body = resp.body
+    pending.finished = time.perf_counter()
+    resp.background = BackgroundTask(recorder.offer, pending)
 
 
 @router.get("/v1/models", dependencies=[Depends(require_inference)])

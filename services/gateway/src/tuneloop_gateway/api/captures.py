@@ -1,0 +1,198 @@
+"""The flywheel's API (docs/flywheel.md).
+
+| path | what | scope |
+|---|---|---|
+| `POST /v1/chat/completions/{id}/feedback`, `/v1/completions/{id}/feedback` | rating, correction | inference |
+| `GET /v1/captures`, `GET /v1/captures/{id}` | the review queue, filtered | admin |
+| `POST /v1/captures/review` | accept / edit / reject | admin |
+| `POST /v1/captures/publish` | accepted rows (+ a base version) -> a new dataset version | admin |
+| `POST /v1/captures/retrain` | publish + a training job, gated like any other | admin |
+| `GET /v1/captures/drift` | captured prompts vs a version's training prompts | admin |
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from tuneloop.contracts import Page
+from tuneloop.errors import InvalidRequest
+
+from ..auth import require_admin, require_inference
+from ..flywheel.curate import CurateService, capture_view
+
+router = APIRouter(tags=["flywheel"])
+admin = APIRouter(prefix="/v1/captures", tags=["flywheel"], dependencies=[Depends(require_admin)])
+
+ID = r"^[A-Za-z0-9._:-]{1,200}$"
+CAP_ID = r"^cap-[a-z0-9]{6,64}$"
+DS_ID = r"^ds-[a-z0-9]{6,64}$"
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rating: Literal["up", "down"] | None = Field(None, description="Thumbs up or down.")
+    correction: str | None = Field(None, min_length=1, max_length=100_000,
+                                   description="The answer the model should have given.")
+    comment: str | None = Field(None, max_length=2000)
+
+    @model_validator(mode="after")
+    def _something(self) -> "Feedback":
+        if self.rating is None and self.correction is None:
+            raise ValueError("give a rating ('up' or 'down') and/or a correction")
+        return self
+
+
+class Edit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str = Field(..., pattern=CAP_ID)
+    output: str = Field(..., min_length=1, max_length=100_000)
+
+
+class Review(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    accept: list[str] = Field([], max_length=10_000)
+    reject: list[str] = Field([], max_length=10_000)
+    edit: list[Edit] = Field([], max_length=10_000, description="Accept with this answer instead.")
+
+    @model_validator(mode="after")
+    def _ids(self) -> "Review":
+        for i in self.accept + self.reject:
+            if not re.match(CAP_ID, i):
+                raise ValueError(f"not a capture id: {i[:80]!r}")
+        if not (self.accept or self.reject or self.edit):
+            raise ValueError("nothing to review: give accept, reject or edit")
+        return self
+
+
+class Publish(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    base_dataset_id: str | None = Field(
+        None, pattern=DS_ID, description="The version to extend (its train rows + the accepted "
+        "captures; its eval split kept as is). None: the captures alone.")
+    name: str | None = Field(None, max_length=128)
+    ids: list[str] | None = Field(None, max_length=100_000,
+                                  description="Only these accepted captures (default: all).")
+
+
+class Retrain(Publish):
+    base_dataset_id: str = Field(..., pattern=DS_ID)
+    base_model: str = Field(..., min_length=1, max_length=4096)
+    backend: Literal["auto", "unsloth", "peft"] = "auto"
+    hyperparameters: dict[str, Any] | None = None
+    gate_alias: str | None = Field(None, max_length=200)
+
+
+def _svc(request: Request) -> CurateService:
+    return request.app.state.curate
+
+
+async def _feedback(request: Request, response_id: str, body: Feedback) -> dict:
+    if len(response_id) > 200:
+        response_id = response_id[:200]
+    out = await _svc(request).feedback(request.state.principal, response_id, body.rating,
+                                       body.correction, body.comment)
+    request.app.state.gw_metrics.feedback.labels(body.rating or "none").inc()
+    return out
+
+
+@router.post("/v1/chat/completions/{response_id}/feedback", dependencies=[Depends(require_inference)],
+             summary="Feedback on a captured chat answer (by its response id)")
+async def chat_feedback(request: Request, response_id: str, body: Feedback) -> dict:
+    return await _feedback(request, response_id, body)
+
+
+@router.post("/v1/completions/{response_id}/feedback", dependencies=[Depends(require_inference)],
+             summary="Feedback on a captured completion (by its response id)")
+async def completion_feedback(request: Request, response_id: str, body: Feedback) -> dict:
+    return await _feedback(request, response_id, body)
+
+
+def _filters(status: str | None, rating: str | None, corrected: bool | None, model: str | None,
+             served_model: str | None, key_id: str | None, dataset_id: str | None,
+             since: int | None) -> dict[str, Any]:
+    return {"status": status, "rating": rating, "corrected": corrected, "model": model,
+            "served_model": served_model, "key_id": key_id, "dataset_id": dataset_id,
+            "since": since}
+
+
+@admin.get("", summary="The review queue: captured rows, filtered, newest first")
+async def list_captures(
+        request: Request,
+        status: Literal["pending", "accepted", "rejected"] | None = None,
+        rating: Literal["up", "down", "none"] | None = None,
+        corrected: bool | None = None, model: str | None = Query(None, max_length=300),
+        served_model: str | None = Query(None, max_length=300),
+        key_id: str | None = Query(None, max_length=40),
+        dataset_id: str | None = Query(None, pattern=DS_ID, description="Published into this version."),
+        since: int | None = Query(None, ge=0),
+        similar_to: str | None = Query(None, pattern=DS_ID, description="Add each row's similarity "
+                                       "to its nearest training prompt of this version."),
+        min_similarity: float | None = Query(None, ge=0, le=1),
+        max_similarity: float | None = Query(None, ge=0, le=1),
+        offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> dict:
+    svc = _svc(request)
+    filters = _filters(status, rating, corrected, model, served_model, key_id, dataset_id, since)
+    if (min_similarity is not None or max_similarity is not None) and similar_to is None:
+        raise InvalidRequest("min_similarity/max_similarity need similar_to=<dataset id>",
+                             code="similar_to_required", param="similar_to")
+    if similar_to is None:
+        rows, total = await run_in_threadpool(svc.list, filters, offset, limit + 1)
+        return _page([capture_view(r) for r in rows[:limit]], len(rows) > limit, total)
+    # similarity filters apply after the query: scan up to 5,000 rows of the other filters
+    rows, _ = await run_in_threadpool(svc.list, filters, 0, 5000)
+    sims = await svc.similarities(similar_to, rows)
+    kept = [r for r in rows if (min_similarity is None or sims[r.id] >= min_similarity)
+            and (max_similarity is None or sims[r.id] <= max_similarity)]
+    page = kept[offset:offset + limit]
+    data = [{**capture_view(r), "similarity": sims[r.id]} for r in page]
+    return _page(data, offset + limit < len(kept), len(kept))
+
+
+def _page(data: list[dict], has_more: bool, total: int) -> dict:
+    return {**Page[dict](data=data, has_more=has_more).model_dump(), "total": total}
+
+
+@admin.get("/drift", summary="Drift of captured prompts from a version's training prompts")
+async def drift(request: Request, dataset_id: str = Query(..., pattern=DS_ID),
+                model: str | None = Query(None, max_length=300),
+                served_model: str | None = Query(None, max_length=300),
+                since: int | None = Query(None, ge=0), limit: int = Query(5000, ge=1, le=50_000),
+                novel_below: float = Query(0.2, gt=0, le=1), max_ks: float = Query(0.3, gt=0, le=1),
+                max_novel_share: float = Query(0.5, gt=0, le=1)) -> dict:
+    filters = _filters(None, None, None, model, served_model, None, None, since)
+    return await _svc(request).drift(dataset_id, filters, limit, novel_below=novel_below,
+                                     max_ks=max_ks, max_novel_share=max_novel_share)
+
+
+@admin.post("/review", summary="Accept, edit (= accept with a new answer) or reject captures")
+async def review(request: Request, body: Review) -> dict:
+    counts = await run_in_threadpool(_svc(request).review, body.accept, body.reject,
+                                     [e.model_dump() for e in body.edit])
+    return {"object": "capture.review", **counts}
+
+
+@admin.post("/publish", status_code=201, summary="Accepted captures -> a new dataset version")
+async def publish(request: Request, body: Publish) -> JSONResponse:
+    out = await _svc(request).publish(body.base_dataset_id, body.name, body.ids)
+    return JSONResponse(out, status_code=201)
+
+
+@admin.post("/retrain", status_code=201,
+            summary="Publish, then train on the new version (the gate decides as for any job)")
+async def retrain(request: Request, body: Retrain) -> JSONResponse:
+    out = await _svc(request).retrain(body.base_dataset_id, body.base_model, name=body.name,
+                                      ids=body.ids, backend=body.backend,
+                                      hyperparameters=body.hyperparameters,
+                                      gate_alias=body.gate_alias)
+    return JSONResponse(out, status_code=201)
+
+
+@admin.get("/{capture_id}", summary="One captured row")
+async def get_capture(request: Request, capture_id: str) -> dict:
+    return capture_view(await run_in_threadpool(_svc(request).get, capture_id))

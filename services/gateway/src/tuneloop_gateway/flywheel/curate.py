@@ -1,0 +1,254 @@
+"""Curate: feedback on captured answers, the review queue, and accepted rows -> a new dataset
+version (with lineage naming the captures) -> optionally a training job through the same gate.
+
+The answer a row is trained on: the reviewer's edit, else the user's corrected answer, else the
+model's own answer (only when nobody said it was wrong: a thumbs-down without a correction or
+an edit cannot be accepted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from sqlalchemy import func, select
+
+from tuneloop.clients.dataset import DatasetClient
+from tuneloop.clients.trainer import TrainerClient
+from tuneloop.db import Database
+from tuneloop.errors import Conflict, NotFound, Unprocessable
+from tuneloop.textmetrics import tokens
+
+from ..auth import Principal
+from ..db import Capture
+from ..settings import GatewaySettings
+from .capture import CaptureRecorder
+from .drift import IndexCache, TrainingIndex, drift_report, prompt_text, shingles, text_of
+from .masking import mask
+
+
+def capture_view(row: Capture, *, full: bool = True) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": row.id, "object": "capture", "response_id": row.response_id, "key_id": row.key_id,
+        "endpoint": row.endpoint, "model": row.model, "served_model": row.served_model,
+        "stream": row.stream, "finish_reason": row.finish_reason, "latency_s": row.latency_s,
+        "prompt_tokens": row.prompt_tokens, "completion_tokens": row.completion_tokens,
+        "masked": row.masked, "created_at": row.created_at,
+        "feedback": ({"rating": row.rating, "correction": row.correction, "comment": row.comment,
+                      "created_at": row.feedback_at} if row.feedback_at else None),
+        "status": row.status, "edited_output": row.edited_output, "reviewed_at": row.reviewed_at,
+        "dataset_id": row.dataset_id, "training_answer": training_answer(row),
+    }
+    if full:
+        view["messages"] = row.messages
+        view["output"] = row.output
+    return view
+
+
+def training_answer(row: Capture) -> str | None:
+    if row.edited_output is not None:
+        return row.edited_output
+    if row.correction is not None:
+        return row.correction
+    return None if row.rating == "down" else row.output
+
+
+def training_row(row: Capture) -> dict[str, Any]:
+    """The captured conversation as a chat training row (text content only)."""
+    msgs = [{"role": m.get("role", "user"), "content": text_of(m.get("content"))}
+            for m in row.messages if m.get("role") in ("system", "user", "assistant")]
+    return {"messages": msgs + [{"role": "assistant", "content": training_answer(row) or ""}]}
+
+
+class CurateService:
+    def __init__(self, settings: GatewaySettings, db: Database, recorder: CaptureRecorder,
+                 dataset: DatasetClient, trainer: TrainerClient) -> None:
+        self.settings = settings
+        self.db = db
+        self.recorder = recorder
+        self.dataset = dataset
+        self.trainer = trainer
+        self.indexes = IndexCache()
+        self._index_lock = asyncio.Lock()
+
+    # -- feedback (any key, on its own answers) ----------------------------------------------
+    async def feedback(self, principal: Principal, response_id: str, rating: str | None,
+                       correction: str | None, comment: str | None) -> dict[str, Any]:
+        found = await asyncio.to_thread(self._feedback, principal, response_id, rating,
+                                        correction, comment)
+        if found is None and not self.recorder.queue.empty():
+            await self.recorder.flush()  # the answer may still be on its way to the table
+            found = await asyncio.to_thread(self._feedback, principal, response_id, rating,
+                                            correction, comment)
+        if found is None:
+            raise NotFound(f"no captured response '{response_id[:100]}' for this key (capture is "
+                           "opt-in per key and model; see docs/flywheel.md)",
+                           code="response_not_found", param="response_id")
+        return found
+
+    def _feedback(self, principal: Principal, response_id: str, rating: str | None,
+                  correction: str | None, comment: str | None) -> dict[str, Any] | None:
+        with self.db.session() as s:
+            q = select(Capture).where(Capture.response_id == response_id)
+            if not principal.allows("admin"):
+                q = q.where(Capture.key_id == principal.key_id)
+            row = s.scalars(q.order_by(Capture.created_at.desc()).limit(1)).first()
+            if row is None:
+                return None
+            row.rating = rating
+            row.correction = mask(correction)[0] if correction is not None else None
+            row.comment = mask(comment)[0] if comment is not None else None
+            row.feedback_at = int(time.time())
+            return {"object": "response.feedback", "response_id": response_id,
+                    "capture_id": row.id, "rating": row.rating,
+                    "correction": row.correction, "comment": row.comment,
+                    "created_at": row.feedback_at}
+
+    # -- the review queue (admin) --------------------------------------------------------------
+    def list(self, filters: dict[str, Any], offset: int, limit: int) -> tuple[list[Capture], int]:
+        with self.db.session() as s:
+            q = select(Capture)
+            for col in ("status", "model", "served_model", "key_id", "dataset_id"):
+                if filters.get(col) is not None:
+                    q = q.where(getattr(Capture, col) == filters[col])
+            rating = filters.get("rating")
+            if rating == "none":
+                q = q.where(Capture.rating.is_(None))
+            elif rating is not None:
+                q = q.where(Capture.rating == rating)
+            if filters.get("corrected") is not None:
+                q = q.where(Capture.correction.is_not(None) if filters["corrected"]
+                            else Capture.correction.is_(None))
+            if filters.get("since") is not None:
+                q = q.where(Capture.created_at >= filters["since"])
+            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
+            rows = list(s.scalars(q.order_by(Capture.created_at.desc(), Capture.id)
+                                  .offset(offset).limit(limit)))
+            s.expunge_all()
+        return rows, total
+
+    def get(self, capture_id: str) -> Capture:
+        with self.db.session() as s:
+            row = s.get(Capture, capture_id)
+            if row is None:
+                raise NotFound(f"capture '{capture_id[:80]}' not found", code="capture_not_found",
+                               param="id")
+            s.expunge(row)
+            return row
+
+    def review(self, accept: list[str], reject: list[str], edit: list[dict[str, str]]) -> dict[str, int]:
+        """Accept, reject or edit (= accept with this answer) rows, all or nothing."""
+        ids = accept + reject + [e["id"] for e in edit]
+        if len(set(ids)) != len(ids):
+            raise Unprocessable("a capture id appears more than once in one review",
+                                code="duplicate_capture_id")
+        now = int(time.time())
+        with self.db.session() as s:
+            rows = {r.id: r for r in s.scalars(select(Capture).where(Capture.id.in_(ids)))}
+            missing = [i for i in ids if i not in rows]
+            if missing:
+                raise NotFound(f"captures not found: {', '.join(missing[:10])}",
+                               code="capture_not_found", details={"ids": missing[:100]})
+            published = [i for i in ids if rows[i].dataset_id]
+            if published:
+                raise Conflict(f"captures already published: {', '.join(published[:10])}",
+                               code="capture_published", details={"ids": published[:100]})
+            for e in edit:
+                rows[e["id"]].edited_output = mask(e["output"])[0]
+            unanswered = [i for i in accept if training_answer(rows[i]) is None]
+            if unanswered:
+                raise Unprocessable(
+                    "a thumbs-down answer without a correction cannot be accepted as is: edit it "
+                    f"(edit: [{{id, output}}]) or reject it: {', '.join(unanswered[:10])}",
+                    code="capture_needs_answer", details={"ids": unanswered[:100]})
+            for i in accept + [e["id"] for e in edit]:
+                rows[i].status, rows[i].reviewed_at = "accepted", now
+            for i in reject:
+                rows[i].status, rows[i].reviewed_at = "rejected", now
+        return {"accepted": len(accept), "edited": len(edit), "rejected": len(reject)}
+
+    # -- similarity to a training set ------------------------------------------------------
+    async def index(self, dataset_id: str) -> TrainingIndex:
+        async with self._index_lock:
+            idx = self.indexes.get(dataset_id)
+            if idx is None:
+                rows = await self.dataset.all_rows(dataset_id, "train",
+                                                   limit=self.settings.drift_max_training_rows)
+                prompts = [prompt_text(r.get("messages") or []) for r in rows]
+                idx = await asyncio.to_thread(TrainingIndex.build, prompts)
+                self.indexes.put(dataset_id, idx)
+            return idx
+
+    async def similarities(self, dataset_id: str, rows: list[Capture]) -> dict[str, float]:
+        idx = await self.index(dataset_id)
+
+        def run() -> dict[str, float]:
+            return {r.id: round(idx.nearest(shingles(tokens(prompt_text(r.messages)))), 4)
+                    for r in rows}
+        return await asyncio.to_thread(run)
+
+    async def drift(self, dataset_id: str, filters: dict[str, Any], limit: int,
+                    **limits: float) -> dict[str, Any]:
+        idx = await self.index(dataset_id)
+        rows, _ = await asyncio.to_thread(self.list, filters, 0, limit)
+        prompts = [prompt_text(r.messages) for r in rows]
+        report = await asyncio.to_thread(drift_report, idx, prompts, **limits)
+        return {**report, "dataset_id": dataset_id, "filters": {k: v for k, v in filters.items()
+                                                                if v is not None}}
+
+    # -- publish and retrain ---------------------------------------------------------------------
+    async def publish(self, base_dataset_id: str | None, name: str | None,
+                      ids: list[str] | None) -> dict[str, Any]:
+        """Accepted, unpublished captures (all, or ``ids``) + the base version's rows -> a new
+        dataset version. The base's eval split is kept as the eval split, so the new version's
+        gate compares on the same held-out rows."""
+        rows = await asyncio.to_thread(self._publishable, ids)
+        train = [training_row(r) for r in rows]
+        eval_rows = None
+        if base_dataset_id:
+            base = await self.dataset.all_rows(base_dataset_id, "train")
+            eval_rows = [{"messages": r["messages"]} for r in
+                         await self.dataset.all_rows(base_dataset_id, "eval")]
+            train = [{"messages": r["messages"]} for r in base] + train
+        lineage = {"parent_dataset_id": base_dataset_id, "captures": [r.id for r in rows],
+                   "responses": [r.response_id for r in rows if r.response_id]}
+        ds = await self.dataset.create_from_rows(
+            train, eval_rows=eval_rows or None, name=name or "captured", lineage=lineage)
+        await asyncio.to_thread(self._mark_published, [r.id for r in rows], ds.id)
+        return {"object": "capture.publication", "dataset": ds.to_dict(),
+                "parent_dataset_id": base_dataset_id, "captures": len(rows),
+                "capture_ids": lineage["captures"]}
+
+    def _publishable(self, ids: list[str] | None) -> list[Capture]:
+        with self.db.session() as s:
+            q = select(Capture).where(Capture.status == "accepted", Capture.dataset_id.is_(None))
+            if ids is not None:
+                q = q.where(Capture.id.in_(ids))
+            rows = list(s.scalars(q.order_by(Capture.created_at, Capture.id)))
+            s.expunge_all()
+        if ids is not None and len(rows) != len(set(ids)):
+            got = {r.id for r in rows}
+            bad = [i for i in ids if i not in got]
+            raise Unprocessable(f"not accepted-and-unpublished captures: {', '.join(bad[:10])}",
+                                code="capture_not_publishable", details={"ids": bad[:100]})
+        if not rows:
+            raise Unprocessable("no accepted captures to publish; review first",
+                                code="no_accepted_captures")
+        return rows
+
+    def _mark_published(self, ids: list[str], dataset_id: str) -> None:
+        with self.db.session() as s:
+            for row in s.scalars(select(Capture).where(Capture.id.in_(ids))):
+                row.dataset_id = dataset_id
+
+    async def retrain(self, base_dataset_id: str, base_model: str, *, name: str | None,
+                      ids: list[str] | None, backend: str, hyperparameters: dict[str, Any] | None,
+                      gate_alias: str | None) -> dict[str, Any]:
+        """publish + a training job on the new version; the job calls this gateway back when it
+        ends, so its candidate meets the same gate as any other."""
+        pub = await self.publish(base_dataset_id, name, ids)
+        job = await self.trainer.create_job(
+            pub["dataset"]["id"], base_model, backend=backend, hyperparameters=hyperparameters,
+            callback_url=self.settings.callback_url(), gate_alias=gate_alias)
+        return {**pub, "object": "capture.retrain", "job": job.to_dict()}
