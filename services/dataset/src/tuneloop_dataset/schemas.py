@@ -62,6 +62,18 @@ class Source(BaseModel):
         return self
 
 
+class Lineage(BaseModel):
+    """Where the rows of a version came from, beyond its parent (e.g. the gateway's captured
+    requests it was curated from). Stored in the version's ``source.lineage``; metadata only,
+    not part of the content hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parent_dataset_id: str | None = Field(None, max_length=64, pattern=r"^ds-[a-z0-9]{6,64}$")
+    captures: list[str] = Field([], max_length=1_000_000, description="Capture ids (cap-...).")
+    responses: list[str] = Field([], max_length=1_000_000, description="Their response ids.")
+
+
 class JsonUpload(UploadOptions):
     rows: list[Any] | None = Field(None, description="Rows in article or chat form.")
     eval_rows: list[Any] | None = Field(None, description="Own eval rows (instead of a split).")
@@ -70,6 +82,7 @@ class JsonUpload(UploadOptions):
         "prompts answered by the base model: the gateway's POST /v1/replay-rows makes them). Added "
         "to the train split only, spread evenly; never to the eval split.")
     source: Source | None = None
+    lineage: Lineage | None = Field(None, description="Provenance of the rows (rows uploads).")
 
     @model_validator(mode="after")
     def _rows_or_source(self) -> "JsonUpload":

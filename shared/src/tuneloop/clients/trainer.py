@@ -37,12 +37,15 @@ class TrainerClient(ServiceClient):
                          backend: Literal["auto", "unsloth", "peft"] = "auto",
                          hyperparameters: dict[str, Any] | None = None,
                          export: dict[str, Any] | None = None, callback_url: str | None = None,
-                         suffix: str | None = None, gpus: int | None = None) -> Job:
+                         suffix: str | None = None, gpus: int | None = None,
+                         gate_alias: str | None = None) -> Job:
         """Validate and queue a job (4xx ``ServiceError`` on a bad dataset, model or setting).
-        ``gpus`` > 1 launches DDP over that many GPUs (torchrun; peft backend only)."""
+        ``gpus`` > 1 launches DDP over that many GPUs (torchrun; peft backend only);
+        ``gate_alias``: the alias the gateway's gate moves when the candidate passes."""
         body = {"dataset_id": dataset_id, "base_model": base_model, "backend": backend,
                 **_options(hyperparameters=hyperparameters, export=export,
-                           callback_url=callback_url, suffix=suffix, gpus=gpus)}
+                           callback_url=callback_url, suffix=suffix, gpus=gpus,
+                           gate_alias=gate_alias)}
         return Job.model_validate(await self.post_json("/v1/jobs", body))
 
     async def get_job(self, job_id: str) -> Job:

@@ -186,6 +186,8 @@ async def _json(request: Request) -> JSONResponse:
             path = Path(tmp) / "rows.jsonl"
             await asyncio.to_thread(write_rows, body.rows, path)
             source: dict[str, Any] = {"kind": "rows"}
+            if body.lineage is not None:
+                source["lineage"] = body.lineage.model_dump()
         elif body.source.path is not None:
             path = await asyncio.to_thread(resolve_import_path, settings, body.source.path)
             source = {"kind": "path", "path": str(path)}
