@@ -36,7 +36,8 @@ On the H200 (no registry there; ../shared/gpu/README.md). Here, once:
 1. five calls ``source .gpu/device-setup.sh vllm-part``, carrying ``.gpu/vllm-part-aa`` (then
    -ab ... -ae) and ``.gpu/device-setup.sh``;
 2. ``python3 -m pip install -q --no-index --no-deps --target /tmp/tldeps .gpu/tl-deps/*.whl``,
-   carrying ``.gpu/tl-deps`` (fits in the ``-ae`` call: 50 + 9 MiB);
+   carrying ``.gpu/tl-deps`` (14 MiB with uvloop + httptools: a call of its own, or beside a
+   model part of <= 45 MiB; a call carries the work tree too, 64 MiB in all);
 3. ``source .gpu/device-setup.sh vllm && source bench/device/env.sh &&
    python3 bench/serve_load.py --gpu``, carrying ``.gpu/vllm-deps``, ``.gpu/device-setup.sh``,
    ``.gpu/vllm.sha256`` (timeout 600 s). Expect ~8-9 minutes: models ~15 s, the first vLLM
@@ -353,6 +354,11 @@ def main() -> int:  # noqa: PLR0915
                          "cpu_count": os.cpu_count(), "python": platform.python_version(),
                          "torch": torch.__version__,
                          "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    for fast in ("uvloop", "httptools"):  # uvicorn's event loop and HTTP parser (else asyncio, h11)
+        try:
+            RESULT["machine"][fast] = __import__(fast).__version__
+        except Exception:  # noqa: BLE001
+            RESULT["machine"][fast] = None
     try:
         import vllm  # noqa: PLC0415
 
