@@ -21,7 +21,8 @@ SECTIONS = {
     "## Trainer service": [contracts.Job, contracts.JobProgress, contracts.JobEvent,
                            contracts.ModelVersion],
     "## Inference service": [contracts.Deployment, contracts.Alias],
-    "## Gateway": [contracts.EvalRun, contracts.Promotion],
+    "## Gateway": [contracts.EvalRun, contracts.Promotion, contracts.Capture,
+                   contracts.CaptureFeedback],
 }
 
 

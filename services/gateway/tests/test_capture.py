@@ -13,6 +13,7 @@ import httpx
 import openai
 import pytest
 
+from tuneloop.contracts import Capture, Page
 from tuneloop.testing import ServiceProcess
 from tuneloop.testing.engines import TransformersServe
 from tuneloop_gateway.auth import Principal
@@ -107,6 +108,12 @@ def test_capture_masks_before_storage_and_feedback_by_response_id(gw, engine):
     assert row["latency_s"] > 0 and row["stream"] is False and row["status"] == "pending"
     assert row["feedback"]["rating"] == "down"
     assert row["training_answer"] == "Refund sent to [EMAIL]."
+    # the evals' task metrics on the answer: JSON validity, agreement with the correction
+    assert row["metrics"]["json_valid"] is False and 0 <= row["metrics"]["agreement"] < 1
+    assert row["id"] in {c["id"] for c in _captures(gw, json_valid="false", limit=500)["data"]}
+    assert row["id"] not in {c["id"] for c in _captures(gw, json_valid="true", limit=500)["data"]}
+    one = httpx.get(f"{gw.url}/v1/captures/{row['id']}", headers=H).json()
+    assert Capture.model_validate(one).feedback.rating == "down"
     # nothing of the raw values anywhere in the stored database files (WAL included)
     files = list(Path(gw.env["TUNELOOP_DATA_DIR"]).glob("gateway.db*"))
     assert files and all(b"jane.doe@example.com" not in f.read_bytes() for f in files)
@@ -202,6 +209,8 @@ def test_review_queue_and_retention(gw, engine):
     _feedback(gw, key, ids[0], {"rating": "up"})
     _feedback(gw, key, ids[1], {"rating": "down"})
     caps = [_by_response(gw, rid)["id"] for rid in ids]
+    page = Page[Capture].model_validate(_captures(gw, limit=2))   # the contract, paged
+    assert len(page.data) == 2 and page.has_more and page.total > 2
     down = _captures(gw, rating="down", limit=500)["data"]
     assert caps[1] in [c["id"] for c in down] and all(c["feedback"]["rating"] == "down" for c in down)
     assert caps[2] in [c["id"] for c in _captures(gw, rating="none", limit=500)["data"]]

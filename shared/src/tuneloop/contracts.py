@@ -272,6 +272,46 @@ class Promotion(Contract):
     reason: str | None = None
 
 
-__all__ = ["Alias", "Contract", "Dataset", "DatasetCounts", "Deleted", "Deployment", "EvalRun",
-           "Job", "JobEvent", "JobProgress", "JobStatus", "Lease", "ModelVersion", "Page",
+class CaptureFeedback(Contract):
+    """What the caller said about a captured answer (the last feedback wins)."""
+
+    rating: Literal["up", "down"] | None = None
+    correction: str | None = None
+    comment: str | None = None
+    created_at: int
+
+
+class Capture(Contract):
+    """A captured generation (``cap-...``), masked before it was stored, with its feedback and
+    review; ``model`` is what the client asked for, ``served_model`` what answered. The review
+    queue adds ``similarity`` (to the nearest training prompt) and ``metrics`` when asked."""
+
+    id: str
+    object: Literal["capture"] = "capture"
+    response_id: str | None = None
+    key_id: str
+    endpoint: Literal["chat", "completions"]
+    model: str
+    served_model: str | None = None
+    stream: bool = False
+    finish_reason: str | None = None
+    latency_s: float
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    masked: dict[str, int] = {}
+    created_at: int
+    feedback: CaptureFeedback | None = None
+    status: Literal["pending", "accepted", "rejected"]
+    edited_output: str | None = None
+    reviewed_at: int | None = None
+    dataset_id: str | None = None
+    training_answer: str | None = None
+    messages: list[dict[str, Any]] = []
+    output: str | None = None
+    similarity: float | None = None
+    metrics: dict[str, Any] | None = None
+
+
+__all__ = ["Alias", "Capture", "CaptureFeedback", "Contract", "Dataset", "DatasetCounts", "Deleted",
+           "Deployment", "EvalRun", "Job", "JobEvent", "JobProgress", "JobStatus", "Lease", "ModelVersion", "Page",
            "Promotion", "RowsPage"]

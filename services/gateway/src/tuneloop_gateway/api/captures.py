@@ -20,7 +20,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tuneloop.contracts import Page
+from tuneloop.contracts import Capture, Page
 from tuneloop.errors import InvalidRequest
 
 from ..auth import require_admin, require_inference
@@ -121,7 +121,8 @@ def _filters(status: str | None, rating: str | None, corrected: bool | None, mod
             "since": since}
 
 
-@admin.get("", summary="The review queue: captured rows, filtered, newest first")
+@admin.get("", summary="The review queue: captured rows, filtered, newest first",
+           response_model=Page[Capture], response_model_exclude_unset=True)
 async def list_captures(
         request: Request,
         status: Literal["pending", "accepted", "rejected"] | None = None,
@@ -131,6 +132,7 @@ async def list_captures(
         key_id: str | None = Query(None, max_length=40),
         dataset_id: str | None = Query(None, pattern=DS_ID, description="Published into this version."),
         since: int | None = Query(None, ge=0),
+        json_valid: bool | None = Query(None, description="Only answers that are (not) JSON."),
         similar_to: str | None = Query(None, pattern=DS_ID, description="Add each row's similarity "
                                        "to its nearest training prompt of this version."),
         min_similarity: float | None = Query(None, ge=0, le=1),
@@ -141,21 +143,25 @@ async def list_captures(
     if (min_similarity is not None or max_similarity is not None) and similar_to is None:
         raise InvalidRequest("min_similarity/max_similarity need similar_to=<dataset id>",
                              code="similar_to_required", param="similar_to")
-    if similar_to is None:
+    if similar_to is None and json_valid is None:
         rows, total = await run_in_threadpool(svc.list, filters, offset, limit + 1)
         return _page([capture_view(r) for r in rows[:limit]], len(rows) > limit, total)
-    # similarity filters apply after the query: scan up to 5,000 rows of the other filters
+    # these filters apply after the query: up to 5,000 rows of the other filters are scanned
     rows, _ = await run_in_threadpool(svc.list, filters, 0, 5000)
-    sims = await svc.similarities(similar_to, rows)
-    kept = [r for r in rows if (min_similarity is None or sims[r.id] >= min_similarity)
-            and (max_similarity is None or sims[r.id] <= max_similarity)]
-    page = kept[offset:offset + limit]
-    data = [{**capture_view(r), "similarity": sims[r.id]} for r in page]
-    return _page(data, offset + limit < len(kept), len(kept))
+    views = [capture_view(r) for r in rows]
+    if json_valid is not None:
+        views = [v for v in views if v["metrics"]["json_valid"] is json_valid]
+    if similar_to is not None:
+        sims = await svc.similarities(similar_to, [r for r in rows if r.id in {v["id"] for v in views}])
+        views = [{**v, "similarity": sims[v["id"]]} for v in views
+                 if (min_similarity is None or sims[v["id"]] >= min_similarity)
+                 and (max_similarity is None or sims[v["id"]] <= max_similarity)]
+    return _page(views[offset:offset + limit], offset + limit < len(views), len(views))
 
 
 def _page(data: list[dict], has_more: bool, total: int) -> dict:
-    return {**Page[dict](data=data, has_more=has_more).model_dump(), "total": total}
+    """A ``Page`` of Capture objects plus the ``total`` matching the filters."""
+    return {"object": "list", "data": data, "has_more": has_more, "total": total}
 
 
 @admin.get("/drift", summary="Drift of captured prompts from a version's training prompts")
@@ -193,6 +199,7 @@ async def retrain(request: Request, body: Retrain) -> JSONResponse:
     return JSONResponse(out, status_code=201)
 
 
-@admin.get("/{capture_id}", summary="One captured row")
+@admin.get("/{capture_id}", summary="One captured row", response_model=Capture,
+           response_model_exclude_unset=True)
 async def get_capture(request: Request, capture_id: str) -> dict:
     return capture_view(await run_in_threadpool(_svc(request).get, capture_id))

@@ -18,7 +18,7 @@ from tuneloop.clients.dataset import DatasetClient
 from tuneloop.clients.trainer import TrainerClient
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, NotFound, Unprocessable
-from tuneloop.textmetrics import tokens
+from tuneloop.textmetrics import parse_json, rouge_l, tokens
 
 from ..auth import Principal
 from ..db import Capture
@@ -39,11 +39,20 @@ def capture_view(row: Capture, *, full: bool = True) -> dict[str, Any]:
                       "created_at": row.feedback_at} if row.feedback_at else None),
         "status": row.status, "edited_output": row.edited_output, "reviewed_at": row.reviewed_at,
         "dataset_id": row.dataset_id, "training_answer": training_answer(row),
+        "metrics": answer_metrics(row),
     }
     if full:
         view["messages"] = row.messages
         view["output"] = row.output
     return view
+
+
+def answer_metrics(row: Capture) -> dict[str, Any]:
+    """The task metrics the evals use, applied to the captured answer: JSON validity, and its
+    ROUGE-L agreement with the user's correction when there is one."""
+    return {"json_valid": parse_json(row.output) is not None,
+            "agreement": round(rouge_l(row.output, row.correction), 4)
+            if row.correction is not None else None}
 
 
 def training_answer(row: Capture) -> str | None:
