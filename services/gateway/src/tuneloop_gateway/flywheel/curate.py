@@ -86,8 +86,8 @@ class CurateService:
                        correction: str | None, comment: str | None) -> dict[str, Any]:
         found = await asyncio.to_thread(self._feedback, principal, response_id, rating,
                                         correction, comment)
-        if found is None and not self.recorder.queue.empty():
-            await self.recorder.flush()  # the answer may still be on its way to the table
+        if found is None:  # the answer may still be on its way to the table (queued or
+            await self.recorder.flush()  # being written): wait for the writer, at most 5 s
             found = await asyncio.to_thread(self._feedback, principal, response_id, rating,
                                             correction, comment)
         if found is None:
