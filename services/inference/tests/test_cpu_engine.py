@@ -49,11 +49,17 @@ def test_cpu_command_line_and_environment(tmp_path: Path) -> None:
     assert opts["--model"] == "/m" and opts["--served-model-name"] == "mv-1"
     assert opts["--kv-cache-memory-bytes"] == str(512 << 20) and opts["--dtype"] == "float32"
     assert opts["--max-num-seqs"] == "32"
-    assert "--enforce-eager" in cmd and "--enable-lora" in cmd       # the CPU defaults
-    assert "--gpu-memory-utilization" not in cmd
+    assert "--enforce-eager" in cmd and "--gpu-memory-utilization" not in cmd
+    assert "--enable-lora" not in cmd           # LoRA slows every request: the base only
     env = engine.env()
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["HF_HUB_OFFLINE"] == "1"
-    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and "CUDA_VISIBLE_DEVICES" not in env
+    assert "CUDA_VISIBLE_DEVICES" not in env and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env
+    base = make_engine("vllm", name="base", model_dir="/b", settings=settings,
+                       log_path=tmp_path / "l")
+    cmd = base.command()
+    assert cmd[cmd.index("--enable-lora") + 1:cmd.index("--enable-lora") + 3] == [
+        "--max-lora-rank", "16"]
+    assert base.env()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     with pytest.raises(EngineError) as err:   # no tensor parallelism on a CPU
         make_engine("vllm", name="x", model_dir="/m", settings=settings, log_path=tmp_path / "l",
                     tensor_parallel_size=2)

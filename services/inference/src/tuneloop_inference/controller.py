@@ -249,9 +249,11 @@ class Controller:
             raise Conflict(f"'{name}' is an alias; served names and aliases must differ",
                            code="name_taken", param="name")
         if adapter_of:
-            if self.kind != "vllm" or not self.settings.vllm_lora(self.device):
+            base = self.routes.get(adapter_of)
+            if self.kind != "vllm" or (base is not None and not getattr(base, "lora", False)):
                 raise InvalidRequest("runtime LoRA adapters need the vllm engine with LoRA on "
-                                     "(INFERENCE_VLLM_ENABLE_LORA)", param="adapter_of",
+                                     f"for '{adapter_of}' (INFERENCE_VLLM_ENABLE_LORA; on CPU "
+                                     "by default for the base deployment)", param="adapter_of",
                                      code="lora_unsupported")
             if adapter_of not in self.routes:
                 raise InvalidRequest(f"base deployment '{adapter_of}' is not ready here",

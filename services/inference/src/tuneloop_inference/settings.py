@@ -11,6 +11,28 @@ from pydantic_settings import SettingsConfigDict
 from tuneloop.settings import ServiceSettings
 
 
+DOC_NOTES = """
+### Memory sizing of the CPU engines (vLLM's CPU build)
+
+One vLLM CPU engine is three processes (API server, engine core, worker). Serving
+SmolLM2-135M-Instruct with `INFERENCE_VLLM_CPU_KV_CACHE_GIB=1` (~46k tokens of KV cache: 30
+layers x 3 KV heads x 64 x 2 x bf16 = 23 KB a token) it measured **3.6 GiB resident**
+(`bench/results/inference_cpu.json`, `engine_rss`): ~0.7 GiB each for the API server and the
+engine core (Python + torch + vLLM imports), the rest the worker (weights in bf16, the KV cache,
+LoRA buffers on the base). `transformers serve` used 1.6 GiB. vLLM's own CPU default
+(`VLLM_CPU_KVCACHE_SPACE` unset) would take 4 GiB of KV cache per engine.
+
+The 24 GiB machine during the demo's heaviest moment, a promotion on CPU: the base engine (LoRA
+on, the candidate attached) + the candidate's merged-weights engine starting beside it (blue and
+green) = 2 x ~3.6 GiB; the four services ~0.4-0.6 GiB each; the trainer's job process (peft LoRA
+of the 135M model, float32) ~3 GiB while it trains, which is before the gate deploys anything,
+but a second job may train during a swap: 2 x 3.6 + 2.4 + 3 = ~12.6 GiB, under half the machine.
+1 GiB of KV cache holds 16 concurrent requests of ~2,800 tokens each, far above the demo's
+(eval concurrency 8, prompts of a few hundred tokens), so it is the default; the tests use 0.25.
+Raise it for long contexts or many clients (each GiB adds ~1 GiB per engine, x2 during a swap).
+"""
+
+
 class InferenceSettings(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="INFERENCE_", extra="ignore")
 
@@ -110,10 +132,15 @@ class InferenceSettings(ServiceSettings):
     vllm_max_model_len: int | None = Field(None, description="--max-model-len for vllm serve.")
     vllm_enable_lora: bool | None = Field(
         None, description="Start vLLM engines with --enable-lora so candidates can be attached "
-        "as runtime LoRA adapters (VLLM_ALLOW_RUNTIME_LORA_UPDATING). Unset: on for cpu (the "
-        "demo's fast path: an adapter loads in well under a second, no second engine for the "
-        "evaluation), off for cuda.")
-    vllm_max_lora_rank: int = Field(64, description="--max-lora-rank when LoRA is enabled.")
+        "as runtime LoRA adapters (VLLM_ALLOW_RUNTIME_LORA_UPDATING). Unset: on cpu, the base "
+        "deployment's engine only (base_model_name: where the gateway attaches candidates; LoRA "
+        "costs every request of an engine that has it, 28% at 16 clients with rank 16 on 2 "
+        "cores); off on cuda.")
+    vllm_max_lora_rank: int | None = Field(
+        None, ge=1, le=1024, description="--max-lora-rank when LoRA is on: an adapter of a "
+        "higher rank is refused (the gateway then evaluates the merged weights). Unset: 16 on "
+        "cpu (the trainer's default rank; the LoRA kernels work at this rank for every request: "
+        "16 clients on SmolLM2-135M, 1 core, got 200 tok/s at 16 vs 102 at 64), 64 on cuda.")
     vllm_extra_args: str = Field("", description="Extra arguments for vllm serve (shell-split).")
 
     # -- what is served ----------------------------------------------------------------------
@@ -129,9 +156,15 @@ class InferenceSettings(ServiceSettings):
     replica_stale_s: float = Field(30.0, description="A replica not seen for this long no "
                                    "longer counts for alias convergence.")
 
-    def vllm_lora(self, device: str) -> bool:
-        """--enable-lora for engines on ``device`` (``vllm_enable_lora`` or its default)."""
-        return device == "cpu" if self.vllm_enable_lora is None else self.vllm_enable_lora
+    def vllm_lora(self, device: str, name: str) -> bool:
+        """--enable-lora for the engine serving ``name`` on ``device`` (the setting, or its
+        default: on cpu for the base deployment only)."""
+        if self.vllm_enable_lora is not None:
+            return self.vllm_enable_lora
+        return device == "cpu" and name == self.base_model_name
+
+    def vllm_lora_rank(self, device: str) -> int:
+        return self.vllm_max_lora_rank or (16 if device == "cpu" else 64)
 
     def vllm_eager(self, device: str) -> bool:
         return device == "cpu" if self.vllm_enforce_eager is None else self.vllm_enforce_eager

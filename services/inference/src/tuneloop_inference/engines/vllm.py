@@ -13,7 +13,8 @@ device memory), compute threads are bound to the cores the controller placed the
 (``VLLM_CPU_OMP_THREADS_BIND``; :class:`..placement.CpuCores`), and the engine runs eagerly by
 default (start-up measured in docs/inference.md).
 
-With LoRA on (``vllm_enable_lora``; default on for CPU) the engine starts with ``--enable-lora``
+With LoRA on (``vllm_enable_lora``; by default on CPU for the base deployment, where the gateway
+attaches candidates: LoRA slows every request of an engine that has it) the engine starts with ``--enable-lora``
 and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` so candidates can be attached at run time as LoRA
 adapters (``/v1/load_lora_adapter``) under their immutable model-version id.
 """
@@ -43,7 +44,7 @@ class VllmEngine(Engine):
         if self.device == "cpu" and self.tensor_parallel_size > 1:
             raise EngineError(f"tensor_parallel_size={self.tensor_parallel_size} needs GPUs; the "
                               "vllm engine runs on cpu here", "tensor_parallel_unsupported")
-        self.lora = self.settings.vllm_lora(self.device)
+        self.lora = self.settings.vllm_lora(self.device, self.name)
 
     def command(self) -> list[str]:
         s = self.settings
@@ -72,7 +73,7 @@ class VllmEngine(Engine):
         if s.vllm_dtype:
             cmd += ["--dtype", s.vllm_dtype]
         if self.lora:
-            cmd += ["--enable-lora", "--max-lora-rank", str(s.vllm_max_lora_rank)]
+            cmd += ["--enable-lora", "--max-lora-rank", str(s.vllm_lora_rank(self.device))]
         return cmd + shlex.split(s.vllm_extra_args)
 
     def _read_context_length(self) -> int | None:
