@@ -113,3 +113,26 @@ def test_our_generated_keys_are_masked():
         key = generate_key()
         out, found = mask(f"my key is {key} thanks")
         assert key not in out and found["API_KEY"] == 1, out
+
+
+ADVERSARIAL = {  # shapes that made earlier patterns backtrack quadratically (minutes per text)
+    "dash-chain": "-".join(f"{i % 9000 + 10}" for i in range(25_000)),
+    "dot-chain": ".".join(f"{i % 9000 + 10}" for i in range(25_000)),
+    "dotted-word": "a." * 50_000,
+    "long-local-parts": ("a" * 60 + "@") * 1_600,
+    "long-domain": "a@" + "b." * 50_000,
+    "digits": "1" * 100_000,
+    "plus-runs": "+1 " * 33_000,
+}
+
+
+@pytest.mark.parametrize("name", list(ADVERSARIAL))
+def test_adversarial_text_masks_in_one_pass(name):
+    """Captured text is attacker-controlled and masked in the gateway's process (Python's re
+    holds the GIL): every pattern is bounded, so these finish in a linear pass. A quadratic
+    pattern turns this test into one that runs for minutes (the suite's timeout fails it)."""
+    text = ADVERSARIAL[name]
+    out, found = mask(text)
+    assert isinstance(out, str)
+    if name in ("dash-chain", "dot-chain", "dotted-word", "digits", "long-domain"):
+        assert not found.get("PHONE") and not found.get("EMAIL"), dict(found)

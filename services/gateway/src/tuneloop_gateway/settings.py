@@ -133,6 +133,10 @@ class GatewaySettings(ServiceSettings):
     capture_max_chars: int = Field(
         100_000, ge=100, description="Prompt/answer text kept per capture at most (longer text "
         "is cut and the capture marked truncated).")
+    capture_mask_subprocess: bool = Field(
+        True, description="Parse and mask captures in a separate worker process (regular "
+        "expressions hold the GIL: masking a large prompt in the gateway's own process would "
+        "delay the requests it is serving). Off: a thread of the gateway process.")
     drift_max_training_rows: int = Field(
         20_000, ge=10, description="Training rows read for drift and near-duplicate checks at "
         "most (the first N of the train split).")

@@ -3,9 +3,10 @@
 The request path does only O(1) work: it decides whether the request is captured (the key
 opted in *and* the model is listed in ``GATEWAY_CAPTURE_MODELS``), keeps the raw request and
 answer bytes (a streamed answer is teed as it passes, up to a byte cap) and, once the answer
-has been sent, puts them on a bounded queue without waiting. One worker parses, masks and
-writes them in a thread. A full queue or a failed write is counted in
-``tuneloop_gateway_captures_total{outcome=...}`` and logged; it is never the user's error.
+has been sent, puts them on a bounded queue without waiting. One worker parses and masks them
+in a separate process (regular expressions hold the GIL) and writes them in a thread. A full
+queue or a failed write is counted in ``tuneloop_gateway_captures_total{outcome=...}`` and
+logged; it is never the user's error.
 Retention (rows and days) is applied by the same worker.
 """
 
@@ -15,9 +16,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import multiprocessing
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +33,7 @@ from tuneloop.ids import new_id
 from ..auth import Principal
 from ..db import Capture
 from ..settings import GatewaySettings
-from .masking import mask, mask_messages
+from .prepare import prepare_batch
 
 log = logging.getLogger("tuneloop.gateway.capture")
 
@@ -64,6 +68,7 @@ class CaptureRecorder:
         self.models = frozenset(settings.capture_models)
         self._task: asyncio.Task | None = None
         self._last_prune = 0.0
+        self._pool: ProcessPoolExecutor | None = None
 
     # -- request path (event loop, O(1)) ---------------------------------------------------
     def begin(self, principal: Principal | None, endpoint: str, body: bytes) -> Pending | None:
@@ -124,6 +129,8 @@ class CaptureRecorder:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
         while True:
@@ -131,7 +138,8 @@ class CaptureRecorder:
             while len(batch) < 100 and not self.queue.empty():
                 batch.append(self.queue.get_nowait())
             try:
-                outcomes = await asyncio.to_thread(self._write, batch)
+                results = await self._prepare(batch)
+                outcomes = await asyncio.to_thread(self._write, batch, results)
                 for outcome, n in outcomes.items():
                     self.metrics.captures.labels(outcome).inc(n)
                 if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
@@ -145,20 +153,36 @@ class CaptureRecorder:
                 for _ in batch:
                     self.queue.task_done()
 
-    def _write(self, batch: list[Pending]) -> Counter[str]:
+    async def _prepare(self, batch: list[Pending]) -> list[tuple[str, Any]]:
+        """Parse and mask the batch in the masking process (a thread when that is off); a
+        crashed process is replaced for the next batch."""
+        items = [{"request": p.request, "body": p.body, "stream": p.stream,
+                  "endpoint": p.endpoint, "truncated": p.truncated} for p in batch]
+        limit = self.settings.capture_max_chars
+        if self.settings.capture_mask_subprocess:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            try:
+                return await asyncio.get_running_loop().run_in_executor(
+                    self._pool, prepare_batch, items, limit)
+            except BrokenProcessPool:
+                self._pool = None
+                raise
+        return await asyncio.to_thread(prepare_batch, items, limit)
+
+    def _write(self, batch: list[Pending], results: list[tuple[str, Any]]) -> Counter[str]:
         outcomes: Counter[str] = Counter()
         rows = []
-        for item in batch:
-            try:
-                row = self._row(item)
-            except Exception:  # one bad answer does not lose the batch
-                log.exception("capture parse failed")
-                outcomes["failed"] += 1
+        for item, (outcome, fields) in zip(batch, results, strict=True):
+            if outcome == "failed":
+                log.warning("capture parse failed", extra={"error": fields})
+            if outcome != "ok":
+                outcomes[outcome] += 1
                 continue
-            if row is None:  # an error answer: nothing to learn from
-                outcomes["skipped"] += 1
-            else:
-                rows.append(row)
+            rows.append(Capture(
+                id=new_id("cap"), key_id=item.key_id, endpoint=item.endpoint, stream=item.stream,
+                latency_s=round(item.finished - item.started, 6), created_at=item.created_at,
+                status="pending", **fields))
         if rows:
             with self.db.session() as s:
                 s.add_all(rows)
@@ -167,35 +191,6 @@ class CaptureRecorder:
         if over > 0:
             self.prune()
         return outcomes
-
-    def _row(self, item: Pending) -> Capture | None:
-        """The masked row of one answer, or None when there is nothing to keep (an error)."""
-        answer = parse_stream(item.body) if item.stream else parse_answer(item.body)
-        if answer is None:
-            return None
-        limit = self.settings.capture_max_chars
-        if item.endpoint == "chat":
-            msgs = [m for m in item.request.get("messages") or [] if isinstance(m, dict)]
-        else:
-            prompt = item.request.get("prompt")
-            msgs = [{"role": "user", "content": prompt if isinstance(prompt, str) else json.dumps(prompt)}]
-        msgs = [{**m, "content": _cut(m.get("content"), limit)} for m in msgs]
-        masked_msgs, found = mask_messages(msgs)
-        text, found_out = mask(_cut(answer["text"], limit))
-        found += found_out
-        usage = answer.get("usage") or {}
-        marks = dict(found)
-        if item.truncated or len(answer["text"]) > limit:
-            marks["truncated"] = 1
-        return Capture(
-            id=new_id("cap"), response_id=_str(answer.get("id"), 200), key_id=item.key_id,
-            endpoint=item.endpoint, model=str(item.request.get("model"))[:300],
-            served_model=_str(answer.get("model"), 300), messages=masked_msgs, output=text,
-            stream=item.stream, finish_reason=_str(answer.get("finish_reason"), 40),
-            latency_s=round(item.finished - item.started, 6),
-            prompt_tokens=_int(usage.get("prompt_tokens")),
-            completion_tokens=_int(usage.get("completion_tokens")), masked=marks,
-            created_at=item.created_at, status="pending")
 
     def _count(self) -> int:
         with self.db.session() as s:
@@ -218,61 +213,3 @@ class CaptureRecorder:
         if gone:
             self.metrics.captures.labels("expired").inc(gone)
         return gone
-
-
-def parse_answer(body: bytes) -> dict[str, Any] | None:
-    """id, model, text, finish_reason, usage of a non-streamed OpenAI answer (first choice)."""
-    data = json.loads(body)
-    if not isinstance(data, dict) or not data.get("choices"):
-        return None
-    choice = data["choices"][0]
-    text = (choice.get("message") or {}).get("content") if "message" in choice else choice.get("text")
-    return {"id": data.get("id"), "model": data.get("model"), "text": text or "",
-            "finish_reason": choice.get("finish_reason"), "usage": data.get("usage")}
-
-
-def parse_stream(body: bytes) -> dict[str, Any] | None:
-    """The same, assembled from an OpenAI event stream; None if it carried an error."""
-    out: dict[str, Any] = {"id": None, "model": None, "finish_reason": None, "usage": None}
-    parts: list[str] = []
-    seen = False
-    for line in body.decode("utf-8", "replace").splitlines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            break
-        try:
-            event = json.loads(payload)
-        except ValueError:
-            continue
-        if not isinstance(event, dict) or "error" in event:
-            return None
-        seen = True
-        out["id"] = out["id"] or event.get("id")
-        out["model"] = out["model"] or event.get("model")
-        out["usage"] = event.get("usage") or out["usage"]
-        for choice in event.get("choices") or []:
-            if choice.get("index", 0) != 0:
-                continue
-            delta = choice.get("delta")
-            piece = (delta or {}).get("content") if delta is not None else choice.get("text")
-            if piece:
-                parts.append(piece)
-            out["finish_reason"] = choice.get("finish_reason") or out["finish_reason"]
-    if not seen:
-        return None
-    out["text"] = "".join(parts)
-    return out
-
-
-def _cut(value: Any, limit: int) -> Any:
-    return value[:limit] if isinstance(value, str) else value
-
-
-def _str(value: Any, limit: int) -> str | None:
-    return str(value)[:limit] if value is not None else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -74,14 +74,14 @@ _RULES: list[tuple[str, re.Pattern[str], Check | None, int]] = [
     ("SECRET", re.compile(
         r"(?i)\b(password|passwd|pwd|secret|api[_-]?key|access[_-]?token|auth[_-]?token|token)"
         r"([\"']?\s*[:=]\s*[\"']?)([^\s\"',;]{6,})"), None, 3),
-    ("EMAIL", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
-     None, 0),
+    ("EMAIL", re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}"
+                         r"(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}\b"), None, 0),
     ("IBAN", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b"), _iban_ok, 0),
     ("CARD", re.compile(r"(?<![\d+-])\d(?:[ -]?\d){12,18}(?![\d-])"), _card_ok, 0),
     ("SSN", re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}(?![\d-])"), None, 0),
     ("PHONE", re.compile(
-        r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}(?![\w.-]*\d)"
-        r"|(?<![\w+])\+\d{8,15}\b"), _phone_ok, 0),
+        r"(?<![\w+])(?<!\d[.-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,4}(?:[ .-]\d{2,4}){1,4}"
+        r"(?!\w|[.-]\d)|(?<![\w+])\+\d{8,15}\b"), _phone_ok, 0),
 ]
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$|^\d{1,2}[./-]\d{1,2}[./-]\d{2,4}$")
 
