@@ -58,9 +58,9 @@ def _secret(path: Path) -> str:
 
 def configure_local_env(var: Path, base_path: Path | None = None) -> None:
     """The embedded default's environment (only where the user has not set it already):
-    offline, the base model served by inference as ``base`` (continuous batching: batched greedy
-    generation on CPU), inference's admin key shared with the gateway and the service token
-    shared by all four through var/."""
+    offline, the base model served by inference as ``base`` (on vLLM's CPU build, the default;
+    continuous batching applies to the fallback engine only), inference's admin key shared with
+    the gateway and the service token shared by all four through var/."""
     env = {
         "TUNELOOP_DATA_DIR": str(var),
         "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",

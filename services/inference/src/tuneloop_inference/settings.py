@@ -16,7 +16,7 @@ DOC_NOTES = """
 
 One vLLM CPU engine is three processes (API server, engine core, worker). Serving
 SmolLM2-135M-Instruct with `INFERENCE_VLLM_CPU_KV_CACHE_GIB=1` (~46k tokens of KV cache: 30
-layers x 3 KV heads x 64 x 2 x bf16 = 23 KB a token) it measured **3.6 GiB resident**
+layers x 3 KV heads x 64 x 2 x bf16 = 23 KB a token) it measured **3.7 GiB resident**
 (`bench/results/inference_cpu.json`, `engine_rss`): ~0.7 GiB each for the API server and the
 engine core (Python + torch + vLLM imports), the rest the worker (weights in bf16, the KV cache,
 LoRA buffers on the base). `transformers serve` used 1.6 GiB. vLLM's own CPU default
@@ -24,9 +24,12 @@ LoRA buffers on the base). `transformers serve` used 1.6 GiB. vLLM's own CPU def
 
 The 24 GiB machine during the demo's heaviest moment, a promotion on CPU: the base engine (LoRA
 on, the candidate attached) + the candidate's merged-weights engine starting beside it (blue and
-green) = 2 x ~3.6 GiB; the four services ~0.4-0.6 GiB each; the trainer's job process (peft LoRA
-of the 135M model, float32) ~3 GiB while it trains, which is before the gate deploys anything,
-but a second job may train during a swap: 2 x 3.6 + 2.4 + 3 = ~12.6 GiB, under half the machine.
+green) = 2 x ~3.7 GiB; the four services ~0.4-0.6 GiB each; the trainer's job process (peft LoRA
+of the 135M model) peaked at 2.5 GiB in a demo run (the job's `peak_rss_bytes`), which is before
+the gate deploys anything, but a second job may train during a swap: 2 x 3.7 + ~2 + 2.5 = ~12 GiB,
+about half the machine (the whole machine peaked at 11.7 GiB used in that demo run, with an
+inference test suite's engines running beside it).
+
 1 GiB of KV cache holds 16 concurrent requests of ~2,800 tokens each, far above the demo's
 (eval concurrency 8, prompts of a few hundred tokens), so it is the default; the tests use 0.25.
 Raise it for long contexts or many clients (each GiB adds ~1 GiB per engine, x2 during a swap).
