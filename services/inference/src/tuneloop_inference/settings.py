@@ -27,8 +27,9 @@ on, the candidate attached) + the candidate's merged-weights engine starting bes
 green) = 2 x ~3.7 GiB; the four services ~0.4-0.6 GiB each; the trainer's job process (peft LoRA
 of the 135M model) peaked at 2.5 GiB in a demo run (the job's `peak_rss_bytes`), which is before
 the gate deploys anything, but a second job may train during a swap: 2 x 3.7 + ~2 + 2.5 = ~12 GiB,
-about half the machine (the whole machine peaked at 11.7 GiB used in that demo run, with an
-inference test suite's engines running beside it).
+about half the machine. Measured: the whole machine peaked at 11.7 GiB used during that demo run
+(its gate ended inconclusive, so no second engine was started), with an inference test suite's
+vLLM engines (up to three) and another test run beside it.
 
 1 GiB of KV cache holds 16 concurrent requests of ~2,800 tokens each, far above the demo's
 (eval concurrency 8, prompts of a few hundred tokens), so it is the default; the tests use 0.25.
