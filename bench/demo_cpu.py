@@ -71,6 +71,7 @@ def main() -> int:
     p.add_argument("--burner", action="store_true", help="one busy process per core during the run")
     p.add_argument("--var", default="/tmp/demo-cpu-var")
     p.add_argument("--timeout", type=float, default=3600)
+    p.add_argument("--keep", action="store_true", help="leave the stack running (for bench/second_task.py)")
     a = p.parse_args()
     burners = [mp.Process(target=_burn, daemon=True) for _ in range(os.cpu_count() or 1)] if a.burner else []
     for b in burners:
@@ -88,7 +89,8 @@ def main() -> int:
     log = Path(a.var).with_suffix(".log")
     try:
         with open(log, "wb") as fh:
-            rc = subprocess.run([sys.executable, "-m", "tuneloop.demo", "--var", a.var, "--stop"],
+            rc = subprocess.run([sys.executable, "-m", "tuneloop.demo", "--var", a.var,
+                                 *([] if a.keep else ["--stop"])],
                                 stdout=fh, stderr=subprocess.STDOUT, timeout=a.timeout,
                                 env={**os.environ, "COLUMNS": "120"}).returncode
     except subprocess.TimeoutExpired:
