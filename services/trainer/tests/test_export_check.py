@@ -61,7 +61,9 @@ def setup(tiny_base_dir: Path, ticket_rows):
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(tiny_base_dir))
-    rows = [article_to_chat(r) for r in ticket_rows[200:200 + EX.verify_prompts]]
+    # 60 prompts, not the job's 6: the tiny model (head_dim 32 since the vLLM CPU engine) ends
+    # its answers after ~3 tokens, and the check must compare enough positions to mean something
+    rows = [article_to_chat(r) for r in ticket_rows[200:260]]
     prompt_ids = verify.render_prompts(tok, [r["messages"][:1] for r in rows])
     golds = [r["messages"][-1]["content"] for r in rows]
     return tok, prompt_ids, golds
@@ -82,7 +84,7 @@ def test_correct_merge_passes(setup, tiny_base_dir: Path, tmp_path: Path):
     model = _lora(tiny_base_dir)
     res = _check(setup, model, _merge_to(_lora(tiny_base_dir), setup[0], tmp_path / "m"))
     assert res["passed"], res["detail"]
-    assert res["kind"] == "merged_vs_trained" and res["decisive_tokens"] > 50
+    assert res["kind"] == "merged_vs_trained" and res["decisive_tokens"] > 50, {k: v for k, v in res.items() if k != "detail"}
     assert res["agreement"] >= EX.verify_min_agreement
 
 
