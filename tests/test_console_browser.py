@@ -299,19 +299,24 @@ def test_chat_in_the_playground(page, console_stack):
     shot(pg, "playground")
 
 
-def test_synthetic_draft_review_and_publish(page, console_stack):
+def test_synthetic_draft_review_and_publish(page, console_stack, ticket_rows):
     """A teacher (here: inference serving the tiny base) answers three inputs; one row is
-    rejected, the rest accepted, and the accepted rows are published as a dataset version."""
+    rejected, the rest accepted, and the accepted rows are published as a dataset version.
+    The instruction and the seed are the tiny base's own domain (support tickets): on another
+    instruction it answers with end-of-text at once most of the time (empty rows)."""
     pg = page
+    seed = ticket_rows[0]
     pg.click("nav >> text=Datasets")
     pg.click("text=Start a synthetic-data job")
     pg.fill("#syn-base-url", console_stack["inference"] + "/v1")
     pg.fill("#syn-model", "base")
     pg.fill("#syn-key", console_stack["service_token"])  # inference's chat is internal
-    pg.fill("#syn-instruction", "Answer the customer in one sentence.")
+    pg.fill("#syn-instruction", seed["instruction"])
     pg.select_option("#syn-mode", "completions")
-    pg.fill("#syn-seeds", json.dumps({"instruction": "Answer the customer in one sentence.",
-                                      "input": "Where is my order?", "output": "It ships tomorrow."}))
+    pg.fill("#syn-seeds", json.dumps({"instruction": seed["instruction"], "input": seed["input"],
+                                      # a plain-text answer: a JSON seed would make the job expect
+                                      # JSON, which a tiny model writes only now and then
+                                      "output": json.loads(seed["output"])["summary"]}))
     pg.fill("#syn-inputs", "My app crashes.\nI was charged twice.\nHow do I reset my password?")
     pg.fill("#syn-n", "3")
     pg.click("#syn-form button[type=submit]")
