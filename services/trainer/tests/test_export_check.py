@@ -84,7 +84,8 @@ def test_correct_merge_passes(setup, tiny_base_dir: Path, tmp_path: Path):
     model = _lora(tiny_base_dir)
     res = _check(setup, model, _merge_to(_lora(tiny_base_dir), setup[0], tmp_path / "m"))
     assert res["passed"], res["detail"]
-    assert res["kind"] == "merged_vs_trained" and res["decisive_tokens"] > 50, {k: v for k, v in res.items() if k != "detail"}
+    assert res["kind"] == "merged_vs_trained" and res["decisive_tokens"] > 50, \
+        {k: v for k, v in res.items() if k != "detail"}
     assert res["agreement"] >= EX.verify_min_agreement
 
 
