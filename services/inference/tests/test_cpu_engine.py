@@ -57,8 +57,8 @@ def test_cpu_command_line_and_environment(tmp_path: Path) -> None:
     base = make_engine("vllm", name="base", model_dir="/b", settings=settings,
                        log_path=tmp_path / "l")
     cmd = base.command()
-    assert cmd[cmd.index("--enable-lora") + 1:cmd.index("--enable-lora") + 3] == [
-        "--max-lora-rank", "16"]
+    assert cmd[cmd.index("--enable-lora") + 1:cmd.index("--enable-lora") + 5] == [
+        "--max-lora-rank", "16", "--max-loras", "4"]   # several tenants' adapters at once
     assert base.env()["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
     with pytest.raises(EngineError) as err:   # no tensor parallelism on a CPU
         make_engine("vllm", name="x", model_dir="/m", settings=settings, log_path=tmp_path / "l",

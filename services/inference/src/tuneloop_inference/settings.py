@@ -145,6 +145,10 @@ class InferenceSettings(ServiceSettings):
         "higher rank is refused (the gateway then evaluates the merged weights). Unset: 16 on "
         "cpu (the trainer's default rank; the LoRA kernels work at this rank for every request: "
         "16 clients on SmolLM2-135M, 1 core, got 200 tok/s at 16 vs 102 at 64), 64 on cuda.")
+    vllm_max_loras: int = Field(
+        4, ge=1, le=256, description="--max-loras when LoRA is on: adapters of one base served "
+        "in the same batch (per-tenant adapters and a gate's candidate at once; vLLM's own "
+        "default is 1, which makes requests for different adapters wait for each other).")
     vllm_extra_args: str = Field("", description="Extra arguments for vllm serve (shell-split).")
 
     # -- what is served ----------------------------------------------------------------------

@@ -16,7 +16,8 @@ default (start-up measured in docs/inference.md).
 With LoRA on (``vllm_enable_lora``; by default on CPU for the base deployment, where the gateway
 attaches candidates: LoRA slows every request of an engine that has it) the engine starts with ``--enable-lora``
 and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` so candidates can be attached at run time as LoRA
-adapters (``/v1/load_lora_adapter``) under their immutable model-version id.
+adapters (``/v1/load_lora_adapter``) under their immutable model-version id; ``--max-loras``
+(``vllm_max_loras``) adapters of the one base are served at once (per-tenant adapters).
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ class VllmEngine(Engine):
         if s.vllm_dtype:
             cmd += ["--dtype", s.vllm_dtype]
         if self.lora:
-            cmd += ["--enable-lora", "--max-lora-rank", str(s.vllm_lora_rank(self.device))]
+            cmd += ["--enable-lora", "--max-lora-rank", str(s.vllm_lora_rank(self.device)),
+                    "--max-loras", str(s.vllm_max_loras)]
         return cmd + shlex.split(s.vllm_extra_args)
 
     def _read_context_length(self) -> int | None:
