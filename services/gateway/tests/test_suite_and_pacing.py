@@ -9,18 +9,31 @@ from collections import Counter
 
 import httpx
 
-from tuneloop_gateway.evals.general_suite import KINDS, check_general, generate, load_suite
+from tuneloop_gateway.evals.general_suite import CORE_SIZE, FULL_SIZE, KINDS, check_general, generate, load_suite
 from tuneloop_gateway.evals.kshot import choose_shots
 from tuneloop_gateway.evals.runner import Pace, RetryPolicy, Target, backoff_delay, retry_after, rows_to_examples
 
 
 def test_shipped_suite_is_the_generators_output_and_large_enough():
-    shipped = load_suite()
+    shipped = load_suite(FULL_SIZE)
     assert shipped == generate()  # data/general_suite.jsonl is current
-    assert len(shipped) >= 400 and len({it["id"] for it in shipped}) == len(shipped)
-    kinds = Counter(it["kind"] for it in shipped)
-    assert set(kinds) == set(KINDS) and min(kinds.values()) >= 50
+    assert len(shipped) == FULL_SIZE and len({it["id"] for it in shipped}) == len(shipped)
     assert len({it["prompt"] for it in shipped}) == len(shipped)
+    core = load_suite()  # the default: the core tier, what every CPU gate has always used
+    assert len(core) == CORE_SIZE >= 400 and core == shipped[:CORE_SIZE]
+    assert {it["tier"] for it in core} == {"core"} and {it["tier"] for it in shipped[CORE_SIZE:]} == {"extended"}
+    for tier in (core, shipped[CORE_SIZE:]):
+        kinds = Counter(it["kind"] for it in tier)
+        assert set(kinds) == set(KINDS) and min(kinds.values()) >= 50
+
+
+def test_sizes_above_the_core_add_extended_items_and_keep_the_core():
+    core = load_suite()
+    bigger = load_suite(1000)
+    assert len(bigger) == 1000 and bigger[:CORE_SIZE] == core and bigger == load_suite(1000)
+    assert set(Counter(it["kind"] for it in bigger[CORE_SIZE:])) == set(KINDS)
+    assert load_suite(10**6) == load_suite(FULL_SIZE)
+    assert load_suite(200) == load_suite(200) and all(it["tier"] == "core" for it in load_suite(200))
 
 
 def _right_answer(c: dict) -> str:
@@ -40,7 +53,7 @@ def _right_answer(c: dict) -> str:
 
 
 def test_every_item_accepts_a_right_answer_and_refuses_a_wrong_one():
-    for it in load_suite():
+    for it in load_suite(FULL_SIZE):
         right = _right_answer(it["check"])
         assert check_general(right, it) == 1.0, (it, right)
         assert check_general("I am not sure.", it) == 0.0, it

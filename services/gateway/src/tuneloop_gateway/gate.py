@@ -108,4 +108,6 @@ def _reason(c: dict[str, Any], n_eval: int | None) -> str:
         more = f", {need - c['n']} more" if need and c.get("n") else ""
         line += (f"; about {need} {c['unit']} in all would decide it (have {c.get('n')}{more})" if need
                  else "; the estimate sits on the threshold: more rows will not decide it soon")
+        if need and c["check"] == "general_suite_drop":
+            line += " (GATEWAY_GENERAL_SUITE_SIZE runs up to 3000 items)"
     return line

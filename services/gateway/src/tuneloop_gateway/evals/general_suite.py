@@ -230,9 +230,115 @@ def generate() -> list[dict[str, Any]]:
         items.append(_item("reasoning", f"{x} is {adj} than {y}. {y} is {adj} than {z}. Who is the "
                            f"{most if ask_most else least}? Answer with a name.",
                            {"type": "exclusive", "options": [x, y, z], "answer": x if ask_most else z}))
+    for it in items:
+        it["tier"] = "core"
+    items += _extended({it["prompt"] for it in items})
     for i, it in enumerate(items, 1):
         it["id"] = f"gen-{i:03d}"
     return [{"id": it.pop("id"), **it} for it in items]
+
+
+CORE_SIZE = 438  # the first items: the default suite (``general_suite_size`` unset)
+FULL_SIZE = 3000  # core + extended: what a GPU answers in seconds
+
+# Unit facts for the extended tier's knowledge items (none is taught by a replay prompt).
+_UNITS = (("metres", "centimetres", 100), ("kilograms", "grams", 1000), ("hours", "minutes", 60),
+          ("days", "hours", 24), ("dozens", "items", 12), ("years", "months", 12),
+          ("kilometres", "metres", 1000))
+_EXTENDED_COUNTS = {"knowledge": 350, "arithmetic": 560, "instruction": 320, "format": 440}
+
+
+def _extended(taken: set[str]) -> list[dict[str, Any]]:
+    """The extended tier: the same kinds of checks over fresh parameters, so that a GPU can run a
+    suite whose forgetting interval is about +-0.02 (a 0.03 drop is decidable against 0.05).
+
+    Drawn from its own seeded generator, after the core items, so the core (and every subset a
+    CPU uses) is unchanged. No prompt repeats a core prompt."""
+    rng = random.Random(20261203)
+    out: list[dict[str, Any]] = []
+
+    def add(kind: str, question: str, check: dict[str, Any], **kw: Any) -> None:
+        it = _item(kind, question, check, **kw)
+        if it["prompt"] not in taken:
+            taken.add(it["prompt"])
+            it["tier"] = "extended"
+            out.append(it)
+
+    def upto(kind: str) -> bool:
+        return sum(it["kind"] == kind for it in out) < _EXTENDED_COUNTS.get(kind, 10**9)
+
+    # knowledge: reverse capitals, element symbols, unit facts
+    for country, city in CAPITALS:
+        add("knowledge", f"Which country has {city.split('|')[0]} as its capital city?",
+            {"type": "contains", "answers": [country.removeprefix("the ")]},
+            subject=country.removeprefix("the "), suffix=True)
+    for name, sym in ELEMENTS:
+        add("knowledge", f"What is the chemical symbol of {name}? Give the symbol.",
+            {"type": "case_sensitive", "text": sym}, subject=name)
+    while upto("knowledge"):
+        big, small, factor = rng.choice(_UNITS)
+        n = rng.randint(2, 60)
+        add("knowledge", f"How many {small} are in {n} {big}?",
+            {"type": "contains", "answers": [str(n * factor)]}, suffix=True)
+    # arithmetic: fresh operand pairs of the core's four operations
+    ops = (("plus", lambda a, b: (a, b, a + b), (11, 999), (11, 999)),
+           ("minus", lambda a, b: (a + b, b, a), (11, 499), (11, 499)),
+           ("multiplied by", lambda a, b: (a, b, a * b), (3, 40), (3, 25)),
+           ("divided by", lambda a, b: (a * b, b, a), (2, 40), (3, 15)))
+    while upto("arithmetic"):
+        word, fn, ra, rb = ops[len(out) % 4]
+        a, b, value = fn(rng.randint(*ra), rng.randint(*rb))
+        add("arithmetic", f"Compute {a} {word} {b}.", {"type": "contains", "answers": [str(value)]},
+            suffix=True)
+    # instruction following: every word under every template the core used a slice of
+    for w in WORDS:
+        add("instruction", f"Write the word {w} in capital letters.",
+            {"type": "case_sensitive", "text": w.upper()}, subject=w)
+        add("instruction", f"Repeat the word {w} three times, separated by spaces.",
+            {"type": "repeat", "word": w, "times": 3}, subject=w)
+        add("instruction", f"Reply with only the word {w} and nothing else.",
+            {"type": "exact_word", "word": w}, subject=w)
+        add("instruction", f"Write a short sentence that begins with the word '{w.capitalize()}'.",
+            {"type": "starts_with", "word": w}, subject=w)
+        add("instruction", f"Repeat the word {w} two times, separated by spaces.",
+            {"type": "repeat", "word": w, "times": 2}, subject=w)
+    # format following
+    for k in JSON_KEYS:
+        for v in JSON_VALUES:
+            add("format", f"Reply with a JSON object that has one key, \"{k}\", whose value is the "
+                f"string \"{v}\". Reply with the JSON only.", {"type": "json_key", "key": k, "value": v})
+    for w in WORDS:
+        add("format", f"Write the word {w} inside square brackets, like [this].",
+            {"type": "bracketed", "word": w}, subject=w)
+    while upto("format"):
+        a = rng.randint(100, 9990)
+        add("format", f"List the whole numbers from {a} to {a + 4}, separated by commas.",
+            {"type": "number_sequence", "numbers": list(range(a, a + 5))})
+    # short reasoning, to the full size
+    i = 0
+    while len(taken) < FULL_SIZE:
+        fam, i = i % 4, i + 1
+        if fam == 0:
+            n = rng.randint(1000, 9999)
+            add("reasoning", f"Is the number {n} even or odd? Answer with one word.",
+                {"type": "exclusive", "options": ["even", "odd"], "answer": "even" if n % 2 == 0 else "odd"})
+        elif fam == 1:
+            a, b = rng.sample(range(1000, 9999), 2)
+            add("reasoning", f"Which number is larger, {a} or {b}? Answer with the number only.",
+                {"type": "first_number", "number": max(a, b)})
+        elif fam == 2:
+            a, b = rng.sample(range(100, 999), 2)
+            add("reasoning", f"Is {a} greater than {b}? Answer yes or no.",
+                {"type": "exclusive", "options": ["yes", "no"], "answer": "yes" if a > b else "no"})
+        else:
+            x, y, z = rng.sample(NAMES, 3)
+            adj, most, least = rng.choice((("taller", "tallest", "shortest"), ("older", "oldest", "youngest"),
+                                           ("faster", "fastest", "slowest")))
+            ask_most = rng.random() < 0.5
+            add("reasoning", f"{x} is {adj} than {y}. {y} is {adj} than {z}. Who is the "
+                f"{most if ask_most else least}? Answer with a name.",
+                {"type": "exclusive", "options": [x, y, z], "answer": x if ask_most else z})
+    return out
 
 
 def check_general(output: str, item: dict[str, Any]) -> float:
@@ -276,9 +382,21 @@ def _shipped() -> tuple[dict[str, Any], ...]:
 
 
 def load_suite(limit: int | None = None) -> list[dict[str, Any]]:
-    """The shipped suite, or ``limit`` items taken round-robin across kinds (stable order)."""
-    items = [dict(it) for it in _shipped()]
-    if not limit or limit >= len(items):
+    """The core suite (unset ``limit``), fewer core items taken round-robin across kinds, or —
+    ``limit`` above the core — the core plus that many more extended items, round-robin too.
+    Stable order; a subset never changes when the extended tier grows."""
+    every = [dict(it) for it in _shipped()]
+    core = [it for it in every if it.get("tier", "core") == "core"]
+    if not limit or limit == len(core):
+        return core
+    if limit > len(core):
+        extra = [it for it in every if it.get("tier") == "extended"]
+        return core + _round_robin(extra, min(limit - len(core), len(extra)))
+    return _round_robin(core, limit)
+
+
+def _round_robin(items: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    if limit >= len(items):
         return items
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for it in items:

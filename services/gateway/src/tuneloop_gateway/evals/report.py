@@ -35,7 +35,7 @@ SMALL_UPLIFT = 0.05
 
 
 def load_general_suite(limit: int | None = None) -> list[dict[str, Any]]:
-    """The general-capability suite (all of it, or a stratified ``limit``-item subset)."""
+    """The general-capability suite: its core (unset), or ``limit`` items (see ``load_suite``)."""
     return load_suite(limit)
 
 
