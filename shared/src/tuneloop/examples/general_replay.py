@@ -155,6 +155,18 @@ _TEMPLATES = (
     ("What is {} used for? Reply in one sentence.", _THINGS),
     ("Suggest a title for a short story about {}.", _TOPICS),
     ("Give one reason people enjoy {}.", _TOPICS[:30]),
+    # grown for 600 replay rows beside 1,200 tickets (the CPU demo's measured 1:2 share)
+    ("Write a two-line poem about {}.", _TOPICS),
+    ("Give one fun fact about {}.", _THINGS),
+    ("What is one common mistake people make when {}?", _ACTIVITIES),
+    ("Explain {} to a child in one sentence.", _THINGS),
+    ("Name one thing people often bring to {}.", _PLACES),
+    ("Write a one-sentence advertisement for {}.", _THINGS),
+    ("What is a good first step for {}? Reply briefly.", _ACTIVITIES),
+    ("Describe the sound of {} in a few words.", _TOPICS),
+    ("Write a short thank-you note to a friend who helped with {}.", _ACTIVITIES),
+    ("Give a one-sentence summary of why {} matters.", _THINGS),
+    ("What colour do you picture when you think of {}? Reply in one sentence.", _TOPICS),
 )
 _HANDWRITTEN = REPLAY_PROMPTS
 _GENERATED = tuple(t.format(x) for t, xs in _TEMPLATES for x in xs if t.format(x) not in _HANDWRITTEN)
