@@ -45,6 +45,8 @@ SETUPS = {
     "plain TRL SFTTrainer + PEFT, bf16, TRL defaults": ("trl", {}),
     "tuneloop default (backend auto, nothing set)": ("auto", {}),
     "tuneloop, load_in_4bit=true": ("auto", {"load_in_4bit": True}),
+    "tuneloop, 8k tokens per forward (per_device_train_batch_size=4: the previous default)":
+        ("auto", {"per_device_train_batch_size": 4}),
     "tuneloop, packing=false": ("auto", {"packing": False}),
     "tuneloop, gradient_checkpointing=true": ("auto", {"gradient_checkpointing": True}),
     "tuneloop, the article's recipe (old default: 4-bit, checkpointing, unpacked, 2 x 4)": ("auto", ARTICLE),

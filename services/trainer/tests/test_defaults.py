@@ -45,11 +45,22 @@ def test_big_gpu_gets_16bit_packed_no_checkpointing():
     plan = resolve(Hyperparameters(), H200, LLAMA_1B, "unsloth", LENGTHS)
     hp = plan.hp
     assert hp.load_in_4bit is False and hp.gradient_checkpointing is False and hp.packing is True
-    assert hp.per_device_train_batch_size * hp.max_seq_length == 8192
+    assert hp.per_device_train_batch_size * hp.max_seq_length == 16384  # 1,400 rows: >= 60 steps
     assert hp.gradient_accumulation_steps == 1 and hp.learning_rate == 2e-4
     chosen = {c["setting"]: c for c in plan.reasons}
     assert {"load_in_4bit", "gradient_checkpointing", "packing"} <= set(chosen)
     assert "16-bit LoRA" in chosen["load_in_4bit"]["why"] and plan.memory["fits"]
+
+
+def test_small_datasets_keep_60_steps_and_a_fixed_step_count_gets_the_full_forward():
+    demo = [150] * 1800  # the GPU demo's shape: 1,200 tickets + 600 replay rows, short
+    hp = resolve(Hyperparameters(), H200, SMOL, "unsloth", demo).hp
+    steps = 3 * sum(demo) / (hp.per_device_train_batch_size * hp.max_seq_length)
+    assert hp.per_device_train_batch_size < 16384 // hp.max_seq_length and steps >= 60
+    tiny = resolve(Hyperparameters(), H200, SMOL, "unsloth", [100] * 50).hp
+    assert tiny.per_device_train_batch_size == 1
+    fixed = resolve(Hyperparameters(max_steps=35), H200, LLAMA_1B, "unsloth", demo).hp
+    assert fixed.per_device_train_batch_size * fixed.max_seq_length == 16384
 
 
 def test_small_gpu_big_model_falls_back_to_4bit_and_checkpointing():

@@ -22,7 +22,9 @@ from .hparams import Hyperparameters
 GIB = 1 << 30
 MARGIN = 0.80            # plan to use at most this share of the free device memory
 RUNTIME_BYTES = 1 * GIB  # CUDA context, allocator slack, kernels' workspaces
-TARGET_FORWARD_TOKENS = 8192  # GPU micro-batch (packed): enough tokens to keep an H200 busy
+TARGET_FORWARD_TOKENS = 16384  # GPU micro-batch (packed) at most: what keeps an H200 busy
+MIN_STEPS = 60           # ...but a run keeps this many optimizer steps (Unsloth's notebooks: 60)
+GPU_EPOCHS = 3
 ROWS_PER_STEP = 8        # the article's batch 2 x accumulation 4: rows an optimizer step sees
 
 
@@ -212,9 +214,7 @@ def _gpu_layout(plan: Plan, default: Any, explicit: set[str], dev: DeviceInfo, m
             "keep the GPU busy; padding and tiny batches waste most of it (measured 1.9x)")
     seq = hp.max_seq_length
     if hp.packing and "per_device_train_batch_size" not in explicit:
-        default("per_device_train_batch_size", max(1, TARGET_FORWARD_TOKENS // seq),
-                f"GPU + packing: {TARGET_FORWARD_TOKENS} tokens per forward pass "
-                f"({max(1, TARGET_FORWARD_TOKENS // seq)} packs of {seq})")
+        default("per_device_train_batch_size", *_packs_per_forward(hp, explicit, seq, lengths))
     forward = hp.per_device_train_batch_size * (seq if hp.packing else min(seq, _p90(lengths)))
     four = bool(hp.load_in_4bit) if "load_in_4bit" in explicit else None
     ckpt = hp.gradient_checkpointing if "gradient_checkpointing" in explicit else None
@@ -243,13 +243,31 @@ def _gpu_layout(plan: Plan, default: Any, explicit: set[str], dev: DeviceInfo, m
     plan.memory = _memory(m, hp, dev, bool(hp.load_in_4bit), bool(hp.gradient_checkpointing), forward)
 
 
+def _packs_per_forward(hp: Hyperparameters, explicit: set[str], seq: int,
+                       lengths: list[int] | None) -> tuple[int, str]:
+    """Packs of ``seq`` tokens per forward pass: up to TARGET_FORWARD_TOKENS (a bigger forward
+    amortises the per-step overhead: measured on the H200, trainer_gpu_varlen.json), fewer when a
+    small dataset would then get fewer than MIN_STEPS optimizer steps (the demo's 1,800 rows: 4
+    packs, ~60 steps; its task and forgetting numbers were measured at that step count)."""
+    most = max(1, TARGET_FORWARD_TOKENS // seq)
+    if (hp.max_steps > 0 and "max_steps" in explicit) or not lengths:
+        return most, (f"GPU + packing: {most * seq} tokens per forward pass ({most} packs of {seq})"
+                      + (f"; the step count is fixed ({hp.max_steps})" if hp.max_steps > 0 else ""))
+    epochs = hp.num_train_epochs if "num_train_epochs" in explicit else GPU_EPOCHS
+    run_tokens = sum(min(n, seq) for n in lengths) * epochs
+    packs = max(1, min(most, int(run_tokens // (MIN_STEPS * seq))))
+    return packs, (f"GPU + packing: {packs * seq} tokens per forward pass ({packs} packs of {seq}): "
+                   f"the most up to {TARGET_FORWARD_TOKENS} that leaves >= {MIN_STEPS} optimizer steps "
+                   f"for {len(lengths)} rows x {epochs:g} epochs")
+
+
 # Epochs on a GPU, measured on the H200 (bench/results/demo_gpu.json: SmolLM2-135M, 1,525 rows
 # incl. 400 replay rows, packed steps of ~75 rows): 3 epochs at 2e-3 -> task 0.998, general suite
 # -0.032; 2 epochs at 1e-3 -> task 0.853, general suite -0.107. Fewer, gentler steps learned less
 # *and* moved the base more (a half-learned format leaks into general answers), so 3 stays.
 def _gpu_schedule(plan: Plan, default: Any, m: ModelInfo, lengths: list[int] | None) -> None:
     rows = len(lengths or [])
-    default("num_train_epochs", 3, f"GPU, {rows} rows: 3 epochs (measured on the H200 with the "
+    default("num_train_epochs", GPU_EPOCHS, f"GPU, {rows} rows: {GPU_EPOCHS} epochs (measured on the H200 with the "
             "demo's 1,525 rows: 2 epochs at half the rate learned the task less, 0.853 vs 0.998, "
             "and kept less of the base's general answers)")
 
