@@ -272,7 +272,11 @@ def main() -> None:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    runs = json.loads(Path(a.merge).read_text())["runs"] if a.merge else {}
+    runs = {}
+    if a.merge:  # rows of an earlier run stay, each saying which run measured it
+        earlier = json.loads(Path(a.merge).read_text())
+        runs = {k: {**v, "measured_in_run": v.get("measured_in_run", earlier.get("when"))}
+                for k, v in earlier["runs"].items() if k in SETUPS}
     names = list(SETUPS)
     chosen = [names[int(i)] for i in a.only.split(",")] if a.only else names
     log = out / "trainer_gpu_varlen.log"
