@@ -22,8 +22,9 @@ from tuneloop.settings import open_service_state
 from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
 
-from .api import captures, evals, keys, passthrough, promotions, proxy, replay
+from .api import canaries, captures, evals, keys, passthrough, promotions, proxy, replay
 from .auth import KeyStore, RateLimiter, bootstrap_admin_key
+from .canary import CanaryService
 from .evals.service import EvalService
 from .flywheel.capture import CaptureRecorder
 from .flywheel.curate import CurateService
@@ -78,9 +79,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.captures = CaptureRecorder(s, db, gw_metrics)
         app.state.captures.start()
         app.state.curate = CurateService(s, db, app.state.captures, dataset, trainer)
+        app.state.canaries = CanaryService(db, gw_metrics, inference, app.state.promotions,
+                                           app.state.captures, app.state.upstreams["inference"])
+        app.state.canaries.start()
         try:
             yield
         finally:
+            await app.state.canaries.aclose()
             await app.state.captures.aclose()
             await app.state.promotions.aclose()
             await app.state.evals.aclose()
@@ -108,6 +113,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.include_router(replay.router)
     app.include_router(captures.router)
     app.include_router(captures.admin)
+    app.include_router(canaries.router)
     app.include_router(proxy.router)
     app.include_router(passthrough.router)
     app.add_api_route("/", lambda: RedirectResponse("/console/"), include_in_schema=False)

@@ -51,6 +51,11 @@ class Principal:
     scopes: tuple[str, ...]
     rate_limit_rpm: int | None
     capture: bool = False  # opted in to traffic capture (the alias must be opted in too)
+    models: frozenset[str] | None = None  # bound to these served names/aliases; None: any
+
+    def may_call(self, model: object) -> bool:
+        """Whether this key may generate with ``model`` (a key bound to A cannot call B)."""
+        return self.models is None or model in self.models
 
     def allows(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -59,7 +64,8 @@ class Principal:
 def key_view(row: ApiKey) -> dict:
     return {"id": row.id, "object": "api_key", "name": row.name, "prefix": row.prefix,
             "scopes": list(row.scopes), "rate_limit_rpm": row.rate_limit_rpm,
-            "capture": bool(row.capture), "created_at": row.created_at, "revoked_at": row.revoked_at}
+            "capture": bool(row.capture), "models": row.models, "created_at": row.created_at,
+            "revoked_at": row.revoked_at}
 
 
 class KeyStore:
@@ -82,7 +88,8 @@ class KeyStore:
         self._lock = threading.Lock()
 
     def create(self, name: str, scopes: list[str], rate_limit_rpm: int | None = None,
-               key: str | None = None, capture: bool = False) -> tuple[str, dict]:
+               key: str | None = None, capture: bool = False,
+               models: list[str] | None = None) -> tuple[str, dict]:
         """Store a new key (generated unless given) and return ``(key, view)``."""
         bad = [s for s in scopes if s not in SCOPES]
         if not scopes or bad:
@@ -95,7 +102,8 @@ class KeyStore:
             raise InvalidRequest("keys must be at least 20 characters", code="key_too_short")
         row = ApiKey(id=new_id("key"), name=name[:200], prefix=key[:12], key_hash=hash_key(key),
                      scopes=sorted(set(scopes)), rate_limit_rpm=rate_limit_rpm,
-                     created_at=int(time.time()), revoked_at=None, capture=capture)
+                     created_at=int(time.time()), revoked_at=None, capture=capture,
+                     models=sorted(set(models)) if models is not None else None)
         with self.db.session() as s:
             if s.scalar(select(ApiKey).where(ApiKey.key_hash == row.key_hash)) is not None:
                 raise InvalidRequest("this key already exists", code="key_exists")
@@ -124,13 +132,18 @@ class KeyStore:
             self._cache.pop(digest, None)
         return view
 
-    def set_capture(self, key_id: str, capture: bool) -> dict:
-        """Opt a key in to (or out of) traffic capture; its cached entry is forgotten."""
+    def set_capture(self, key_id: str, capture: bool | None = None,
+                    models: list[str] | None = None, unbind: bool = False) -> dict:
+        """Opt a key in to (or out of) traffic capture, bind it to ``models`` (or ``unbind`` it:
+        any model again); its cached entry is forgotten."""
         with self.db.session() as s:
             row = s.get(ApiKey, key_id)
             if row is None or row.revoked_at is not None:
                 raise NotFound(f"api key '{key_id[:80]}' not found", code="api_key_not_found")
-            row.capture = capture
+            if capture is not None:
+                row.capture = capture
+            if models is not None or unbind:
+                row.models = None if unbind else sorted(set(models or []))
             view = key_view(row)
             digest = row.key_hash
         with self._lock:
@@ -169,7 +182,8 @@ class KeyStore:
             principal = None
             if row is not None and row.revoked_at is None:
                 principal = Principal(row.id, row.name, tuple(row.scopes), row.rate_limit_rpm,
-                                      bool(row.capture))
+                                      bool(row.capture),
+                                      frozenset(row.models) if row.models is not None else None)
         expires = time.monotonic() + self.ttl
         with self._lock:
             if principal is None:

@@ -1,5 +1,5 @@
 """Gateway tables (owned by this service only): API keys, eval runs, promotion decisions,
-captured production traffic."""
+captured production traffic, canary releases."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ class ApiKey(Base):
     created_at: Mapped[int] = mapped_column(Integer)
     revoked_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     capture: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # bound to these served names/aliases only (per-tenant); None: any model
+    models: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
 
 
 class EvalRun(Base):
@@ -97,3 +99,29 @@ class Capture(Base):
     edited_output: Mapped[str | None] = mapped_column(Text, nullable=True)
     reviewed_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     dataset_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    canary_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    canary_arm: Mapped[str | None] = mapped_column(String(12), nullable=True)  # stable|candidate|shadow
+
+
+class Canary(Base):
+    """A canary release of an alias: a weighted share of its traffic (or a mirror of it) sent to
+    a candidate, compared live, rolled back on its own when the candidate crosses a limit."""
+
+    __tablename__ = "gateway_canaries"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    alias: Mapped[str] = mapped_column(String(200), index=True)
+    stable: Mapped[str] = mapped_column(String(300))  # what the alias served when it started
+    candidate: Mapped[str] = mapped_column(String(300))  # served name
+    model_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    mode: Mapped[str] = mapped_column(String(12))  # weighted | shadow
+    weight: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(20), index=True)
+    # running | rolled_back | promoted | stopped
+    limits: Mapped[dict[str, Any]] = mapped_column(JSON)
+    stats: Mapped[dict[str, Any]] = mapped_column(JSON)
+    events: Mapped[list[dict[str, Any]]] = mapped_column(JSON)
+    promotion_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    note: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer)
+    finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)

@@ -37,6 +37,24 @@ class GatewayMetrics:
             name("captures_total"), "Captured generations by outcome (recorded, skipped: an "
             "error answer, dropped: queue full, failed: parse or write error, expired: removed "
             "by retention).", ["outcome"], registry=reg)
+        self.canary_requests = Counter(
+            name("canary_requests_total"), "Requests to an alias under a canary, by arm (stable, "
+            "candidate, shadow) and outcome (ok, error, fallback: the candidate failed and the "
+            "stable model answered instead).", ["arm", "outcome"], registry=reg)
+        self.canary_latency = Histogram(
+            name("canary_latency_seconds"), "Latency of requests to an alias under a canary by "
+            "arm (to the whole answer; to the response headers when streamed).", ["arm"],
+            buckets=LATENCY_BUCKETS, registry=reg)
+        self.canary_decisions = Counter(
+            name("canary_decisions_total"), "Canaries ended, by how (promoted, rolled_back by a "
+            "limit or by hand, stopped) and reason.", ["status", "reason"], registry=reg)
+        self.key_tokens = Counter(
+            name("key_tokens_total"), "Tokens metered per API key (from the answers' usage; a "
+            "stream carries usage when the client asks for stream_options.include_usage).",
+            ["key_id", "kind"], registry=reg)
+        self.key_requests = Counter(
+            name("key_requests_total"), "Generations answered per API key (any status).",
+            ["key_id"], registry=reg)
         self.feedback = Counter(
             name("feedback_total"), "Feedback on captured answers by rating.", ["rating"],
             registry=reg)

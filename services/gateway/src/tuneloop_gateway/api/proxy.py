@@ -23,6 +23,7 @@ from tuneloop.upstream import until_disconnect
 
 from ..auth import require_admin, require_inference
 from ..proxy import forward, read_body
+from ..routing import send_generation
 
 router = APIRouter(tags=["proxy"])
 ALL = ["GET", "POST", "PUT", "PATCH", "DELETE"]
@@ -52,9 +53,10 @@ async def _generate(request: Request, path: str) -> Response:
     recorder = request.app.state.captures
     endpoint = "chat" if path.endswith("/chat/completions") else "completions"
     pending = recorder.begin(getattr(request.state, "principal", None), endpoint, body)
-    resp = await until_disconnect(request, forward(
-        request, _ups(request, "inference"), path, limit=s.max_request_bytes, body=body,
-        repeatable=True, openai_stream=True))
+    resp = await until_disconnect(request, send_generation(  # key binding, canary, metering
+        request, body, pending, lambda raw: forward(
+            request, _ups(request, "inference"), path, limit=s.max_request_bytes, body=raw,
+            repeatable=True, openai_stream=True)))
     if pending is not None and resp.status_code == 200:
         _capture_after(resp, recorder, pending)
     return resp

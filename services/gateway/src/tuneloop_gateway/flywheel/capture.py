@@ -55,6 +55,8 @@ class Pending:
     truncated: bool = False
     finished: float = 0.0
     chunks: list[bytes] = field(default_factory=list)
+    canary_id: str | None = None  # the canary that routed it, and to which arm
+    canary_arm: str | None = None
 
 
 class CaptureRecorder:
@@ -182,7 +184,7 @@ class CaptureRecorder:
             rows.append(Capture(
                 id=new_id("cap"), key_id=item.key_id, endpoint=item.endpoint, stream=item.stream,
                 latency_s=round(item.finished - item.started, 6), created_at=item.created_at,
-                status="pending", **fields))
+                status="pending", canary_id=item.canary_id, canary_arm=item.canary_arm, **fields))
         if rows:
             with self.db.session() as s:
                 s.add_all(rows)

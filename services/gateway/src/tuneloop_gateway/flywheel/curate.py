@@ -41,6 +41,8 @@ def capture_view(row: Capture, *, full: bool = True) -> dict[str, Any]:
         "dataset_id": row.dataset_id, "training_answer": training_answer(row),
         "metrics": answer_metrics(row),
     }
+    if row.canary_id:  # routed by a canary: which arm answered (shadow: recorded, not returned)
+        view["canary"] = {"id": row.canary_id, "arm": row.canary_arm}
     if full:
         view["messages"] = row.messages
         view["output"] = row.output
