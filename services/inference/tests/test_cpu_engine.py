@@ -54,6 +54,14 @@ def test_cpu_command_line_and_environment(tmp_path: Path) -> None:
     env = engine.env()
     assert env["VLLM_CPU_OMP_THREADS_BIND"] == "1" and env["HF_HUB_OFFLINE"] == "1"
     assert "CUDA_VISIBLE_DEVICES" not in env and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in env
+    assert "VLLM_USE_AOT_COMPILE" not in env    # eager: nothing is compiled
+    # compiled on CPU: vLLM's AOT cache cannot reload an inductor-compiled CPU model (engines/
+    # vllm.py), so it is off and inductor's own cache lives in the data dir
+    compiled = make_engine("vllm", name="mv-2", model_dir="/m", log_path=tmp_path / "l",
+                           settings=settings.model_copy(update={"vllm_enforce_eager": False}))
+    assert "--enforce-eager" not in compiled.command()
+    assert compiled.env()["VLLM_USE_AOT_COMPILE"] == "0"
+    assert compiled.env()["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "cache" / "torchinductor")
     base = make_engine("vllm", name="base", model_dir="/b", settings=settings,
                        log_path=tmp_path / "l")
     cmd = base.command()

@@ -13,6 +13,18 @@ device memory), compute threads are bound to the cores the controller placed the
 (``VLLM_CPU_OMP_THREADS_BIND``; :class:`..placement.CpuCores`), and the engine runs eagerly by
 default (start-up measured in docs/inference.md).
 
+Compilation on CPU (``vllm_enforce_eager=false``): vLLM 0.32 compiles the CPU model with torch's
+own ``inductor`` backend (``CompilationMode.DYNAMO_TRACE_ONCE``, platforms/cpu.py), but its
+AOT-compile cache (``VLLM_USE_AOT_COMPILE``, on by default with torch >= 2.10) assumes vLLM's
+own backend when it loads: ``_try_load_aot_compiled_fn`` calls
+``compiled_fn.finalize_loading()``, which only ``VllmSerializableFunction`` has, and inductor's
+compiled function is a plain function. So every restart logged ``'function' object has no
+attribute 'finalize_loading'`` and compiled again (~130 s on 2 cores); vLLM had switched AOT
+compile off on CPU once for a similar reload crash (vllm-project/vllm#32033, #32037) and 0.32
+turns it on again. The engine therefore starts compiled CPU engines with ``VLLM_USE_AOT_COMPILE=0``
+and inductor's own cache under the data dir (``TORCHINDUCTOR_CACHE_DIR``), which does survive a
+restart.
+
 With LoRA on (``vllm_enable_lora``; by default on CPU for the base deployment, where the gateway
 attaches candidates: LoRA slows every request of an engine that has it) the engine starts with ``--enable-lora``
 and ``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True`` so candidates can be attached at run time as LoRA
@@ -89,6 +101,10 @@ class VllmEngine(Engine):
         env.setdefault("VLLM_CACHE_ROOT", str(self.settings.data_dir / "cache" / "vllm"))
         if self.device == "cpu":  # the controller's core placement, else the setting
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus or self.settings.vllm_cpu_threads_bind
+            if not self.settings.vllm_eager("cpu"):  # the AOT cache cannot reload on CPU (above)
+                env.setdefault("VLLM_USE_AOT_COMPILE", "0")
+                env.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                               str(self.settings.data_dir / "cache" / "torchinductor"))
         if self.gpus:  # the controller's placement: exactly the GPUs this engine may use
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.gpus)
         if self.lora:
