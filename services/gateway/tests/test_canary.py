@@ -162,7 +162,7 @@ def test_stats_survive_a_restart(tmp_path):
     live = _start(svc, db, 1.0, max_latency_ratio=None)
     send, _ = _engine()
     asyncio.run(_traffic(svc, live, send, 5))
-    svc._save_stats()
+    svc._save_stats(svc._dirty())
     again, _, _ = _service(tmp_path)
     again._sync()
     assert again.live["bot"].arms["candidate"].requests == 5

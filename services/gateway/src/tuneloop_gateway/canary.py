@@ -135,6 +135,7 @@ class CanaryService:
         self.live: dict[str, Live] = {}  # by alias
         self._task: asyncio.Task | None = None
         self._shadows: set[asyncio.Task] = set()
+        self._writes: set[asyncio.Task] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
     def start(self) -> None:
@@ -145,25 +146,37 @@ class CanaryService:
         for t in [self._task, *self._shadows]:
             if t is not None:
                 t.cancel()
-        for t in [self._task, *self._shadows]:
+        for t in [self._task, *self._shadows, *self._writes]:
             if t is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-        await asyncio.to_thread(self._save_stats)
+        await asyncio.to_thread(self._save_stats, self._dirty())
 
     async def _sync_loop(self) -> None:
         while True:
             await asyncio.sleep(CANARY_SYNC_S)
             try:
-                await asyncio.to_thread(self._save_stats)
-                await asyncio.to_thread(self._sync)
+                await self.refresh()
             except Exception as exc:  # the database may be briefly away; next round
                 log.warning("canary sync failed", extra={"error": repr(exc)})
 
+    async def refresh(self) -> None:
+        """Store the counts, then follow the database (read in a thread, applied on the loop:
+        the request path reads ``live`` without a lock)."""
+        await asyncio.to_thread(self._save_stats, self._dirty())
+        self._apply(await asyncio.to_thread(self._running_rows))
+
     def _sync(self) -> None:
-        """Follow the database: running canaries are routed, ended ones no longer."""
+        self._apply(self._running_rows())
+
+    def _running_rows(self) -> list[Canary]:
         with self.db.session() as s:
             rows = list(s.scalars(select(Canary).where(Canary.status == "running")))
+            s.expunge_all()
+            return rows
+
+    def _apply(self, rows: list[Canary]) -> None:
+        """Follow the database: running canaries are routed, ended ones no longer."""
         running = {r.alias: r for r in rows}
         for alias in [a for a, lv in self.live.items()
                       if alias_gone(running.get(a), lv)]:
@@ -177,16 +190,22 @@ class CanaryService:
             else:
                 lv.weight, lv.mode, lv.limits = r.weight, r.mode, r.limits
 
-    def _save_stats(self) -> None:
-        dirty = [lv for lv in self.live.values() if lv.dirty]
+    def _dirty(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for lv in list(self.live.values()):
+            if lv.dirty:
+                lv.dirty = False
+                out.append((lv.id, {k: a.summary() for k, a in lv.arms.items()}))
+        return out
+
+    def _save_stats(self, dirty: list[tuple[str, dict[str, Any]]]) -> None:
         if not dirty:
             return
         with self.db.session() as s:
-            for lv in dirty:
-                lv.dirty = False
-                row = s.get(Canary, lv.id)
+            for cid, stats in dirty:
+                row = s.get(Canary, cid)
                 if row is not None and row.status == "running":
-                    row.stats = {k: a.summary() for k, a in lv.arms.items()}
+                    row.stats = stats
 
     # -- the request path --------------------------------------------------------------
     def routes(self, model: object) -> Live | None:
@@ -307,8 +326,10 @@ class CanaryService:
         log.warning("canary ended", extra={"canary_id": live.id, "status": status,
                                            "reason": reason})
         stats = {k: a.summary() for k, a in live.arms.items()}
-        asyncio.get_running_loop().create_task(asyncio.to_thread(
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(
             self._finish, live.id, status, reason, stats))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
 
     def _finish(self, cid: str, status: str, reason: str, stats: dict | None = None,
                 **fields: Any) -> dict[str, Any]:
@@ -342,7 +363,7 @@ class CanaryService:
                      f"{candidate} on '{alias}' (stable: {stable}), weight {weight}")],
                      note=note, created_at=int(time.time()))
         view = await run_in_threadpool(self._insert, row)
-        await asyncio.to_thread(self._sync)
+        await self.refresh()
         return view
 
     async def _served(self, model: str, model_id: str | None) -> str:
@@ -375,7 +396,7 @@ class CanaryService:
 
     async def update(self, cid: str, *, weight: float | None, mode: str | None) -> dict[str, Any]:
         view = await run_in_threadpool(self._update, cid, weight, mode)
-        await asyncio.to_thread(self._sync)
+        await self.refresh()
         return view
 
     def _update(self, cid: str, weight: float | None, mode: str | None) -> dict[str, Any]:

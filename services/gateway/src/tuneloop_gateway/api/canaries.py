@@ -22,17 +22,18 @@ from tuneloop.ids import require_id
 
 from ..auth import require_admin
 from ..canary import CanaryService
+from ..schemas import NAME
 
 router = APIRouter(prefix="/v1/canaries", tags=["canaries"], dependencies=[Depends(require_admin)])
 
-NAME = r"^[A-Za-z0-9._:/-]{1,200}$"
+SERVED = r"^[A-Za-z0-9._:-]{1,128}$"  # a served name (inference's rule) or a model version
 DS_ID = r"^ds-[a-z0-9]{6,64}$"
 
 
 class CanaryCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     alias: str = Field(..., pattern=NAME, description="The alias whose traffic is shared.")
-    model: str = Field(..., pattern=NAME, description="The candidate: a served name, or a model "
+    model: str = Field(..., pattern=SERVED, description="The candidate: a served name, or a model "
                        "version (mv-...) that is deployed first.")
     mode: Literal["weighted", "shadow"] = Field(
         "weighted", description="weighted: `weight` of the alias's requests are answered by the "
