@@ -34,6 +34,12 @@ vLLM engines (up to three) and another test run beside it.
 1 GiB of KV cache holds 16 concurrent requests of ~2,800 tokens each, far above the demo's
 (eval concurrency 8, prompts of a few hundred tokens), so it is the default; the tests use 0.25.
 Raise it for long contexts or many clients (each GiB adds ~1 GiB per engine, x2 during a swap).
+
+In containers the same sizing holds per inference container: docker-compose.yml (`cpu` profile)
+and the Kubernetes `dev` overlay set `INFERENCE_VLLM_CPU_KV_CACHE_GIB` (1) and
+`INFERENCE_VLLM_CPU_THREADS_BIND` (`auto`: the container's cores split between blue and green),
+so give the container memory for two engines (~8 GiB with the 1 GiB cache; the base manifest's
+limit is 16 GiB) and whole cores.
 """
 
 
