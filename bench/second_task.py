@@ -44,7 +44,7 @@ def main() -> int:
     t0, times = time.monotonic(), {}
     api = connect(var)
     wait_ready(api, var)
-    before = {x["name"]: x.get("target") for x in api.get("/v1/aliases").get("data", [])}
+    before = {x["id"]: x.get("model") for x in api.get("/v1/aliases").get("data", [])}
     rows = generate(a.train_rows + a.eval_rows, seed=11)
     work = var / "second-task"
     work.mkdir(parents=True, exist_ok=True)
@@ -67,7 +67,7 @@ def main() -> int:
     times["gate_s"] = round(time.monotonic() - t, 1)
     run = api.eval(decision["eval_id"]) if decision.get("eval_id") else {}
     report = run.get("report") or {}
-    after = {x["name"]: x.get("target") for x in api.get("/v1/aliases").get("data", [])}
+    after = {x["id"]: x.get("model") for x in api.get("/v1/aliases").get("data", [])}
     targets = {t["role"]: t for t in report.get("targets") or []}
     cand = (targets.get("candidate") or {}).get("metrics") or {}
     best = max((t for r, t in targets.items() if r in ("base", "base_kshot")), default={},
