@@ -135,7 +135,7 @@ def test_early_stopping_exports_the_best_checkpoint(tiny_random_dir: Path, ticke
     from datasets import Dataset, DatasetDict
 
     from tuneloop.storage import ArtifactStore
-    from tuneloop_trainer import training
+    from tuneloop_trainer import pipeline
 
     store = ArtifactStore(str(tmp_path / "store"))
     rows = [article_to_chat(r) | {"line": i + 1} for i, r in enumerate(ticket_rows[:24])]
@@ -149,7 +149,7 @@ def test_early_stopping_exports_the_best_checkpoint(tiny_random_dir: Path, ticke
                                 "warmup_steps": 0, "lora_alpha": 256},
             "export": {"verify_prompts": 1, "verify_max_new_tokens": 4}}
     ev = EventWriter(tmp_path / "events.jsonl")
-    result = training.run(spec, store, ev, tmp_path / "work")
+    result = pipeline.run(spec, store, ev, tmp_path / "work")
     m = result["metrics"]
     evals = [e["data"]["eval_loss"] for e in _events(tmp_path / "events.jsonl") if e["type"] == "eval"]
     assert m["stopped_early"] and m["max_steps"] == 50, (m, evals)

@@ -2,7 +2,10 @@
 
 The job process appends (and flushes) whole lines; the service tails the file from a byte
 offset it stores in its DB, so a restart neither loses nor repeats events. The same file
-works for the local executor and for Kubernetes Jobs (the artifact volume is shared).
+works for the local executor and for Kubernetes Jobs (the artifact volume is shared). An object
+store has no append: there the job process writes a local file and mirrors it whole to the
+store after every event (``EventWriter(mirror=...)``), and the service reads the object from its
+offset (:func:`read_store_events`).
 """
 
 from __future__ import annotations
@@ -11,16 +14,20 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from tuneloop.storage import ArtifactStore
 
 
 class EventWriter:
     """Append-only JSONL event log written by the job process."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, mirror: Callable[[bytes], None] | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.mirror = mirror  # gets the whole file after every event (object stores)
         self._lock = threading.Lock()
 
     def emit(self, type_: str, **data: Any) -> None:
@@ -29,6 +36,8 @@ class EventWriter:
             fh.write(line + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+            if self.mirror is not None:
+                self.mirror(self.path.read_bytes())
 
     def warning(self, code: str, message: str, **data: Any) -> None:
         self.emit("warning", code=code, message=message, **data)
@@ -62,6 +71,25 @@ def read_new_events(path: Path, offset: int) -> tuple[list[dict[str, Any]], int]
             chunk = fh.read()
     except FileNotFoundError:
         return [], offset
+    return parse_events(chunk, offset)
+
+
+def read_store_events(store: ArtifactStore, key: str,
+                      offset: int) -> tuple[list[dict[str, Any]], int]:
+    """:func:`read_new_events` of the store's ``key``, local folder or object store."""
+    if store.is_local:
+        return read_new_events(store.local_path(key), offset)
+    try:
+        with store.open(key, "rb") as fh:
+            fh.seek(offset)
+            chunk = fh.read()
+    except FileNotFoundError:
+        return [], offset
+    return parse_events(chunk, offset)
+
+
+def parse_events(chunk: bytes, offset: int) -> tuple[list[dict[str, Any]], int]:
+    """The complete lines of ``chunk`` (read from ``offset``) -> (events, new offset)."""
     end = chunk.rfind(b"\n")
     if end < 0:
         return [], offset

@@ -5,7 +5,9 @@ Reads ``jobs/<id>/spec.json`` from the artifact store, trains, exports, writes
 and exits non-zero. Events go to ``jobs/<id>/events.jsonl``. The same entrypoint runs under the
 local executor (a child process of the service) and in a Kubernetes Job, once per GPU under
 torchrun for a multi-GPU job (only rank 0 writes events, exports and the result). Needs only the
-artifact store: no database, no service settings (so the GPU image stays small).
+artifact store (a local folder or an object store, :mod:`.pipeline`): no database (so the GPU
+image stays small). On an object store the event channel is a local file mirrored to
+``jobs/<id>/events.jsonl`` after every event (:class:`.events.EventWriter`).
 """
 
 from __future__ import annotations
@@ -24,15 +26,35 @@ from tuneloop import layout
 from tuneloop.ids import is_valid_id
 from tuneloop.storage import ArtifactStore
 
+from .backends import get_backend, multi_gpu_backend
+from .events import EventWriter, RankEventWriter
+from .failures import JobError
+from .launch import dist_info
+from .settings import TrainerSettings
+
 EXIT_OK, EXIT_FAILED, EXIT_OOM = 0, 1, 3
 
 
-def default_store_url() -> str:
-    for var in ("TRAINER_ARTIFACT_URL", "TUNELOOP_ARTIFACT_URL"):
-        if os.environ.get(var):
-            return os.environ[var]
-    data = os.environ.get("TRAINER_DATA_DIR") or os.environ.get("TUNELOOP_DATA_DIR") or "var"
-    return str((Path(data) / "artifacts").resolve())
+def open_store(url: str | None) -> ArtifactStore:
+    """``url`` (default: the service's artifact URL) with the service's S3 options (endpoint,
+    credentials: ``TRAINER_S3_*`` / ``TUNELOOP_S3_*``, which the executors pass on)."""
+    return TrainerSettings(**({"artifact_url": url} if url else {})).open_artifact_store()
+
+
+def event_writer(store: ArtifactStore, job_id: str, rank: int, workdir: Path) -> EventWriter:
+    """Rank 0 writes the events (other ranks only their own error, :class:`RankEventWriter`).
+    Local store: appended in place. Object store (no append): a local file, continued from what
+    the store holds (a restarted job), mirrored whole to the store after every event."""
+    key = layout.job_events(job_id)
+    if store.is_local:
+        path = store.local_path(key)
+        return EventWriter(path) if rank == 0 else RankEventWriter(path, rank)
+    path = workdir / "events.jsonl"
+    if rank != 0:  # the store's copy is rank 0's; this rank's error stays in its process log
+        return RankEventWriter(path, rank)
+    if store.exists(key):
+        path.write_bytes(store.read_bytes(key))
+    return EventWriter(path, mirror=lambda data: store.write_bytes(key, data))
 
 
 def watch_parent(parent_pid: int, direct: bool = True) -> None:
@@ -67,38 +89,40 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from .launch import dist_info
-
     rank, local_rank, world = dist_info()
     if a.parent_pid:
         watch_parent(a.parent_pid, direct=world == 1)
     job_id = a.job_id
     if not is_valid_id(job_id, "job"):  # only ids go into store keys
         p.error(f"invalid job id {job_id!r}")
-    store = ArtifactStore(a.store or default_store_url())
-    from .events import EventWriter, RankEventWriter
+    store = open_store(a.store)
+    with tempfile.TemporaryDirectory(prefix=f"tuneloop-{job_id}-r{rank}-") as tmp:
+        return run(store, job_id, rank, world, Path(tmp))
 
-    path = store.local_path(layout.job_events(job_id))
+
+def run(store: ArtifactStore, job_id: str, rank: int, world: int, workdir: Path) -> int:
+    """Spec -> pipeline -> result, every failure reported as an ``error`` event; the exit code."""
     # one writer of events, result and exports: rank 0; other ranks only train (and report an
     # error of their own, tagged with their rank, so a failing rank is not silent)
-    ev = EventWriter(path) if rank == 0 else RankEventWriter(path, rank)
+    ev = event_writer(store, job_id, rank, workdir)
     if store.exists(layout.job_result(job_id)):
         ev.emit("info", message="result already written; nothing to do")
         return EXIT_OK
     spec = json.loads(store.read_bytes(layout.job_spec(job_id)))
     ev.emit("process_start", pid=os.getpid(), host=os.uname().nodename, rank=rank,
             world_size=world)
-    from . import training
-
     try:
-        with tempfile.TemporaryDirectory(prefix=f"tuneloop-{job_id}-r{rank}-") as tmp:
-            result = training.run(spec, store, ev, Path(tmp))
+        # the backend first: Unsloth must be imported before transformers/TRL (the pipeline's)
+        backend = get_backend(multi_gpu_backend(spec.get("backend", "auto"), world))
+        from . import pipeline
+
+        result = pipeline.run(spec, store, ev, workdir, backend)
         if rank != 0:
             return EXIT_OK
-        store.write_bytes(layout.job_result(job_id), training.dumps(result).encode())
+        store.write_bytes(layout.job_result(job_id), pipeline.dumps(result).encode())
         ev.emit("done", model_id=result["model_id"])
         return EXIT_OK
-    except training.JobError as exc:
+    except JobError as exc:
         ev.emit("error", code=exc.code, message=str(exc))
         return EXIT_FAILED
     except Exception as exc:  # every failure leaves its reason in the events

@@ -15,14 +15,14 @@ import logging
 import time
 from typing import Any
 
-import anyio
 import httpx
 from sqlalchemy import select
 
 from tuneloop import layout
+from tuneloop.offload import offload
 
 from .db import Job
-from .events import read_new_events
+from .events import read_store_events
 from .executors import Executor, Exit
 from .metrics import TrainerMetrics
 from .service import TrainerService, now
@@ -47,7 +47,7 @@ class Supervisor:
     async def start(self) -> None:
         await self.recover()
         self._task = asyncio.create_task(self._loop(), name="trainer-supervisor")
-        for job_id in await anyio.to_thread.run_sync(self._undelivered_callbacks):
+        for job_id in await offload(self._undelivered_callbacks):
             self._schedule_callback(job_id)
 
     async def stop(self) -> None:
@@ -63,12 +63,12 @@ class Supervisor:
 
     async def recover(self) -> None:
         """Jobs a previous instance left running: re-attach or re-queue (resume from checkpoint)."""
-        rows = await anyio.to_thread.run_sync(self._running_rows)
+        rows = await offload(self._running_rows)
         for job_id, handle in rows:
             if await self.executor.recover(job_id, handle):
                 log.info("re-attached running job", extra={"job_id": job_id})
                 continue
-            await anyio.to_thread.run_sync(self._requeue, job_id)
+            await offload(self._requeue, job_id)
 
     def _running_rows(self) -> list[tuple[str, Any]]:
         with self.svc.db.session() as s:
@@ -108,9 +108,9 @@ class Supervisor:
             self.wake.clear()
 
     async def tick(self) -> None:
-        running = await anyio.to_thread.run_sync(self._running_rows)
+        running = await offload(self._running_rows)
         for job_id, handle in running:
-            await anyio.to_thread.run_sync(self._tail, job_id)
+            await offload(self._tail, job_id)
             if handle is None:
                 continue
             await self._maybe_cancel(job_id, handle)
@@ -118,13 +118,13 @@ class Supervisor:
             if ended is not None:
                 await self._finished(job_id, ended)
         await self._start_queued()
-        self.metrics.set_counts(await anyio.to_thread.run_sync(self.svc.counts))
+        self.metrics.set_counts(await offload(self.svc.counts))
 
     async def _maybe_cancel(self, job_id: str, handle: dict[str, Any]) -> None:
-        row = await anyio.to_thread.run_sync(self.svc.job_row, job_id)
+        row = await offload(self.svc.job_row, job_id)
         if row.cancel_requested and not (row.progress or {}).get("_cancel_sent"):
             await self.executor.cancel(job_id, handle)
-            await anyio.to_thread.run_sync(self._mark_cancel_sent, job_id)
+            await offload(self._mark_cancel_sent, job_id)
 
     def _mark_cancel_sent(self, job_id: str) -> None:
         with self.svc.db.session() as s:
@@ -135,17 +135,17 @@ class Supervisor:
         limit = self.svc.settings.max_concurrent_jobs
         while True:
             free = self.executor.free_gpus()
-            claimed = await anyio.to_thread.run_sync(self._next_queued, limit, free)
+            claimed = await offload(self._next_queued, limit, free)
             if claimed is None:
                 return
             job_id, gpus = claimed
             try:
                 handle = await self.executor.start(job_id, gpus)
             except Exception as exc:
-                await anyio.to_thread.run_sync(self._fail_start, job_id, str(exc))
+                await offload(self._fail_start, job_id, str(exc))
                 continue
             self.started_at[job_id] = time.monotonic()
-            await anyio.to_thread.run_sync(self._mark_running, job_id, handle)
+            await offload(self._mark_running, job_id, handle)
 
     def _next_queued(self, limit: int, free_gpus: int | None = None) -> tuple[str, int] | None:
         """Claim the oldest queued job if a slot (and, with a GPU pool, its GPUs) is free. FIFO:
@@ -194,8 +194,8 @@ class Supervisor:
                 self._drain(s, job)
 
     def _drain(self, s, job: Job) -> None:
-        path = self.svc.store.local_path(layout.job_events(job.id))
-        events, offset = read_new_events(path, job.events_offset)
+        events, offset = read_store_events(self.svc.store, layout.job_events(job.id),
+                                           job.events_offset)
         if not events:
             return
         progress = dict(job.progress or {})
@@ -219,9 +219,9 @@ class Supervisor:
 
     # ------------------------------------------------------------------ endings
     async def _finished(self, job_id: str, ended: Exit) -> None:
-        await anyio.to_thread.run_sync(self._record_end, job_id, ended)
+        await offload(self._record_end, job_id, ended)
         self._after_terminal(job_id)
-        row = await anyio.to_thread.run_sync(self.svc.job_row, job_id)
+        row = await offload(self.svc.job_row, job_id)
         try:
             await self.svc.datasets.unlease(row.dataset_id, job_id)
         except Exception as exc:  # a lost unlease is harmless (the dataset shows a stale holder)
@@ -273,7 +273,7 @@ class Supervisor:
     async def _callback(self, job_id: str) -> None:
         """POST ``{"event", "job_id", "model_id"}``, retried with backoff (the gateway also
         reconciles by listing, so a lost callback loses nothing)."""
-        row = await anyio.to_thread.run_sync(self.svc.job_row, job_id)
+        row = await offload(self.svc.job_row, job_id)
         body = {"event": "training_job.succeeded", "job_id": job_id, "model_id": row.model_id}
         attempts = self.svc.settings.callback_attempts
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as http:
@@ -282,7 +282,7 @@ class Supervisor:
                     resp = await http.post(row.callback_url, json=body)
                     if resp.status_code < 300:
                         self.metrics.callbacks.labels("delivered").inc()
-                        await anyio.to_thread.run_sync(self._callback_done, job_id, attempt, None)
+                        await offload(self._callback_done, job_id, attempt, None)
                         return
                     reason = f"HTTP {resp.status_code}"
                 except httpx.HTTPError as exc:
@@ -291,7 +291,7 @@ class Supervisor:
                 if attempt < attempts:
                     await asyncio.sleep(0.5 * 2 ** (attempt - 1))
         self.metrics.callbacks.labels("failed").inc()
-        await anyio.to_thread.run_sync(self._callback_done, job_id, attempts, reason)
+        await offload(self._callback_done, job_id, attempts, reason)
 
     def _callback_done(self, job_id: str, attempts: int, error: str | None) -> None:
         with self.svc.db.session() as s:

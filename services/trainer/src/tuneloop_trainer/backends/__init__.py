@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 
+from ..failures import JobError
 from .base import Backend
 
 BACKENDS = ("auto", "unsloth", "peft")
@@ -45,3 +46,14 @@ def get_backend(name: str) -> Backend:
     from .peft import PeftBackend
 
     return PeftBackend()
+
+
+def multi_gpu_backend(name: str, world_size: int) -> str:
+    """The backend of a job over ``world_size`` processes: ``auto`` means ``peft`` there (the
+    backend that trains under DDP); ``unsloth`` is refused (single GPU only, docs/trainer.md)."""
+    if world_size <= 1:
+        return name
+    if name == "unsloth":
+        raise JobError("multi_gpu_unsupported", "backend 'unsloth' trains on one GPU only "
+                       "(use 'peft' or 'auto' for gpus > 1)")
+    return "peft"

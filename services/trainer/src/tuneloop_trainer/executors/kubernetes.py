@@ -14,7 +14,6 @@ tests; the token file is re-read every minute and after a 401 (service-account t
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import time
@@ -22,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from tuneloop.offload import offload
 
 from ..launch import job_command
 from .base import Executor, Exit
@@ -132,7 +133,7 @@ class KubernetesExecutor(Executor):
         """The service-account token, re-read when a minute old (or ``fresh``): the kubelet
         rotates projected tokens, and a token read once stops working (as client-go does)."""
         if fresh or time.monotonic() - self._token_read > TOKEN_REFRESH_S:
-            self._token = await asyncio.to_thread(self._read_token)
+            self._token = await offload(self._read_token)
             self._token_read = time.monotonic()
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 

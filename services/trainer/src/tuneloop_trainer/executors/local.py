@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneloop import layout
+from tuneloop.offload import offload
 
 from ..launch import job_command, pick_gpus
 from .base import Executor, Exit
@@ -39,7 +40,11 @@ class LocalExecutor(Executor):
         self.gpu_of: dict[str, list[str]] = {}  # job -> the GPUs it holds (no GPU is shared)
 
     def log_path(self, job_id: str) -> Path:
-        return self.store.local_path(layout.job_log(job_id))
+        """stdout/stderr of the job: in the store's job folder when the store is a local folder,
+        else in the service's data dir (a process log is appended as it is written)."""
+        if self.store.is_local:
+            return self.store.local_path(layout.job_log(job_id))
+        return Path(self.settings.data_dir) / layout.job_log(job_id)
 
     def free_gpus(self) -> int | None:
         """GPUs of the pool not held by a running job (None: no pool, jobs see every GPU)."""
@@ -50,7 +55,6 @@ class LocalExecutor(Executor):
 
     async def start(self, job_id: str, gpus: int = 1) -> dict[str, Any]:
         log = self.log_path(job_id)
-        log.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **self.settings.job_env, "PYTHONUNBUFFERED": "1",
                "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         handle: dict[str, Any] = {"gpus": gpus}
@@ -64,7 +68,7 @@ class LocalExecutor(Executor):
             env["CUDA_VISIBLE_DEVICES"] = handle["gpu"] = ",".join(mine)
         cmd = job_command(self.settings.job_python or sys.executable, job_id, self.store.url,
                           gpus=gpus, parent_pid=os.getpid())
-        proc = await asyncio.to_thread(_spawn, cmd, log, env)
+        proc = await offload(_spawn, cmd, log, env)
         self.procs[job_id] = proc
         return {"pid": proc.pid, "started": time.time(), **handle}
 
@@ -89,7 +93,8 @@ class LocalExecutor(Executor):
                         "out_of_memory_or_killed" if sig == signal.SIGKILL else "process_killed")
         if rc == 3:
             return Exit(rc, "out of memory", "out_of_memory")
-        return Exit(rc, f"job process exited with status {rc}{self._tail(job_id)}", "process_failed")
+        tail = await offload(self._tail, job_id)
+        return Exit(rc, f"job process exited with status {rc}{tail}", "process_failed")
 
     def _tail(self, job_id: str) -> str:
         try:
@@ -114,13 +119,13 @@ class LocalExecutor(Executor):
     async def recover(self, job_id: str, handle: dict[str, Any] | None) -> bool:
         """A leftover process of a previous service instance is killed; the job re-queues."""
         pid = (handle or {}).get("pid")
-        if pid and _is_our_job(pid, job_id):
+        if pid and await offload(_is_our_job, pid, job_id):
             try:
                 os.killpg(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
             for _ in range(50):
-                if not _alive(pid):
+                if not await offload(_alive, pid):
                     break
                 await asyncio.sleep(0.1)
         return False
@@ -132,10 +137,10 @@ class LocalExecutor(Executor):
         deadline = time.monotonic() + 10
         for proc in self.procs.values():
             try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
+                await offload(proc.wait, max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 self._signal(proc, signal.SIGKILL)
-                proc.wait(5)
+                await offload(proc.wait, 5)
         self.procs.clear()
 
 
@@ -163,6 +168,7 @@ def _is_our_job(pid: int, job_id: str) -> bool:
 def _spawn(cmd: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
     """Start the job process in its own session, its output appended to ``log`` (a thread's
     work: fork and exec block)."""
+    log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as fh:
         return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=str(Path.cwd()))
