@@ -1,4 +1,6 @@
-"""GatewayClient: the typed async client of the gateway's own API (keys, evals, promotions).
+"""GatewayClient: the typed async client of the gateway's own API (datasets, jobs, models,
+keys, evals, promotions), and the only one: the CLI and the demo use it through its sync facade
+(:class:`tuneloop.cli.api.GatewayAPI`).
 
 The OpenAI surface (chat, completions, models, fine-tuning) is best used through the official
 ``openai`` SDK with ``base_url=<gateway>/v1``; this client covers what the SDK does not.
@@ -7,17 +9,139 @@ The OpenAI surface (chat, completions, models, fine-tuning) is best used through
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import time
-from typing import Any
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import IO, Any
 
 import httpx
 
-from ..contracts import EvalRun, ModelVersion, Page, Promotion
+from ..contracts import Dataset, EvalRun, Job, JobEvent, ModelVersion, Page, Promotion
 from .base import ServiceClient, ServiceError
+
+LONG = httpx.Timeout(600.0, connect=5.0)  # uploads, replay rows' generation
+
+
+class ProgressReader:
+    """File wrapper that reports bytes read (drives an upload progress bar)."""
+
+    def __init__(self, fh: IO[bytes], on_read: Callable[[int], None]) -> None:
+        self.fh, self.on_read = fh, on_read
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        if data:
+            self.on_read(len(data))
+        return data
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(1 << 16):
+            yield chunk
 
 
 class GatewayClient(ServiceClient):
     service = "gateway"
+
+    # -- datasets ----------------------------------------------------------------------
+    async def upload_dataset(self, file: Path, *, eval_file: Path | None = None,
+                             options: dict[str, Any] | None = None,
+                             on_progress: Callable[[int], None] | None = None,
+                             replay_rows: list[dict[str, Any]] | None = None) -> Dataset:
+        """Multipart upload (``file`` + optional ``eval_file`` + form options; ``replay_rows``
+        go as ``replay_file``: train split only)."""
+        data = {k: str(v) for k, v in (options or {}).items() if v is not None}
+        tick = on_progress or (lambda n: None)
+        with contextlib.ExitStack() as opened:
+            async def part(path: Path) -> tuple[str, ProgressReader, str]:
+                fh = opened.enter_context(await asyncio.to_thread(open, path, "rb"))
+                return (path.name, ProgressReader(fh, tick), "application/jsonl")
+
+            files: dict[str, Any] = {"file": await part(file)}
+            if eval_file is not None:
+                files["eval_file"] = await part(eval_file)
+            if replay_rows:
+                body = "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                               for r in replay_rows).encode()
+                files["replay_file"] = ("replay.jsonl", body, "application/jsonl")
+            # httpx reads the parts as it sends them (64 KiB at a time, a local file)
+            resp = await self.request("POST", "/v1/datasets", files=files, data=data, timeout=LONG)
+        return Dataset.model_validate(resp.json())
+
+    async def upload_rows(self, rows: list[dict[str, Any]], **options: Any) -> Dataset:
+        body = {"rows": rows, **{k: v for k, v in options.items() if v is not None}}
+        return Dataset.model_validate(await self.post_json("/v1/datasets", body, timeout=LONG))
+
+    async def replay_rows(self, n: int, *, model: str | None = None, seed: int = 42) -> dict[str, Any]:
+        """Replay rows against forgetting: the served base's answers to general prompts."""
+        body = {"n": n, "seed": seed, **({"model": model} if model else {})}
+        return await self.post_json("/v1/replay-rows", body,
+                                    timeout=httpx.Timeout(1800.0, connect=5.0))
+
+    async def list_datasets(self) -> Page[Dataset]:
+        return Page[Dataset].model_validate(await self.get_json("/v1/datasets"))
+
+    async def dataset(self, ds_id: str) -> Dataset:
+        return Dataset.model_validate(await self.get_json(f"/v1/datasets/{ds_id}"))
+
+    async def report(self, ds_id: str) -> dict[str, Any]:
+        return await self.get_json(f"/v1/datasets/{ds_id}/report")
+
+    async def report_text(self, ds_id: str) -> str:
+        resp = await self.request("GET", f"/v1/datasets/{ds_id}/report", params={"format": "text"})
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            body = resp.json()
+            return body.get("text") or json.dumps(body, indent=2)
+        return resp.text
+
+    # -- jobs --------------------------------------------------------------------------
+    async def create_job(self, body: dict[str, Any]) -> Job:
+        return Job.model_validate(await self.post_json("/v1/jobs", body))
+
+    async def list_jobs(self) -> Page[Job]:
+        return Page[Job].model_validate(await self.get_json("/v1/jobs"))
+
+    async def job(self, job_id: str) -> Job:
+        return Job.model_validate(await self.get_json(f"/v1/jobs/{job_id}"))
+
+    async def cancel_job(self, job_id: str) -> Job:
+        return Job.model_validate(await self.post_json(f"/v1/jobs/{job_id}/cancel"))
+
+    async def job_events(self, job_id: str, after: int | None = None,
+                         limit: int | None = None) -> list[JobEvent]:
+        params = {k: v for k, v in {"after": after, "limit": limit}.items() if v is not None}
+        page = await self.get_json(f"/v1/jobs/{job_id}/events", params=params)
+        return Page[JobEvent].model_validate(page).data
+
+    async def stream_job_events(self, job_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+        """Server-sent events of a job (``/events/stream``); ends when the server closes."""
+        try:
+            async with self.http.stream("GET", f"/v1/jobs/{job_id}/events/stream",
+                                        params={"after": after} if after else None,
+                                        timeout=httpx.Timeout(None, connect=5.0)) as resp:
+                if resp.status_code >= 400:
+                    await resp.aread()
+                    raise self._error(resp)
+                data: list[str] = []
+                async for line in resp.aiter_lines():
+                    if line.startswith("data:"):
+                        data.append(line[5:].strip())
+                    elif not line and data:
+                        payload, data = "\n".join(data), []
+                        try:
+                            yield json.loads(payload)
+                        except ValueError:
+                            continue
+        except httpx.ConnectError as exc:
+            raise ServiceError(503, f"{self.service} service unreachable: {exc}",
+                               "upstream_unavailable", service=self.service,
+                               type_="service_unavailable") from exc
+
+    # -- models ------------------------------------------------------------------------
+    async def served_models(self) -> dict[str, Any]:
+        """``/v1/models``: what the gateway serves (OpenAI's list shape)."""
+        return await self.get_json("/v1/models")
 
     # -- keys --------------------------------------------------------------------------
     async def create_key(self, name: str, scopes: list[str],
@@ -75,8 +199,12 @@ class GatewayClient(ServiceClient):
     # -- promotions --------------------------------------------------------------------
     async def promotions(self, *, model_id: str | None = None,
                          job_id: str | None = None) -> list[Promotion]:
+        return (await self.list_promotions(model_id=model_id, job_id=job_id)).data
+
+    async def list_promotions(self, *, model_id: str | None = None,
+                              job_id: str | None = None) -> Page[Promotion]:
         params = {k: v for k, v in {"model_id": model_id, "job_id": job_id}.items() if v}
-        return Page[Promotion].model_validate(await self.get_json("/v1/promotions", params=params)).data
+        return Page[Promotion].model_validate(await self.get_json("/v1/promotions", params=params))
 
     async def promotion(self, promotion_id: str) -> Promotion:
         return Promotion.model_validate(await self.get_json(f"/v1/promotions/{promotion_id}"))
