@@ -27,7 +27,7 @@ from typing import Any
 
 from urllib.parse import parse_qsl
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -202,3 +202,17 @@ def build_service_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def from_state(name: str) -> Any:
+    """``Depends()`` on ``app.state.<name>``: what a router declares as
+    ``Annotated[TheService, from_state("name")]`` instead of reaching into the app state.
+
+    The provider is ``async def`` on purpose: FastAPI runs a plain ``def`` dependency in its
+    thread pool, a thread hop per request for an attribute read."""
+
+    async def provide(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    provide.__name__ = f"state_{name}"
+    return Depends(provide)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -11,6 +10,7 @@ import anyio
 from fastapi import Depends, FastAPI
 
 from tuneloop.app import build_service_app
+from tuneloop.offload import offload
 from tuneloop.service_auth import require_service_token
 from tuneloop.settings import open_service_state
 
@@ -29,13 +29,13 @@ def create_app(settings: DatasetSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db, store = open_service_state(settings, MIGRATIONS)
-        svc = DatasetService(settings, db, store, metrics)
-        svc.cleanup_tmp()
-        svc.refresh_gauge()
-        settings.resolved_import_root().mkdir(parents=True, exist_ok=True)
+        db, store = await offload(open_service_state, settings, MIGRATIONS)
+        svc = await offload(DatasetService, settings, db, store, metrics)
+        await offload(svc.cleanup_tmp)
+        await offload(svc.refresh_gauge)
+        await offload(settings.resolved_import_root().mkdir, parents=True, exist_ok=True)
         synth = SynthService(settings, db, metrics, svc)
-        synth.recover()
+        await offload(synth.recover)
         app.state.db, app.state.store = db, store
         app.state.datasets, app.state.synth = svc, synth
         app.state.ingest_limiter = anyio.CapacityLimiter(settings.max_concurrent_ingests)
@@ -43,12 +43,12 @@ def create_app(settings: DatasetSettings | None = None) -> FastAPI:
             yield
         finally:
             await synth.shutdown()
-            db.dispose()
+            await offload(db.dispose)
 
     async def ready(app: FastAPI) -> dict:
         store = app.state.store
-        return {"database": await asyncio.to_thread(app.state.db.ping),
-                "artifact_store": await asyncio.to_thread(store.ping)}
+        return {"database": await offload(app.state.db.ping),
+                "artifact_store": await offload(store.ping)}
 
     app = build_service_app(settings, title="tuneloop dataset service", lifespan=lifespan,
                             ready_check=ready, metrics=metrics)

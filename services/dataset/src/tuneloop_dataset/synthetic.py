@@ -10,6 +10,7 @@ The teacher's API key is kept in memory only, never stored.
 
 from __future__ import annotations
 
+import builtins
 import asyncio
 import json
 import logging
@@ -26,6 +27,7 @@ from sqlalchemy import func, select
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, InvalidRequest, NotFound, Unprocessable
 from tuneloop.ids import new_id, require_id
+from tuneloop.offload import offload
 
 from .db import SynthJobRow, SynthRowRow
 from .metrics import DatasetMetrics
@@ -128,7 +130,8 @@ class SynthService:
                 pass
 
     # -- API ---------------------------------------------------------------------------
-    def create(self, req: SynthRequest) -> dict[str, Any]:
+    async def create(self, req: SynthRequest) -> dict[str, Any]:
+        """Store the job, start it in the background (on this loop), answer the job."""
         if req.n > self.settings.synth_max_examples:
             raise InvalidRequest(f"n must be at most {self.settings.synth_max_examples}",
                                  code="invalid_request", param="n")
@@ -141,12 +144,16 @@ class SynthService:
         spec["expect_json_output"] = expect_json
         job_id = new_id("syn")
         now = int(time.time())
-        with self.db.session() as s:
-            s.add(SynthJobRow(id=job_id, status="queued", created_at=now, spec=spec,
-                              progress=_progress(), failures=[], error=None))
+        await offload(self._insert, SynthJobRow(id=job_id, status="queued", created_at=now,
+                                                spec=spec, progress=_progress(), failures=[],
+                                                error=None))
         self._keys[job_id] = req.teacher.api_key
         self._tasks[job_id] = asyncio.get_running_loop().create_task(self._run(job_id))
-        return self.get(job_id)
+        return await offload(self.get, job_id)
+
+    def _insert(self, row: SynthJobRow) -> None:
+        with self.db.session() as s:
+            s.add(row)
 
     def _require(self, job_id: str) -> SynthJobRow:
         require_id(job_id, "syn", "synthetic_job")
@@ -224,7 +231,7 @@ class SynthService:
                         r.status = "accepted"
         return self.get(job_id)
 
-    def publish_rows(self, job_id: str) -> list[list[dict[str, str]]]:
+    def publish_rows(self, job_id: str) -> builtins.list[builtins.list[dict[str, str]]]:
         job = self._require(job_id)
         if job.status not in FINISHED:
             raise Conflict(f"synthetic job '{job_id}' is still {job.status}; publish after it ends",
@@ -268,21 +275,21 @@ class SynthService:
         try:
             await self._generate(job_id)
         except asyncio.CancelledError:
-            await anyio.to_thread.run_sync(self._finish, job_id, "failed", {
+            await offload(self._finish, job_id, "failed", {
                 "code": "interrupted", "message": "the dataset service stopped during the job; "
                 "rows generated before are kept in the draft"})
             raise
         except Exception as exc:  # a job failure is recorded, never lost
             log.exception("synthetic job failed", extra={"job_id": job_id})
-            await anyio.to_thread.run_sync(self._finish, job_id, "failed",
-                                           {"code": "internal_error", "message": str(exc)[:500]})
+            await offload(self._finish, job_id, "failed",
+                          {"code": "internal_error", "message": str(exc)[:500]})
         finally:
             self._tasks.pop(job_id, None)
             self._keys.pop(job_id, None)
             self._cancel.discard(job_id)
 
     async def _generate(self, job_id: str) -> None:
-        job = await anyio.to_thread.run_sync(self._require, job_id)
+        job = await offload(self._require, job_id)
         spec = job.spec
         seeds = _seed_rows(spec["seed_examples"])
         teacher = spec["teacher"]
@@ -301,8 +308,7 @@ class SynthService:
         seen = {row_digest(canonical(m)) for m in seeds}
         lsh = new_index(self.settings.near_dup_threshold, self.settings.near_dup_num_perm)
         kept_mh: dict[int, Any] = {}
-        await anyio.to_thread.run_sync(lambda: self._update(job_id, status="running",
-                                                            started_at=int(time.time())))
+        await offload(self._update, job_id, status="running", started_at=int(time.time()))
         consecutive_errors = 0
         timeout = httpx.Timeout(self.settings.synth_request_timeout_s, connect=10)
         async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
@@ -321,7 +327,7 @@ class SynthService:
                     _fail(failures, progress, i, "teacher_unreachable", f"{type(exc).__name__}: {exc}")
                     if consecutive_errors >= 3:
                         await self._save(job_id, progress, failures)
-                        await anyio.to_thread.run_sync(self._finish, job_id, "failed", {
+                        await offload(self._finish, job_id, "failed", {
                             "code": "teacher_unreachable",
                             "message": f"3 teacher requests in a row failed: {str(exc)[:300]}"})
                         return
@@ -329,7 +335,7 @@ class SynthService:
                 if resp.status_code >= 400:
                     self.metrics.synth_requests.labels("http_error").inc()
                     await self._save(job_id, progress, failures)
-                    await anyio.to_thread.run_sync(self._finish, job_id, "failed", {
+                    await offload(self._finish, job_id, "failed", {
                         "code": "teacher_error",
                         "message": f"teacher answered {resp.status_code}: {resp.text[:300]}"})
                     return
@@ -339,7 +345,7 @@ class SynthService:
                 outcome = self._accept(spec, text, inp, seen, lsh, kept_mh, progress, failures, i)
                 if outcome is not None:
                     msgs, digest = outcome
-                    await anyio.to_thread.run_sync(self._store_row, job_id, progress["kept"], msgs, digest)
+                    await offload(self._store_row, job_id, progress["kept"], msgs, digest)
                     progress["kept"] += 1
                     self.metrics.synth_rows.labels("kept").inc()
                 await self._save(job_id, progress, failures)
@@ -347,7 +353,7 @@ class SynthService:
         if progress["kept"] < n and status == "succeeded":
             progress["shortfall"] = n - progress["kept"]
             await self._save(job_id, progress, failures)
-        await anyio.to_thread.run_sync(self._finish, job_id, status, None)
+        await offload(self._finish, job_id, status, None)
 
     async def _ask_teacher(self, http: httpx.AsyncClient, url: str, body: dict[str, Any],
                            job_id: str) -> httpx.Response:
@@ -376,8 +382,8 @@ class SynthService:
             await anyio.sleep(min(wait, s.synth_retry_max_wait_s))
         raise AssertionError("unreachable")
 
-    def _prompt(self, spec: dict[str, Any], seeds: list[list[dict[str, str]]], inp: str | None,
-                rng: random.Random) -> list[dict[str, str]]:
+    def _prompt(self, spec: dict[str, Any], seeds: builtins.list[builtins.list[dict[str, str]]], inp: str | None,
+                rng: random.Random) -> builtins.list[dict[str, str]]:
         shown = rng.sample(seeds, min(len(seeds), 5)) if seeds else []
         if spec["mode"] == "completions":
             msgs: list[dict[str, str]] = []
@@ -393,7 +399,7 @@ class SynthService:
 
     def _accept(self, spec: dict[str, Any], text: str, inp: str | None, seen: set[bytes],
                 lsh: Any, kept_mh: dict[int, Any], progress: dict[str, Any],
-                failures: list[dict[str, Any]], i: int) -> tuple[list[dict[str, str]], bytes] | None:
+                failures: builtins.list[dict[str, Any]], i: int) -> tuple[builtins.list[dict[str, str]], bytes] | None:
         """Parse, validate and deduplicate one teacher answer; count what happened."""
         if spec["mode"] == "completions":
             row: Any = {"instruction": spec["instruction"], "input": inp, "output": text.strip()}
@@ -434,14 +440,13 @@ class SynthService:
         lsh.insert(key, mh)
         return msgs, digest
 
-    def _store_row(self, job_id: str, idx: int, msgs: list[dict[str, str]], digest: bytes) -> None:
+    def _store_row(self, job_id: str, idx: int, msgs: builtins.list[dict[str, str]], digest: bytes) -> None:
         with self.db.session() as s:
             s.add(SynthRowRow(job_id=job_id, idx=idx, messages=msgs, digest=digest.hex(),
                               status="pending", created_at=int(time.time())))
 
-    async def _save(self, job_id: str, progress: dict[str, Any], failures: list[dict[str, Any]]) -> None:
-        await anyio.to_thread.run_sync(lambda: self._update(job_id, progress=dict(progress),
-                                                            failures=list(failures)))
+    async def _save(self, job_id: str, progress: dict[str, Any], failures: builtins.list[dict[str, Any]]) -> None:
+        await offload(self._update, job_id, progress=dict(progress), failures=list(failures))
 
 
 def _progress(requested: int = 0) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -21,6 +20,7 @@ from tuneloop.clients.trainer import TrainerClient
 from tuneloop.settings import open_service_state
 from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
+from tuneloop.offload import offload
 
 from .api import canaries, captures, evals, keys, passthrough, promotions, proxy, replay
 from .auth import KeyStore, RateLimiter, bootstrap_admin_key
@@ -48,11 +48,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         s = settings
-        db, app.state.store = open_service_state(s, MIGRATIONS)
+        db, app.state.store = await offload(open_service_state, s, MIGRATIONS)
         app.state.db = db
         app.state.keys = KeyStore(db, ttl=s.key_cache_ttl_s, size=s.key_cache_size)
         app.state.limiter = RateLimiter()
-        app.state.bootstrap_key = bootstrap_admin_key(app.state.keys, s)
+        app.state.bootstrap_key = await offload(bootstrap_admin_key, app.state.keys, s)
         c, t = s.connect_timeout_s, s.http_timeout_s
         token = s.outgoing_service_token()  # internal calls are authenticated
         app.state.upstreams = {
@@ -73,9 +73,9 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                     deploy_timeout=s.deploy_timeout_s)
         app.state.inference = inference
         app.state.evals = EvalService(s, db, app.state.store, dataset, gw_metrics, inference)
-        app.state.evals.recover()
+        await offload(app.state.evals.recover)
         app.state.promotions = PromotionService(s, db, trainer, inference, app.state.evals, gw_metrics)
-        app.state.promotions.start()
+        await app.state.promotions.start()
         app.state.captures = CaptureRecorder(s, db, gw_metrics)
         app.state.captures.start()
         app.state.curate = CurateService(s, db, app.state.captures, dataset, trainer)
@@ -93,13 +93,13 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                 await ups.aclose()
             for peer in (dataset, trainer, inference):
                 await peer.aclose()
-            db.dispose()
+            await offload(db.dispose)
 
     async def ready(app: FastAPI) -> dict:
         """Ready when the database answers and inference is ready (serves its default model):
         what a client of the gateway needs first. Dataset/trainer outages degrade admin routes
         only (503 in the envelope), so they do not take the gateway out of rotation."""
-        return {"database": await asyncio.to_thread(app.state.db.ping),
+        return {"database": await offload(app.state.db.ping),
                 "inference": await app.state.inference.ready()}
 
     app = build_service_app(settings, title="tuneloop gateway", lifespan=lifespan,

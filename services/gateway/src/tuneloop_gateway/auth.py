@@ -7,6 +7,7 @@ high-entropy secrets (no slow KDF needed; the same choice as GitHub/Stripe token
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 import logging
 import os
@@ -18,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from tuneloop.db import Database
 from tuneloop.errors import Forbidden, InvalidRequest, NotFound, RateLimited, Unauthorized
 from tuneloop.ids import new_id
+from tuneloop.offload import offload
 
 from .db import ApiKey
 from .settings import GatewaySettings
@@ -133,7 +134,7 @@ class KeyStore:
         return view
 
     def set_capture(self, key_id: str, capture: bool | None = None,
-                    models: list[str] | None = None, unbind: bool = False) -> dict:
+                    models: builtins.list[str] | None = None, unbind: bool = False) -> dict:
         """Opt a key in to (or out of) traffic capture, bind it to ``models`` (or ``unbind`` it:
         any model again); its cached entry is forgotten."""
         with self.db.session() as s:
@@ -270,7 +271,7 @@ async def authenticate(request: Request, scope: str) -> Principal:
                            code="missing_api_key")
     hit, principal = state.keys.cached(token)
     if not hit:
-        principal = await run_in_threadpool(state.keys.verify, token)
+        principal = await offload(state.keys.verify, token)
     if principal is None:
         state.gw_metrics.auth_failures.labels("invalid").inc()
         raise Unauthorized("invalid or revoked API key", code="invalid_api_key")

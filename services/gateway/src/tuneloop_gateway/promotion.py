@@ -21,13 +21,13 @@ its gate was inconclusive or failed and is asked to run again.
 
 from __future__ import annotations
 
+import builtins
 import asyncio
 import contextlib
 import logging
 import time
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from tuneloop.clients.base import ServiceError
@@ -37,6 +37,7 @@ from tuneloop.contracts import Deployment
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, NotFound, TuneloopError
 from tuneloop.ids import is_valid_id, new_id
+from tuneloop.offload import offload
 
 from .db import Promotion
 from .evals.service import EvalService
@@ -93,8 +94,8 @@ class PromotionService:
                 r.reasons = ["gate could not run: the gateway stopped during the gate"]
         return len(rows)
 
-    def start(self) -> None:
-        self.recover()
+    async def start(self) -> None:
+        await offload(self.recover)
         self._tasks.append(asyncio.create_task(self._worker(), name="promotion-worker"))
         if self.settings.reconcile_interval_s > 0 and self.settings.auto_promote:
             self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
@@ -135,7 +136,7 @@ class PromotionService:
     async def reconcile_once(self) -> list[str]:
         """Queue every succeeded job that has no final decision yet."""
         jobs = (await self.trainer.list_jobs(status="succeeded", limit=100)).data
-        decided = await run_in_threadpool(self._decided_jobs)
+        decided = await offload(self._decided_jobs)
         queued = []
         for job in jobs:
             if job.model_id and job.id not in decided and self.notify(job.id):
@@ -152,7 +153,7 @@ class PromotionService:
                        alias: str | None = None) -> dict[str, Any] | None:
         """Evaluate a succeeded job's model and promote or refuse it (once per job; a gate that
         was inconclusive or failed runs again when ``rerun``)."""
-        existing = await run_in_threadpool(self._by_job, job_id)
+        existing = await offload(self._by_job, job_id)
         if existing is not None and existing.status in TERMINAL and not (
                 rerun and existing.status in RERUNNABLE):
             return promotion_view(existing)
@@ -183,7 +184,7 @@ class PromotionService:
             evidence["earlier_attempts"] = (existing.evidence or {}).get("earlier_attempts", []) + [
                 {"status": existing.status, "eval_id": existing.eval_id,
                  "reasons": (existing.reasons or [])[:3], "finished_at": existing.finished_at}]
-        await run_in_threadpool(self._upsert, Promotion(
+        await offload(self._upsert, Promotion(
             id=pid, kind="gate", status="evaluating", job_id=job["id"], model_id=job["model_id"],
             alias=alias, reasons=[], evidence=evidence, created_at=int(time.time())))
         try:
@@ -193,8 +194,8 @@ class PromotionService:
                      "message": getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"}
             log.warning("gate could not decide", extra={"model_id": job["model_id"],
                                                          "error": error["message"]})
-            return await run_in_threadpool(self._finish, pid, "failed", error=error,
-                                           reasons=[f"gate could not run: {error['message']}"])
+            return await offload(self._finish, pid, "failed", error=error,
+                                 reasons=[f"gate could not run: {error['message']}"])
 
     async def _evaluate_and_decide(self, pid: str, job: dict[str, Any], alias: str,
                                    evidence: dict[str, Any]) -> dict[str, Any]:
@@ -214,8 +215,8 @@ class PromotionService:
                           targets=targets, baseline="base", general_suite=True)
         eval_id = await self.evals.create(spec, source={
             "dataset_id": job["dataset_id"], "job_id": job["id"], "model_id": job["model_id"]})
-        await run_in_threadpool(self._set, pid, eval_id=eval_id, candidate=candidate,
-                                previous=production)  # visible while the eval runs
+        await offload(self._set, pid, eval_id=eval_id, candidate=candidate,
+                      previous=production)  # visible while the eval runs
         run = await self.evals.wait(eval_id)
         if run["status"] not in ("succeeded", "incomplete"):
             raise TuneloopError(f"evaluation {run['id']} failed: {(run['error'] or {}).get('message')}",
@@ -242,25 +243,25 @@ class PromotionService:
             if serve != candidate:
                 await self._drop(dep, evidence)
                 candidate = serve
-                await run_in_threadpool(self._set, pid, candidate=serve)
+                await offload(self._set, pid, candidate=serve)
             reasons.insert(0, f"promoted: '{alias}' now serves {candidate} "
                               f"(before: {_alias_state(production)})")
-            return await run_in_threadpool(self._finish, pid, "promoted", reasons=reasons,
-                                           evidence=evidence)
+            return await offload(self._finish, pid, "promoted", reasons=reasons,
+                                 evidence=evidence)
         if decision == "inconclusive":
             where = (f"'{alias}' stays on {production}" if production
                      else f"'{alias}' had no target before and still has none")
             reasons.insert(0, f"inconclusive: neither promoted nor rejected; {where}. Run the gate "
                               "again (POST /v1/promotions/gate) once the cause is fixed; it generates "
                               "only what is missing. The candidate stays deployed for that.")
-            return await run_in_threadpool(self._finish, pid, "inconclusive", reasons=reasons,
-                                           evidence=evidence)
+            return await offload(self._finish, pid, "inconclusive", reasons=reasons,
+                                 evidence=evidence)
         reasons.insert(0, f"refused: '{alias}' stays on {production}" if production
                        else f"refused: '{alias}' had no target before and still has none")
         if candidate not in (production, base):
             await self._drop(dep, evidence)  # a refused candidate should not hold an engine
-        return await run_in_threadpool(self._finish, pid, "rejected", reasons=reasons,
-                                       evidence=evidence)
+        return await offload(self._finish, pid, "rejected", reasons=reasons,
+                             evidence=evidence)
 
     async def _deploy_candidate(self, model_id: str, base: str) -> tuple[Deployment, dict[str, Any]]:
         """The candidate for its evaluation: attached as a runtime LoRA adapter to the served base
@@ -343,7 +344,7 @@ class PromotionService:
                         reasons=[f"manual promotion: '{alias}' {_alias_state(previous)} -> {model}"],
                         evidence={"deployment": dep_id}, note=req.note,
                         created_at=int(time.time()), finished_at=int(time.time()))
-        await run_in_threadpool(self._upsert, row)
+        await offload(self._upsert, row)
         self.metrics.promotions.labels("manual", "promoted").inc()
         return promotion_view(row)
 
@@ -363,7 +364,7 @@ class PromotionService:
                         model_id=None, alias=alias, candidate=after, previous=before,
                         reasons=[f"rollback: '{alias}' {before} -> {after}"], evidence={},
                         note=req.note, created_at=int(time.time()), finished_at=int(time.time()))
-        await run_in_threadpool(self._upsert, row)
+        await offload(self._upsert, row)
         self.metrics.promotions.labels("rollback", "done").inc()
         return promotion_view(row)
 
@@ -413,7 +414,7 @@ class PromotionService:
                 q = q.where(Promotion.job_id == job_id)
             return [promotion_view(p) for p in s.scalars(q)]
 
-    def for_model(self, model_id: str) -> list[dict[str, Any]]:
+    def for_model(self, model_id: str) -> builtins.list[dict[str, Any]]:
         """Decisions about a model version (what its lineage shows)."""
         return self.list(model_id=model_id)
 

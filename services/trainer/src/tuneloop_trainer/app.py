@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -13,6 +12,7 @@ from tuneloop.app import build_service_app
 from tuneloop.service_auth import require_service_token
 from tuneloop.settings import open_service_state
 from tuneloop.clients.dataset import DatasetClient
+from tuneloop.offload import offload
 
 from .api import jobs, models, openai_compat
 from .executors import make_executor
@@ -30,7 +30,7 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        db, store = open_service_state(settings, MIGRATIONS)
+        db, store = await offload(open_service_state, settings, MIGRATIONS)
         datasets = DatasetClient(settings.dataset_url, timeout=settings.http_timeout_s,
                                  api_key=settings.outgoing_service_token())
         svc = TrainerService(settings, db, store, datasets)
@@ -43,10 +43,10 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
         finally:
             await supervisor.stop()
             await datasets.aclose()
-            db.dispose()
+            await offload(db.dispose)
 
     async def ready(app: FastAPI) -> dict:
-        return {"database": await asyncio.to_thread(app.state.db.ping),
+        return {"database": await offload(app.state.db.ping),
                 "dataset_service": await app.state.trainer.datasets.health()}
 
     app = build_service_app(settings, title="tuneloop trainer service", lifespan=lifespan,

@@ -1,13 +1,12 @@
 """Trainer domain logic: validation, the persistent queue, events, model versions, files.
 
 Never imports FastAPI. Blocking work (DB, store, loading a tokenizer) runs in a thread
-(``asyncio.to_thread``): the async methods here offload it themselves, the sync ones are called
+(:func:`tuneloop.offload.offload`): the async methods here offload it themselves, the sync ones are called
 from the routes through one; the supervisor (``supervisor.py``) drives jobs through their states.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
@@ -24,6 +23,7 @@ from tuneloop.db import Database
 from tuneloop.errors import Conflict, NotFound, ServiceUnavailable, TuneloopError, Unprocessable
 from tuneloop.ids import is_valid_id, new_id, require_id
 from tuneloop.storage import ArtifactStore
+from tuneloop.offload import offload
 
 from .db import File, Job, JobEvent, ModelVersion
 from .hparams import ExportOptions, Hyperparameters
@@ -72,7 +72,7 @@ class TrainerService:
                                 f"(train={ds.counts.train}, eval={ds.counts.eval})",
                                 code="dataset_split_empty", param="dataset_id")
         key = ds.artifacts.get("hf") or layout.dataset_hf(dataset_id)
-        if not await asyncio.to_thread(self.store.exists, key):
+        if not await offload(self.store.exists, key):
             raise Unprocessable(f"dataset '{dataset_id}' has no {key} in the artifact store shared "
                                 "with the trainer", code="dataset_artifact_missing", param="dataset_id")
         return ds.to_dict() | {"hf_key": key}
@@ -135,8 +135,8 @@ class TrainerService:
         hp = _model(Hyperparameters, hyperparameters, "hyperparameters")
         _model(ExportOptions, export, "export")
         ds = await self.validate_dataset(dataset_id)
-        await asyncio.to_thread(self.validate_base_model, base_model, hp)
-        out = await asyncio.to_thread(self._estimate, ds, base_model, backend, hp, gpus)
+        await offload(self.validate_base_model, base_model, hp)
+        out = await offload(self._estimate, ds, base_model, backend, hp, gpus)
         return {**out, "dataset_id": dataset_id, "base_model": base_model, "gpus": gpus}
 
     def _estimate(self, ds: dict[str, Any], base_model: str, backend: str, hp: Hyperparameters,
@@ -164,15 +164,15 @@ class TrainerService:
         hp = _model(Hyperparameters, hyperparameters, "hyperparameters")
         ex = _model(ExportOptions, export, "export")
         ds = await self.validate_dataset(dataset_id)
-        await asyncio.to_thread(self.validate_base_model, base_model, hp)
+        await offload(self.validate_base_model, base_model, hp)
         job_id, mv_id = new_id("job"), new_id("mv")
         spec = {"job_id": job_id, "model_id": mv_id, "dataset_id": dataset_id,
                 "dataset_key": ds["hf_key"], "base_model": base_model, "backend": backend,
                 "gpus": gpus, "export": ex.model_dump(),
                 # only what the user set: the job fills in the rest for its device (defaults.py)
                 "hyperparameters": hp.model_dump(exclude_unset=True)}
-        await asyncio.to_thread(self.store.write_bytes, layout.job_spec(job_id),
-                                json.dumps(spec, indent=1).encode())
+        await offload(self.store.write_bytes, layout.job_spec(job_id),
+                      json.dumps(spec, indent=1).encode())
         try:
             await self.datasets.lease(dataset_id, job_id)
         except ServiceError as exc:
@@ -183,7 +183,7 @@ class TrainerService:
                   callback_url=callback_url or self.settings.callback_url, suffix=suffix,
                   gate_alias=gate_alias, model_id=mv_id, progress={}, created_at=now(), queued_at=time.time(),
                   source=source, training_file=training_file, validation_file=validation_file)
-        return await asyncio.to_thread(self._enqueue, job)
+        return await offload(self._enqueue, job)
 
     def _enqueue(self, job: Job) -> dict[str, Any]:
         job_id = job.id  # read before the session commits (and expires) the row

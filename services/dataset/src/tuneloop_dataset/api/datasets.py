@@ -1,17 +1,19 @@
 """``/v1/datasets``: thin routes. Bodies are streamed to disk; the work runs in a thread
-(``asyncio.to_thread``: nothing that touches a file, the DB or the store runs on the loop)."""
+(:func:`tuneloop.offload.offload`: nothing that touches a file, the DB or the store runs on the
+loop). The service, settings and limits come in as dependencies (:mod:`.deps`)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
+import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import IO, Annotated, Any, Literal
 
 import anyio
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
@@ -20,10 +22,13 @@ from tuneloop.errors import InvalidRequest, PayloadTooLarge, TuneloopError, Unsu
 from tuneloop import layout
 from tuneloop.contracts import Dataset, Deleted, Lease, Page, RowsPage
 from tuneloop.examples.support_tickets import write_jsonl
+from tuneloop.offload import offload
 
 from ..schemas import ExampleRequest, JsonUpload, PushRequest, UploadOptions, check_holder, parse_model
 from ..service import DatasetService, Ingested
+from ..settings import DatasetSettings
 from ..sources import hub_to_jsonl, name_from_filename, push_to_hub, resolve_import_path, write_rows
+from .deps import DatasetsDep, IngestLimiterDep, MetricsDep, SettingsDep
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
 
@@ -33,10 +38,6 @@ JSONL_TYPES = {"application/jsonl", "application/x-ndjson", "application/x-jsonl
 COMPRESSED_TYPES = {"application/gzip", "application/x-gzip", "application/zip",
                     "application/x-bzip2", "application/x-xz", "application/zstd"}
 _CHUNK = 1 << 16
-
-
-def _svc(request: Request) -> DatasetService:
-    return request.app.state.datasets
 
 
 def _respond(result: Ingested) -> JSONResponse:
@@ -49,12 +50,25 @@ def _respond(result: Ingested) -> JSONResponse:
 Input = IO[bytes] | Path | None  # an open upload, or a file the thread opens
 
 
-async def run_ingest(request: Request, src: Input, opts: UploadOptions, source: dict[str, Any],
-                     eval_src: Input = None, replay_src: Input = None) -> Ingested:
-    """Run one ingest in a worker thread, at most DATASET_MAX_CONCURRENT_INGESTS at once."""
-    async with request.app.state.ingest_limiter:
-        return await asyncio.to_thread(_ingest, _svc(request), src, opts, source, eval_src,
-                                       replay_src)
+class Ingestion:
+    """Runs ingests: in a worker thread, at most DATASET_MAX_CONCURRENT_INGESTS at once."""
+
+    def __init__(self, svc: DatasetService, settings: DatasetSettings,
+                 limiter: anyio.CapacityLimiter) -> None:
+        self.svc, self.settings, self.limiter = svc, settings, limiter
+
+    async def run(self, src: Input, opts: UploadOptions, source: dict[str, Any],
+                  eval_src: Input = None, replay_src: Input = None) -> Ingested:
+        async with self.limiter:
+            return await offload(_ingest, self.svc, src, opts, source, eval_src, replay_src)
+
+
+async def _ingestion(svc: DatasetsDep, settings: SettingsDep,
+                     limiter: IngestLimiterDep) -> Ingestion:
+    return Ingestion(svc, settings, limiter)
+
+
+IngestionDep = Annotated[Ingestion, Depends(_ingestion)]
 
 
 def _ingest(svc: DatasetService, src: Input, opts: UploadOptions, source: dict[str, Any],
@@ -63,6 +77,16 @@ def _ingest(svc: DatasetService, src: Input, opts: UploadOptions, source: dict[s
         src, eval_src, replay_src = (stack.enter_context(open(f, "rb")) if isinstance(f, Path) else f
                                      for f in (src, eval_src, replay_src))
         return svc.ingest(src, opts, source, eval_src, replay_src)
+
+
+@contextlib.asynccontextmanager
+async def _tmp_dir(root: Path) -> AsyncIterator[Path]:
+    """A temporary folder under ``root``, made and removed (an upload can be large) off the loop."""
+    tmp = Path(await offload(tempfile.mkdtemp, dir=root))
+    try:
+        yield tmp
+    finally:
+        await offload(shutil.rmtree, tmp, True)
 
 
 def _check_length(request: Request, limit: int) -> None:
@@ -74,11 +98,12 @@ def _check_length(request: Request, limit: int) -> None:
 @router.post("", summary="Upload a JSONL dataset (multipart, raw JSONL or JSON body)",
              response_model=Dataset, status_code=201,
              response_model_exclude_unset=True)
-async def create_dataset(request: Request) -> JSONResponse:
+async def create_dataset(request: Request, ingestion: IngestionDep,
+                         metrics: MetricsDep) -> JSONResponse:
     """Count every refused upload (``uploads_total{result="rejected"|"error"}``)."""
-    uploads = request.app.state.metrics.uploads
+    uploads = metrics.uploads
     try:
-        return await _create(request)
+        return await _create(request, ingestion)
     except (TuneloopError, HTTPException) as exc:
         status = exc.status if isinstance(exc, TuneloopError) else exc.status_code
         uploads.labels("rejected" if status < 500 else "error").inc()
@@ -88,18 +113,18 @@ async def create_dataset(request: Request) -> JSONResponse:
         raise
 
 
-async def _create(request: Request) -> JSONResponse:
+async def _create(request: Request, ingestion: Ingestion) -> JSONResponse:
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    settings = request.app.state.settings
+    settings = ingestion.settings
     if ctype == "multipart/form-data":
         _check_length(request, settings.max_upload_bytes * 2)
-        return await _multipart(request)
+        return await _multipart(request, ingestion)
     if ctype in JSON_TYPES:
         _check_length(request, settings.max_json_body_bytes)
-        return await _json(request)
+        return await _json(request, ingestion)
     if ctype in JSONL_TYPES:
         _check_length(request, settings.max_upload_bytes)
-        return await _raw(request)
+        return await _raw(request, ingestion)
     if ctype in COMPRESSED_TYPES:
         raise UnsupportedMediaType(f"content type {ctype!r} is compressed; upload plain JSONL",
                                    code="compressed_upload")
@@ -109,7 +134,7 @@ async def _create(request: Request) -> JSONResponse:
         "{\"source\": {...}})", param="content-type")
 
 
-async def _multipart(request: Request) -> JSONResponse:
+async def _multipart(request: Request, ingestion: Ingestion) -> JSONResponse:
     form = await request.form(max_files=3, max_fields=20)
     try:
         upload = form.get("file")
@@ -131,19 +156,19 @@ async def _multipart(request: Request) -> JSONResponse:
         source = {"kind": "upload", "filename": name_from_filename(upload.filename)}
         if opts.name is None and source["filename"]:
             opts.name = source["filename"]
-        result = await run_ingest(request, upload.file, opts, source,
-                                  eval_upload.file if eval_upload else None,
-                                  replay_upload.file if replay_upload else None)
+        result = await ingestion.run(upload.file, opts, source,
+                                     eval_upload.file if eval_upload else None,
+                                     replay_upload.file if replay_upload else None)
         return _respond(result)
     finally:
         await form.close()
 
 
-async def _raw(request: Request) -> JSONResponse:
+async def _raw(request: Request, ingestion: Ingestion) -> JSONResponse:
     """Raw JSONL body (curl --data-binary @file.jsonl); options as query parameters."""
-    settings = request.app.state.settings
+    settings = ingestion.settings
     opts = parse_model(UploadOptions, dict(request.query_params))
-    with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
+    async with _tmp_dir(ingestion.svc.tmp_root) as tmp:
         path = Path(tmp) / "body.jsonl"
         size = 0
         async with await anyio.open_file(path, "wb") as fh:
@@ -152,7 +177,7 @@ async def _raw(request: Request) -> JSONResponse:
                 if size > settings.max_upload_bytes:
                     raise PayloadTooLarge(f"upload is larger than {settings.max_upload_bytes} bytes")
                 await fh.write(chunk)
-        return _respond(await run_ingest(request, path, opts, {"kind": "upload"}))
+        return _respond(await ingestion.run(path, opts, {"kind": "upload"}))
 
 
 async def _read_json(request: Request, limit: int) -> Any:
@@ -168,37 +193,37 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise InvalidRequest(f"request body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
-async def _json(request: Request) -> JSONResponse:
-    settings = request.app.state.settings
+async def _json(request: Request, ingestion: Ingestion) -> JSONResponse:
+    settings = ingestion.settings
     body = parse_model(JsonUpload, await _read_json(request, settings.max_json_body_bytes))
     opts = body.options()
-    with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
+    async with _tmp_dir(ingestion.svc.tmp_root) as tmp:
         eval_path = replay_path = None
         if body.eval_rows is not None:
             eval_path = Path(tmp) / "eval.jsonl"
-            await asyncio.to_thread(write_rows, body.eval_rows, eval_path)
+            await offload(write_rows, body.eval_rows, eval_path)
         if body.replay_rows is not None:
             replay_path = Path(tmp) / "replay.jsonl"
-            await asyncio.to_thread(write_rows, body.replay_rows, replay_path)
+            await offload(write_rows, body.replay_rows, replay_path)
         if body.rows is not None:
             if not body.rows:
                 raise InvalidRequest("'rows' is empty", code="no_rows", param="rows")
             path = Path(tmp) / "rows.jsonl"
-            await asyncio.to_thread(write_rows, body.rows, path)
+            await offload(write_rows, body.rows, path)
             source: dict[str, Any] = {"kind": "rows"}
             if body.lineage is not None:
                 source["lineage"] = body.lineage.model_dump()
         elif body.source.path is not None:
-            path = await asyncio.to_thread(resolve_import_path, settings, body.source.path)
+            path = await offload(resolve_import_path, settings, body.source.path)
             source = {"kind": "path", "path": str(path)}
         else:
             path = Path(tmp) / "hub.jsonl"
-            await asyncio.to_thread(hub_to_jsonl, settings, body.source, path)
+            await offload(hub_to_jsonl, settings, body.source, path)
             source = {"kind": "hf_dataset", "hf_dataset": body.source.hf_dataset,
                       "split": body.source.split}
         if opts.name is None:
             opts.name = name_from_filename(path.name) if source["kind"] == "path" else None
-        return _respond(await run_ingest(request, path, opts, source, eval_path, replay_path))
+        return _respond(await ingestion.run(path, opts, source, eval_path, replay_path))
 
 
 class _anull:
@@ -212,82 +237,80 @@ class _anull:
 @router.post("/examples/support-tickets", summary="Generate and store the built-in example task",
              response_model=Dataset, status_code=201,
              response_model_exclude_unset=True)
-async def create_example(request: Request) -> JSONResponse:
+async def create_example(request: Request, ingestion: IngestionDep) -> JSONResponse:
     raw = await _read_json(request, 1 << 16) if await request.body() else {}
     body = parse_model(ExampleRequest, raw)
     opts = body.options()
     opts.name = opts.name or f"support-tickets-{body.n}-seed{body.example_seed}"
-    with tempfile.TemporaryDirectory(dir=_svc(request).tmp_root) as tmp:
+    async with _tmp_dir(ingestion.svc.tmp_root) as tmp:
         path = Path(tmp) / "tickets.jsonl"
-        await asyncio.to_thread(write_jsonl, str(path), body.n, body.example_seed)
+        await offload(write_jsonl, str(path), body.n, body.example_seed)
         source = {"kind": "example", "example": "support-tickets", "n": body.n,
                   "seed": body.example_seed}
-        return _respond(await run_ingest(request, path, opts, source))
+        return _respond(await ingestion.run(path, opts, source))
 
 
 @router.get("", summary="List dataset versions (newest first)", response_model=Page[Dataset],
             response_model_exclude_unset=True)
-async def list_datasets(request: Request, limit: int = Query(20, ge=1, le=100),
+async def list_datasets(svc: DatasetsDep, limit: int = Query(20, ge=1, le=100),
                         offset: int = Query(0, ge=0)) -> dict:
-    return await asyncio.to_thread(_svc(request).list, limit, offset)
+    return await offload(svc.list, limit, offset)
 
 
 @router.get("/{dataset_id}", summary="One dataset version", response_model=Dataset,
             response_model_exclude_unset=True)
-async def get_dataset(request: Request, dataset_id: str) -> dict:
-    return await asyncio.to_thread(_svc(request).get, dataset_id)
+async def get_dataset(svc: DatasetsDep, dataset_id: str) -> dict:
+    return await offload(svc.get, dataset_id)
 
 
 @router.get("/{dataset_id}/rows", summary="A page of a split's rows", response_model=RowsPage,
             response_model_exclude_unset=True)
-async def get_rows(request: Request, dataset_id: str,
+async def get_rows(svc: DatasetsDep, dataset_id: str,
                    split: Literal["train", "eval"] = Query("train"),
                    offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict:
-    return await asyncio.to_thread(_svc(request).rows, dataset_id, split, offset, limit)
+    return await offload(svc.rows, dataset_id, split, offset, limit)
 
 
 @router.get("/{dataset_id}/report", summary="The quality report (?format=text: readable summary)",
             response_model=None)
-async def get_report(request: Request, dataset_id: str,
+async def get_report(svc: DatasetsDep, limiter: IngestLimiterDep, dataset_id: str,
                      format: Literal["json", "text"] = Query("json"),
                      tokenizer: str | None = Query(None, max_length=512),
                      max_seq_length: int | None = Query(None, ge=8, le=1 << 20)) -> Any:
     """``tokenizer``/``max_seq_length`` recompute the token section for another base model."""
-    svc = _svc(request)
     if format == "text":
-        return PlainTextResponse(await asyncio.to_thread(
-            svc.report_text, dataset_id, tokenizer, max_seq_length))
-    async with request.app.state.ingest_limiter if tokenizer or max_seq_length else _anull():
-        return await asyncio.to_thread(svc.report, dataset_id, tokenizer, max_seq_length)
+        return PlainTextResponse(await offload(svc.report_text, dataset_id, tokenizer,
+                                               max_seq_length))
+    async with limiter if tokenizer or max_seq_length else _anull():
+        return await offload(svc.report, dataset_id, tokenizer, max_seq_length)
 
 
 @router.delete("/{dataset_id}", summary="Delete a version (409 dataset_in_use while leased)",
                response_model=Deleted,
                response_model_exclude_unset=True)
-async def delete_dataset(request: Request, dataset_id: str) -> dict:
-    return await asyncio.to_thread(_svc(request).delete, dataset_id)
+async def delete_dataset(svc: DatasetsDep, dataset_id: str) -> dict:
+    return await offload(svc.delete, dataset_id)
 
 
 @router.put("/{dataset_id}/leases/{holder}", summary="Mark a version as used by a job",
             response_model=Lease,
             response_model_exclude_unset=True)
-async def put_lease(request: Request, dataset_id: str, holder: str) -> dict:
-    return await asyncio.to_thread(_svc(request).lease, dataset_id, check_holder(holder))
+async def put_lease(svc: DatasetsDep, dataset_id: str, holder: str) -> dict:
+    return await offload(svc.lease, dataset_id, check_holder(holder))
 
 
 @router.delete("/{dataset_id}/leases/{holder}", summary="Release a lease", response_model=Lease,
                response_model_exclude_unset=True)
-async def delete_lease(request: Request, dataset_id: str, holder: str) -> dict:
-    return await asyncio.to_thread(_svc(request).unlease, dataset_id, check_holder(holder))
+async def delete_lease(svc: DatasetsDep, dataset_id: str, holder: str) -> dict:
+    return await offload(svc.unlease, dataset_id, check_holder(holder))
 
 
 @router.post("/{dataset_id}/push", summary="Push a version to the Hugging Face Hub (optional)")
-async def push(request: Request, dataset_id: str) -> dict:
-    svc = _svc(request)
+async def push(request: Request, svc: DatasetsDep, settings: SettingsDep,
+               dataset_id: str) -> dict:
     body = parse_model(PushRequest, await _read_json(request, 1 << 16))
-    await asyncio.to_thread(svc.get, dataset_id)  # 404 before anything is fetched
-    hf_dir = await asyncio.to_thread(svc.store.get_dir, layout.dataset_hf(dataset_id),
-                                     svc.tmp_root / f"push-{dataset_id}")
-    url = await asyncio.to_thread(push_to_hub, request.app.state.settings, hf_dir,
-                                  body.repo_id, body.private)
+    await offload(svc.get, dataset_id)  # 404 before anything is fetched
+    hf_dir = await offload(svc.store.get_dir, layout.dataset_hf(dataset_id),
+                           svc.tmp_root / f"push-{dataset_id}")
+    url = await offload(push_to_hub, settings, hf_dir, body.repo_id, body.private)
     return {"object": "dataset.push", "dataset_id": dataset_id, "repo_id": body.repo_id, "url": url}

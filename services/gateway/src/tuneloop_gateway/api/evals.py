@@ -17,6 +17,8 @@ from tuneloop.errors import InvalidRequest, Unprocessable, UnsupportedMediaType
 from ..auth import require_admin
 from ..proxy import check_length, read_body
 from ..schemas import EvalCreate
+from ..settings import GatewaySettings
+from .deps import EvalsDep, SettingsDep
 
 router = APIRouter(prefix="/v1/evals", tags=["evals"], dependencies=[Depends(require_admin)])
 
@@ -38,8 +40,8 @@ def _parse_jsonl(data: bytes) -> list[dict[str, Any]]:
     return rows
 
 
-async def _spec_from_request(request: Request) -> tuple[EvalCreate, dict | None]:
-    s = request.app.state.settings
+async def _spec_from_request(request: Request,
+                             s: GatewaySettings) -> tuple[EvalCreate, dict | None]:
     ctype = request.headers.get("content-type", "")
     try:
         if ctype.startswith("multipart/form-data"):
@@ -70,9 +72,8 @@ async def _spec_from_request(request: Request) -> tuple[EvalCreate, dict | None]
 @router.post("", summary="Start an eval run (202), or wait for the report", status_code=202,
              response_model=EvalRun,
              response_model_exclude_unset=True)
-async def create_eval(request: Request) -> JSONResponse:
-    spec, source = await _spec_from_request(request)
-    service = request.app.state.evals
+async def create_eval(request: Request, service: EvalsDep, settings: SettingsDep) -> JSONResponse:
+    spec, source = await _spec_from_request(request, settings)
     run_id = await service.create(spec, source=source)
     if spec.wait:
         return JSONResponse(EvalRun.model_validate(await service.wait(run_id)).to_dict(),
@@ -83,19 +84,19 @@ async def create_eval(request: Request) -> JSONResponse:
 
 @router.get("", summary="List eval runs (newest first)", response_model=Page[EvalRun],
             response_model_exclude_unset=True)
-async def list_evals(request: Request, limit: int = Query(20, ge=1, le=100),
+async def list_evals(service: EvalsDep, limit: int = Query(20, ge=1, le=100),
                      offset: int = Query(0, ge=0)) -> dict:
-    return await request.app.state.evals.list(limit, offset)
+    return await service.list(limit, offset)
 
 
 @router.get("/{eval_id}", summary="An eval run and its report", response_model=EvalRun,
             response_model_exclude_unset=True)
-async def get_eval(eval_id: str, request: Request) -> dict:
-    return await request.app.state.evals.get(eval_id)
+async def get_eval(eval_id: str, service: EvalsDep) -> dict:
+    return await service.get(eval_id)
 
 
 @router.get("/{eval_id}/samples", summary="Per-example outputs side by side")
-async def get_samples(eval_id: str, request: Request,
+async def get_samples(eval_id: str, service: EvalsDep,
                       suite: Literal["task", "general"] | None = None,
                       offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> dict:
-    return await request.app.state.evals.samples(eval_id, suite, offset, limit)
+    return await service.samples(eval_id, suite, offset, limit)

@@ -16,15 +16,16 @@ version (``counts.replay``, ``report.split.replay``).
 from __future__ import annotations
 
 import httpx
-from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
+from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field
 
 from tuneloop.errors import ServiceUnavailable
 from tuneloop.examples.general_replay import REPLAY_PROMPTS, build_replay_rows, replay_prompts
+from tuneloop.offload import offload
 
 from ..auth import require_admin
 from ..evals.report import load_general_suite
+from .deps import SettingsDep
 
 router = APIRouter(prefix="/v1/replay-rows", tags=["datasets"], dependencies=[Depends(require_admin)])
 
@@ -40,10 +41,9 @@ class ReplayRequest(BaseModel):
 
 
 @router.post("", summary="Replay rows against forgetting, answered by the base model")
-async def replay_rows(body: ReplayRequest, request: Request) -> dict:
-    s = request.app.state.settings
+async def replay_rows(body: ReplayRequest, s: SettingsDep) -> dict:
     model = body.model or s.base_model_name
-    suite = [it["question"] for it in load_general_suite()]
+    suite = [it["question"] for it in await offload(load_general_suite)]
     prompts = replay_prompts(body.n, seed=body.seed, exclude=suite)
     headers = {"Authorization": f"Bearer {s.inference_api_key}"} if s.inference_api_key else {}
     url = s.inference_url.rstrip("/") + "/v1/chat/completions"
@@ -60,7 +60,7 @@ async def replay_rows(body: ReplayRequest, request: Request) -> dict:
 
             return build_replay_rows(ask, prompts, concurrency=body.concurrency)
 
-    rows, dropped = await run_in_threadpool(build)
+    rows, dropped = await offload(build)
     if not rows and dropped and all(d["reason"].startswith("request failed") for d in dropped):
         raise ServiceUnavailable(f"model '{model}' did not answer: {dropped[0]['reason']}",
                                  code="replay_model_unavailable")

@@ -18,7 +18,6 @@ import logging
 import time
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from tuneloop.clients.base import ServiceError
@@ -28,6 +27,7 @@ from tuneloop import layout
 from tuneloop.db import Database
 from tuneloop.errors import InvalidRequest, NotFound, Unprocessable
 from tuneloop.ids import is_valid_id, new_id
+from tuneloop.offload import offload
 from tuneloop.storage import ArtifactStore
 
 from ..db import EvalRun
@@ -110,8 +110,8 @@ class EvalService:
             raise NotFound(f"dataset '{dataset_id[:80]}' not found", code="dataset_not_found",
                            param="dataset_id")
         key = layout.dataset_parquet(dataset_id, "eval")
-        if await run_in_threadpool(self.store.exists, key):
-            return await run_in_threadpool(self._read_parquet, key, limit)
+        if await offload(self.store.exists, key):
+            return await offload(self._read_parquet, key, limit)
         try:
             rows = await self.dataset.all_rows(dataset_id, "eval", page=100, limit=limit)
         except ServiceError as exc:
@@ -124,8 +124,8 @@ class EvalService:
     async def _train_rows(self, dataset_id: str, limit: int = 200) -> list[dict[str, Any]]:
         """The first rows of a dataset version's train split (the k-shot baseline's examples)."""
         key = layout.dataset_parquet(dataset_id, "train")
-        if await run_in_threadpool(self.store.exists, key):
-            return await run_in_threadpool(self._read_parquet, key, limit)
+        if await offload(self.store.exists, key):
+            return await offload(self._read_parquet, key, limit)
         return await self.dataset.all_rows(dataset_id, "train", page=100, limit=limit)
 
     async def _kshot_target(self, spec: EvalCreate, targets: list[Target], examples: list[Example],
@@ -212,7 +212,7 @@ class EvalService:
         run_id = new_id("eval")
         row = EvalRun(id=run_id, status="running", name=spec.name, config=config,
                       created_at=int(time.time()))
-        await run_in_threadpool(self._save, row)
+        await offload(self._save, row)
         task_ = asyncio.create_task(self._execute(run_id, spec, targets, examples, task, config),
                                     name=run_id)
         self._tasks[run_id] = task_
@@ -244,7 +244,7 @@ class EvalService:
             progress[name]["failed"] += 0 if ok else 1
 
         try:
-            reused = (await run_in_threadpool(self._reusable, run_id, targets, examples, general, config)
+            reused = (await offload(self._reusable, run_id, targets, examples, general, config)
                       if config.get("reuse_generations") else {})
             for name, (_, prior) in reused.items():
                 progress[name]["done"] += sum(1 for g in prior.task + prior.general if not g.error)
@@ -258,24 +258,24 @@ class EvalService:
             judge, pair = None, None
             if spec.judge:
                 judge, pair = await self._judge(spec, targets, runs, examples, config)
-            report, samples = await run_in_threadpool(
+            report, samples = await offload(
                 build_report, runs, examples, task, general, config["baseline"], judge, pair)
             report["reused_generations"] = {name: src for name, (src, _) in reused.items()}
             report["regenerated"] = {r.target.name: len(r.task) + len(r.general) - r.reused
                                      for r in runs if r.target.name in reused}
             status = "succeeded" if report["complete"] else "incomplete"
-            await run_in_threadpool(self._finish, run_id, status, report, samples, None,
-                                    time.perf_counter() - start)
+            await offload(self._finish, run_id, status, report, samples, None,
+                          time.perf_counter() - start)
         except asyncio.CancelledError:
-            await run_in_threadpool(self._finish, run_id, "failed", None, None,
-                                    {"code": "interrupted", "message": "the gateway stopped"},
-                                    time.perf_counter() - start)
+            await offload(self._finish, run_id, "failed", None, None,
+                          {"code": "interrupted", "message": "the gateway stopped"},
+                          time.perf_counter() - start)
             raise
         except Exception as exc:  # a run must end with a stored status, never vanish
             log.exception("eval run failed", extra={"eval_id": run_id})
-            await run_in_threadpool(self._finish, run_id, "failed", None, None,
-                                    {"code": "eval_failed", "message": f"{exc.__class__.__name__}: {exc}"},
-                                    time.perf_counter() - start)
+            await offload(self._finish, run_id, "failed", None, None,
+                          {"code": "eval_failed", "message": f"{exc.__class__.__name__}: {exc}"},
+                          time.perf_counter() - start)
         finally:
             self._progress.pop(run_id, None)
 
@@ -374,10 +374,10 @@ class EvalService:
         return row
 
     async def get(self, run_id: str) -> dict[str, Any]:
-        return run_view(await run_in_threadpool(self._row, run_id), progress=self._progress.get(run_id))
+        return run_view(await offload(self._row, run_id), progress=self._progress.get(run_id))
 
     async def samples(self, run_id: str, suite: str | None, offset: int, limit: int) -> dict[str, Any]:
-        row = await run_in_threadpool(self._row, run_id)
+        row = await offload(self._row, run_id)
         items = [s for s in row.samples or [] if suite is None or s["suite"] == suite]
         page = items[offset:offset + limit]
         return {"object": "list", "data": page, "has_more": offset + limit < len(items),
@@ -389,7 +389,7 @@ class EvalService:
             return [run_view(r, full=False) for r in s.scalars(q)]
 
     async def list(self, limit: int, offset: int) -> dict[str, Any]:
-        data = await run_in_threadpool(self._list, limit, offset)
+        data = await offload(self._list, limit, offset)
         return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
 
 

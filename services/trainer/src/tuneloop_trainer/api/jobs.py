@@ -10,59 +10,58 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tuneloop.contracts import Deleted, Job, JobEvent, Page
+from tuneloop.offload import offload
 
 from ..schemas import JobCreate
 from ..service import TERMINAL, TrainerService
+from .deps import SettingsDep, SupervisorDep, TrainerDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 STATUSES = "^(validating|queued|running|succeeded|failed|cancelled)$"
 
 
-def _svc(request: Request) -> TrainerService:
-    return request.app.state.trainer
-
-
 @router.post("", status_code=201, summary="Validate and queue a training job (or, with "
              "dry_run, estimate it: 200, nothing queued)", response_model=Job,
              response_model_exclude_unset=True)
-async def create_job(body: JobCreate, request: Request) -> JSONResponse:
-    backend = body.backend or request.app.state.settings.backend
+async def create_job(body: JobCreate, svc: TrainerDep, settings: SettingsDep,
+                     supervisor: SupervisorDep) -> JSONResponse:
+    backend = body.backend or settings.backend
     if body.dry_run:
-        est = await _svc(request).estimate_job(
+        est = await svc.estimate_job(
             dataset_id=body.dataset_id, base_model=body.base_model, backend=backend,
             gpus=body.gpus, hyperparameters=body.hyperparameters, export=body.export)
         return JSONResponse(est, status_code=200)
-    job = await _svc(request).create_job(
+    job = await svc.create_job(
         dataset_id=body.dataset_id, base_model=body.base_model, backend=backend, gpus=body.gpus,
         hyperparameters=body.hyperparameters, export=body.export, callback_url=body.callback_url,
         suffix=body.suffix, gate_alias=body.gate_alias)
-    request.app.state.supervisor.wake.set()
+    supervisor.wake.set()
     return JSONResponse(Job.model_validate(job).to_dict(), status_code=201)
 
 
 @router.get("", summary="List jobs, newest first (cursor: ?after=<last job id>)",
             response_model=Page[Job],
             response_model_exclude_unset=True)
-async def list_jobs(request: Request, status: str | None = Query(None, pattern=STATUSES),
+async def list_jobs(svc: TrainerDep, status: str | None = Query(None, pattern=STATUSES),
                     limit: int = Query(20, ge=1, le=500), after: str | None = None) -> dict:
-    return await asyncio.to_thread(_svc(request).list_jobs, status=status, limit=limit, after=after)
+    return await offload(svc.list_jobs, status=status, limit=limit, after=after)
 
 
 @router.get("/{job_id}", summary="One job with its progress", response_model=Job,
             response_model_exclude_unset=True)
-async def get_job(job_id: str, request: Request) -> dict:
-    return await asyncio.to_thread(_svc(request).get_job, job_id)
+async def get_job(job_id: str, svc: TrainerDep) -> dict:
+    return await offload(svc.get_job, job_id)
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a queued or running job", response_model=Job,
              response_model_exclude_unset=True)
-async def cancel_job(job_id: str, request: Request) -> dict:
-    job, kill = await asyncio.to_thread(_svc(request).request_cancel, job_id)
-    request.app.state.supervisor.wake.set()
+async def cancel_job(job_id: str, svc: TrainerDep, supervisor: SupervisorDep) -> dict:
+    job, kill = await offload(svc.request_cancel, job_id)
+    supervisor.wake.set()
     if not kill:
-        row = await asyncio.to_thread(_svc(request).job_row, job_id)
+        row = await offload(svc.job_row, job_id)
         try:
-            await _svc(request).datasets.unlease(row.dataset_id, job_id)
+            await svc.datasets.unlease(row.dataset_id, job_id)
         except Exception:  # a stale lease is harmless
             pass
     return job
@@ -71,10 +70,9 @@ async def cancel_job(job_id: str, request: Request) -> dict:
 @router.delete("/{job_id}", summary="Delete a finished job (its model version stays)",
                response_model=Deleted,
                response_model_exclude_unset=True)
-async def delete_job(job_id: str, request: Request) -> dict:
-    svc = _svc(request)
-    row = await asyncio.to_thread(svc.job_row, job_id)
-    out = await asyncio.to_thread(svc.delete_job, job_id)
+async def delete_job(job_id: str, svc: TrainerDep) -> dict:
+    row = await offload(svc.job_row, job_id)
+    out = await offload(svc.delete_job, job_id)
     try:  # normally released when the job ended; make sure no stale holder remains
         await svc.datasets.unlease(row.dataset_id, job_id)
     except Exception:  # the dataset may be gone or the lease already released
@@ -85,36 +83,37 @@ async def delete_job(job_id: str, request: Request) -> dict:
 @router.get("/{job_id}/events", summary="Events after a sequence number (oldest first)",
             response_model=Page[JobEvent],
             response_model_exclude_unset=True)
-async def job_events(job_id: str, request: Request, after: int = Query(0, ge=0),
+async def job_events(job_id: str, svc: TrainerDep, after: int = Query(0, ge=0),
                      limit: int = Query(100, ge=1, le=1000)) -> dict:
-    return await asyncio.to_thread(_svc(request).events, job_id, after=after, limit=limit)
+    return await offload(svc.events, job_id, after=after, limit=limit)
 
 
 @router.get("/{job_id}/events/stream", summary="Live events (Server-Sent Events)")
-async def job_events_stream(job_id: str, request: Request, after: int = Query(0, ge=0)) -> StreamingResponse:
-    svc = _svc(request)
-    await asyncio.to_thread(svc.get_job, job_id)  # 404 before the stream starts
+async def job_events_stream(job_id: str, request: Request, svc: TrainerDep,
+                            settings: SettingsDep, after: int = Query(0, ge=0)) -> StreamingResponse:
+    await offload(svc.get_job, job_id)  # 404 before the stream starts
     last = request.headers.get("last-event-id", "")
     start = int(last) if last.isdigit() else after
-    return StreamingResponse(_sse(request, svc, job_id, start), media_type="text/event-stream",
+    return StreamingResponse(_sse(request, svc, job_id, start, settings.poll_interval_s),
+                             media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _sse(request: Request, svc: TrainerService, job_id: str, after: int) -> AsyncIterator[bytes]:
+async def _sse(request: Request, svc: TrainerService, job_id: str, after: int,
+               interval: float) -> AsyncIterator[bytes]:
     """Each event as ``id/event/data``; ends after the job's final state; heartbeats meanwhile."""
     idle = 0.0
-    interval = request.app.state.settings.poll_interval_s
     while True:
-        page = await asyncio.to_thread(svc.events, job_id, after=after, limit=500)
+        page = await offload(svc.events, job_id, after=after, limit=500)
         for ev in page["data"]:
             after = ev["seq"]
             yield f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n".encode()
             idle = 0.0
         if page["has_more"]:
             continue
-        job = await asyncio.to_thread(svc.get_job, job_id)
+        job = await offload(svc.get_job, job_id)
         if job["status"] in TERMINAL:
-            final = await asyncio.to_thread(svc.events, job_id, after=after, limit=500)
+            final = await offload(svc.events, job_id, after=after, limit=500)
             if not final["data"]:
                 yield b"event: end\ndata: {\"status\": \"" + job["status"].encode() + b"\"}\n\n"
                 return

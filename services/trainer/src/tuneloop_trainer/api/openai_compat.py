@@ -8,12 +8,14 @@ Statuses: validating_files -> queued -> running -> succeeded | failed | cancelle
 
 from __future__ import annotations
 
+import contextlib
 import re
+import shutil
 import tempfile
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.datastructures import UploadFile
@@ -21,10 +23,13 @@ from starlette.datastructures import UploadFile
 from tuneloop import layout
 from tuneloop.errors import InvalidRequest, PayloadTooLarge, TuneloopError
 from tuneloop.ids import new_id
+from tuneloop.offload import offload
+from tuneloop.storage import ArtifactStore
 
 from ..db import Job
 from ..schemas import ALIAS_PATTERN, FineTuningJobCreate, openai_to_native
-from ..service import TrainerService
+from ..service import file_view
+from .deps import SettingsDep, SupervisorDep, TrainerDep
 
 router = APIRouter(tags=["openai"])
 MAX_UPLOAD = 1 << 30
@@ -32,14 +37,26 @@ _STATUS = {"validating": "validating_files"}
 _LEVEL = {"warning": "warn", "error": "error"}
 
 
-def _svc(request: Request) -> TrainerService:
-    return request.app.state.trainer
+@contextlib.asynccontextmanager
+async def _tmp_dir() -> AsyncIterator[Path]:
+    """A temporary folder, made and removed off the event loop."""
+    tmp = Path(await offload(tempfile.mkdtemp, prefix="tuneloop-upload-"))
+    try:
+        yield tmp
+    finally:
+        await offload(shutil.rmtree, tmp, True)
+
+
+def _download(store: ArtifactStore, key: str, dst: Path) -> Path:
+    """A stored file as a local file (any store: local folder or object store)."""
+    with store.open(key, "rb") as src, open(dst, "wb") as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+    return dst
 
 
 # ----------------------------------------------------------------------------- files
 @router.post("/v1/files", summary="Upload a fine-tuning JSONL (creates a dataset version)")
-async def create_file(request: Request) -> JSONResponse:
-    svc = _svc(request)
+async def create_file(request: Request, svc: TrainerDep) -> JSONResponse:
     form = await request.form(max_files=1, max_fields=10)
     upload, purpose = form.get("file"), form.get("purpose")
     if not isinstance(upload, UploadFile):
@@ -50,63 +67,62 @@ async def create_file(request: Request) -> JSONResponse:
     file_id = new_id("file")
     key = layout.upload_file(file_id)
     filename = Path(upload.filename or "train.jsonl").name
-    with tempfile.NamedTemporaryFile(prefix="tuneloop-upload-", suffix=".jsonl") as tmp:
+    async with _tmp_dir() as tmp:
+        path = tmp / "upload.jsonl"
         size = 0
-        while chunk := await upload.read(1 << 20):
-            size += len(chunk)
-            if size > MAX_UPLOAD:
-                raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD} bytes")
-            tmp.write(chunk)
-        tmp.flush()
+        with await offload(open, path, "wb") as fh:
+            while chunk := await upload.read(1 << 20):
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD} bytes")
+                await offload(fh.write, chunk)
         if size == 0:
             raise InvalidRequest("the uploaded file is empty", code="file_empty", param="file")
-        ds = await svc.datasets.upload_file(tmp.name, name=Path(filename).stem[:80] or "upload")
-        await anyio.to_thread.run_sync(svc.store.put_file, Path(tmp.name), key)
-    view = await anyio.to_thread.run_sync(svc.add_file, file_id, filename, size, "fine-tune",
-                                          ds["id"], key)
+        ds = await svc.datasets.upload_file(path, name=Path(filename).stem[:80] or "upload")
+        await offload(svc.store.put_file, path, key)
+    view = await offload(svc.add_file, file_id, filename, size, "fine-tune", ds["id"], key)
     return JSONResponse(view, status_code=200)
 
 
 @router.get("/v1/files", summary="List uploaded files")
-async def list_files(request: Request, purpose: str | None = None) -> dict:
-    return await anyio.to_thread.run_sync(lambda: _svc(request).list_files(purpose))
+async def list_files(svc: TrainerDep, purpose: str | None = None) -> dict:
+    return await offload(svc.list_files, purpose)
 
 
 @router.get("/v1/files/{file_id}", summary="One file")
-async def get_file(file_id: str, request: Request) -> dict:
-    from ..service import file_view
-
-    return file_view(await anyio.to_thread.run_sync(_svc(request).get_file_row, file_id))
+async def get_file(file_id: str, svc: TrainerDep) -> dict:
+    return file_view(await offload(svc.get_file_row, file_id))
 
 
 @router.get("/v1/files/{file_id}/content", summary="The uploaded JSONL")
-async def file_content(file_id: str, request: Request) -> Response:
-    svc = _svc(request)
-    row = await anyio.to_thread.run_sync(svc.get_file_row, file_id)
-    data = await anyio.to_thread.run_sync(svc.store.read_bytes, row.key)
+async def file_content(file_id: str, svc: TrainerDep) -> Response:
+    row = await offload(svc.get_file_row, file_id)
+    data = await offload(svc.store.read_bytes, row.key)
     return Response(data, media_type="application/jsonl")
 
 
 @router.delete("/v1/files/{file_id}", summary="Delete a file (its dataset version stays)")
-async def delete_file(file_id: str, request: Request) -> dict:
-    return await anyio.to_thread.run_sync(_svc(request).delete_file, file_id)
+async def delete_file(file_id: str, svc: TrainerDep) -> dict:
+    return await offload(svc.delete_file, file_id)
 
 
 # ---------------------------------------------------------------------- fine-tuning jobs
 @router.post("/v1/fine_tuning/jobs", summary="Create a fine-tuning job (OpenAI shape)")
-async def create_ft_job(body: FineTuningJobCreate, request: Request) -> dict:
-    svc = _svc(request)
+async def create_ft_job(body: FineTuningJobCreate, svc: TrainerDep, settings: SettingsDep,
+                        supervisor: SupervisorDep) -> dict:
     try:
         hp, extra = openai_to_native(body)
     except ValueError as exc:
         raise InvalidRequest(str(exc), code="unsupported_method", param="method") from exc
-    train = await anyio.to_thread.run_sync(svc.get_file_row, body.training_file)
+    train = await offload(svc.get_file_row, body.training_file)
     dataset_id = train.dataset_id
     if body.validation_file:
-        val = await anyio.to_thread.run_sync(svc.get_file_row, body.validation_file)
-        ds = await svc.datasets.upload_file(svc.store.local_path(train.key),
-                                            eval_path=svc.store.local_path(val.key),
-                                            name=Path(train.filename).stem[:80] or "upload")
+        val = await offload(svc.get_file_row, body.validation_file)
+        async with _tmp_dir() as tmp:  # the two files, from the store (local or object store)
+            train_path = await offload(_download, svc.store, train.key, tmp / "train.jsonl")
+            val_path = await offload(_download, svc.store, val.key, tmp / "eval.jsonl")
+            ds = await svc.datasets.upload_file(train_path, eval_path=val_path,
+                                                name=Path(train.filename).stem[:80] or "upload")
         dataset_id = ds["id"]
     unknown = set(extra) - {"backend", "gpus", "export", "callback_url", "gate_alias"}
     if unknown:
@@ -115,7 +131,7 @@ async def create_ft_job(body: FineTuningJobCreate, request: Request) -> dict:
     if gate_alias is not None and not (isinstance(gate_alias, str) and re.match(ALIAS_PATTERN, gate_alias)):
         raise InvalidRequest(f"gate_alias must match {ALIAS_PATTERN} (got {str(gate_alias)[:80]!r})",
                              param="tuneloop.gate_alias")
-    backend = extra.get("backend") or request.app.state.settings.backend
+    backend = extra.get("backend") or settings.backend
     if backend not in ("auto", "unsloth", "peft"):
         raise InvalidRequest(f"backend must be auto|unsloth|peft (got {backend!r})",
                              param="tuneloop.backend")
@@ -124,43 +140,42 @@ async def create_ft_job(body: FineTuningJobCreate, request: Request) -> dict:
                                callback_url=extra.get("callback_url"), suffix=body.suffix,
                                source="openai", training_file=body.training_file,
                                validation_file=body.validation_file, gate_alias=gate_alias)
-    request.app.state.supervisor.wake.set()
-    return ft_view(await anyio.to_thread.run_sync(svc.job_row, job["id"]))
+    supervisor.wake.set()
+    return ft_view(await offload(svc.job_row, job["id"]))
 
 
 @router.get("/v1/fine_tuning/jobs", summary="List fine-tuning jobs")
-async def list_ft_jobs(request: Request, after: str | None = None,
+async def list_ft_jobs(svc: TrainerDep, after: str | None = None,
                        limit: int = Query(20, ge=1, le=500)) -> dict:
-    rows, more = await anyio.to_thread.run_sync(lambda: _svc(request).list_rows(limit=limit, after=after))
+    rows, more = await offload(svc.list_rows, limit=limit, after=after)
     return {"object": "list", "data": [ft_view(j) for j in rows], "has_more": more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}", summary="Retrieve a fine-tuning job")
-async def get_ft_job(job_id: str, request: Request) -> dict:
-    return ft_view(await anyio.to_thread.run_sync(_svc(request).job_row, job_id))
+async def get_ft_job(job_id: str, svc: TrainerDep) -> dict:
+    return ft_view(await offload(svc.job_row, job_id))
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel", summary="Cancel a fine-tuning job")
-async def cancel_ft_job(job_id: str, request: Request) -> dict:
-    svc = _svc(request)
-    await anyio.to_thread.run_sync(svc.request_cancel, job_id)
-    request.app.state.supervisor.wake.set()
-    return ft_view(await anyio.to_thread.run_sync(svc.job_row, job_id))
+async def cancel_ft_job(job_id: str, svc: TrainerDep, supervisor: SupervisorDep) -> dict:
+    await offload(svc.request_cancel, job_id)
+    supervisor.wake.set()
+    return ft_view(await offload(svc.job_row, job_id))
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events", summary="Job events, newest first")
-async def ft_events(job_id: str, request: Request, after: str | None = None,
+async def ft_events(job_id: str, svc: TrainerDep, after: str | None = None,
                     limit: int = Query(20, ge=1, le=1000)) -> dict:
     before = _seq_from_event_id(after, job_id) if after else 0
-    page = await anyio.to_thread.run_sync(
-        lambda: _svc(request).events(job_id, after=before, limit=limit, newest_first=True))
+    page = await offload(svc.events, job_id, after=before, limit=limit, newest_first=True)
     return {"object": "list", "data": [ft_event(job_id, e) for e in page["data"]],
             "has_more": page["has_more"]}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", summary="Epoch/step checkpoints")
-async def ft_checkpoints(job_id: str, request: Request, limit: int = Query(10, ge=1, le=100)) -> dict:
-    events = await anyio.to_thread.run_sync(_svc(request).events_of_type, job_id, "checkpoint")
+async def ft_checkpoints(job_id: str, svc: TrainerDep,
+                         limit: int = Query(10, ge=1, le=100)) -> dict:
+    events = await offload(svc.events_of_type, job_id, "checkpoint")
     data = [{
         "object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{job_id[4:]}-{e['data'].get('step')}",
         "created_at": e["created_at"], "fine_tuning_job_id": job_id,
