@@ -46,9 +46,11 @@ test: $(STAMP) $(ENGINE_STAMP)
 test-fast: $(STAMP) $(ENGINE_STAMP)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# ruff with the committed config (ruff.toml): the same gate .ci/run applies after the tests
+# ruff (ruff.toml) and mypy (mypy.ini: shared/ and every service's package): the same gate
+# .ci/run applies after the tests
 lint: $(STAMP)
 	$(VENV)/bin/ruff check shared services tests bench
+	$(VENV)/bin/mypy
 
 demo: $(STAMP) $(ENGINE_STAMP)
 	$(PY) -m tuneloop.demo $(DEMO_ARGS)

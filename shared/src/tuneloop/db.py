@@ -10,6 +10,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+
+from alembic.config import Config
 
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -64,10 +67,8 @@ class Database:
             conn.exec_driver_sql("SELECT 1")
         return True
 
-    def alembic_config(self, migrations_dir: Path, version_table: str):
+    def alembic_config(self, migrations_dir: Path, version_table: str) -> Config:
         """The Alembic config of one service's migrations on this database."""
-        from alembic.config import Config
-
         cfg = Config()
         cfg.set_main_option("script_location", str(migrations_dir))
         cfg.set_main_option("sqlalchemy.url", self.url.replace("%", "%%"))
@@ -102,7 +103,7 @@ class Database:
         self.engine.dispose()
 
 
-def _sqlite_pragmas(dbapi_conn, _record) -> None:
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur = dbapi_conn.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA foreign_keys=ON")
@@ -122,12 +123,12 @@ def run_alembic_env(target_metadata: MetaData) -> None:
         return
     engine = cfg.attributes.get("connection_engine")
     if engine is None:
-        engine = create_engine(cfg.get_main_option("sqlalchemy.url"))
+        engine = create_engine(cfg.get_main_option("sqlalchemy.url") or "")
     with engine.connect() as connection:
         _run_migrations(context, connection, target_metadata, version_table)
 
 
-def _run_migrations(context, connection, target_metadata: MetaData,
+def _run_migrations(context: Any, connection: Any, target_metadata: MetaData,
                     version_table: str) -> None:
     context.configure(
         connection=connection,

@@ -77,7 +77,7 @@ class Timings:
     steps: dict[str, float] = field(default_factory=dict)
     t0: float = field(default_factory=time.monotonic)
 
-    def step(self, name: str):
+    def step(self, name: str) -> Any:
         timings = self
 
         class _Ctx:
@@ -374,7 +374,7 @@ def step_report(api: GatewayAPI, decision: dict, base_run: dict | None) -> dict 
         for line in comparison_lines(run):
             console.print(f"  {line}")
     color = {"promoted": "green", "rejected": "yellow", "inconclusive": "yellow"}.get(
-        decision.get("status"), "red")
+        str(decision.get("status")), "red")
     console.print(f"gate: [bold {color}]{decision.get('status')}[/]")
     marks = {"pass": "[green]pass[/]", "fail": "[red]FAIL[/]", "inconclusive": "[yellow]open[/]"}
     for check in (decision.get("evidence") or {}).get("checks") or []:

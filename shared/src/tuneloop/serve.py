@@ -7,6 +7,7 @@ import; ``--host/--port`` override them. One uvicorn worker per process: scale w
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -43,5 +44,6 @@ def main(create_app: Callable[[Any], Any], settings_cls: type[ServiceSettings],
     raise_open_files_limit()
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=settings.shutdown_timeout_s,
-                timeout_keep_alive=settings.keepalive_timeout_s)
+                access_log=False,
+                timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),
+                timeout_keep_alive=math.ceil(settings.keepalive_timeout_s))

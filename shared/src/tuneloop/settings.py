@@ -6,7 +6,7 @@ Settings are passed to ``create_app(settings)``; nothing reads the environment a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -15,6 +15,11 @@ from pydantic_settings import (
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+
+if TYPE_CHECKING:
+    from .db import Database
+    from .storage import ArtifactStore
 
 
 class ServiceSettings(BaseSettings):
@@ -113,7 +118,7 @@ class ServiceSettings(BaseSettings):
             opts["client_kwargs"] = {"region_name": self.s3_region}
         return opts
 
-    def open_artifact_store(self):
+    def open_artifact_store(self) -> ArtifactStore:
         """The shared artifact store this configuration names (local folder or any fsspec URL)."""
         from .storage import ArtifactStore
 
@@ -125,7 +130,7 @@ class ServiceSettings(BaseSettings):
         return f"sqlite:///{(self.data_dir / f'{self.service_name}.db').resolve()}"
 
 
-def open_service_state(settings: ServiceSettings, migrations_dir: Path):
+def open_service_state(settings: ServiceSettings, migrations_dir: Path) -> tuple[Database, ArtifactStore]:
     """What every service's lifespan opens first: its database, migrated to head with its own
     Alembic version table (``alembic_version_<service>``), and the shared artifact store."""
     from .db import Database

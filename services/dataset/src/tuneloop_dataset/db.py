@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, ForeignKey, Integer, String, UniqueConstraint
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import BigInteger, ForeignKey, Integer, JSON, MetaData, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tuneloop.db import make_base
+from tuneloop.db import NAMING
 
-Base = make_base()
+
+class Base(DeclarativeBase):
+    """The dataset service's tables: a metadata of their own (no other service's tables)."""
+
+    metadata = MetaData(naming_convention=NAMING)
 
 
 class DatasetRow(Base):

@@ -159,7 +159,7 @@ class DatasetService:
         rp = self.parse(replay_src, work / "replay.jsonl", "replay_rows") if replay_src else None
         self._check_parse(main, ev, opts)
         if rp is not None and (rp.invalid or not rp.valid):
-            first = rp.errors[0] if rp.errors else {"line": 0, "message": "no rows"}
+            first: dict[str, Any] = rp.errors[0] if rp.errors else {"line": 0, "message": "no rows"}
             raise DatasetInvalid(f"replay_rows: {rp.invalid} invalid rows (first: row {first['line']}: "
                                  f"{first['message'][:200]})" if rp.invalid else "replay_rows is empty",
                                  param="replay_rows", details={"errors": rp.errors[:20]})
@@ -199,7 +199,7 @@ class DatasetService:
                 shutil.rmtree(stage, ignore_errors=True)
         if not created:
             self.metrics.uploads.labels("existing").inc()
-            return Ingested(self._to_api(self._get_row(ds_id)), False)
+            return Ingested(self._to_api(self._require(ds_id)), False)
         self.metrics.uploads.labels("created").inc()
         self.refresh_gauge()
         log.info("dataset stored", extra={"dataset_id": ds_id, "rows": n})
@@ -208,7 +208,7 @@ class DatasetService:
     def _check_parse(self, main: ParseResult, ev: ParseResult | None, opts: UploadOptions) -> None:
         parts = [main] + ([ev] if ev else [])
         invalid = sum(p.invalid for p in parts)
-        details = {
+        details: dict[str, Any] = {
             "errors": (main.errors + (ev.errors if ev else []))[: self.settings.max_errors_reported],
             "errors_total": invalid,
             "errors_truncated": invalid > self.settings.max_errors_reported,
@@ -282,7 +282,7 @@ class DatasetService:
         empty_outputs = sum(
             1 for p in [main] + ([ev] if ev else []) for e in p.errors
             if e["code"] == "empty_field" and (e["field"] == "output" or str(e["field"]).endswith(".content")))
-        parse_counts = {"total_lines": main.total_lines, "blank_lines": main.blank_lines,
+        parse_counts: dict[str, Any] = {"total_lines": main.total_lines, "blank_lines": main.blank_lines,
                         "valid": main.valid, "invalid": main.invalid,
                         "errors_total": main.errors_total, "empty_outputs": empty_outputs}
         if ev is not None:

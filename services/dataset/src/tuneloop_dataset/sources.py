@@ -53,7 +53,7 @@ def require_hub(settings: DatasetSettings) -> None:
 def hub_to_jsonl(settings: DatasetSettings, src: Source, path: Path) -> None:
     """Stream a Hub dataset split into JSONL (only when DATASET_HUB_ENABLED=true)."""
     require_hub(settings)
-    if Path(src.hf_dataset).exists():  # datasets would read a local folder of that name
+    if src.hf_dataset and Path(src.hf_dataset).exists():  # datasets would read a local folder of that name
         raise Forbidden("source.hf_dataset names a local path; use source.path (import root)",
                         code="path_not_allowed", param="source.hf_dataset")
     try:

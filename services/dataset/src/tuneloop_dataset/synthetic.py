@@ -258,7 +258,9 @@ class SynthService:
             with open(path, "rb") as src:
                 result = self.datasets.ingest(src, opts, {"kind": "synthetic", "job_id": job_id})
         with self.db.session() as s:
-            s.get(SynthJobRow, job_id).dataset_id = result.dataset["id"]
+            job = s.get(SynthJobRow, job_id)
+            if job is not None:
+                job.dataset_id = result.dataset["id"]
         return result
 
     # -- the job -----------------------------------------------------------------------
@@ -407,20 +409,23 @@ class SynthService:
             row = extract_json_object(text)
             if row is None:
                 self.metrics.synth_rows.labels("parse_failure").inc()
-                return _fail(failures, progress, i, "no_json_object",
-                             "the answer contains no JSON object", text)
+                _fail(failures, progress, i, "no_json_object", "the answer contains no JSON object",
+                      text)
+                return None
             if "instruction" not in row and "messages" not in row:
                 row["instruction"] = spec["instruction"]
         try:
             msgs, _ = normalize_row(row)
         except RowError as exc:
             self.metrics.synth_rows.labels("invalid").inc()
-            return _fail(failures, progress, i, exc.code,
-                         f"{exc.field + ': ' if exc.field else ''}{exc.message}", text)
+            _fail(failures, progress, i, exc.code,
+                  f"{exc.field + ': ' if exc.field else ''}{exc.message}", text)
+            return None
         if spec["expect_json_output"] and not json_parses(msgs[-1]["content"]):
             self.metrics.synth_rows.labels("invalid").inc()
-            return _fail(failures, progress, i, "output_not_json",
-                         "the answer's output is not valid JSON (the seed outputs are)", text)
+            _fail(failures, progress, i, "output_not_json",
+                  "the answer's output is not valid JSON (the seed outputs are)", text)
+            return None
         digest = row_digest(canonical(msgs))
         if digest in seen:
             progress["duplicates"] += 1

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Float, Integer, String, Text, false
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import Boolean, Float, Integer, JSON, MetaData, String, Text, false
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tuneloop.db import make_base
+from tuneloop.db import NAMING
 
-Base = make_base()
+
+class Base(DeclarativeBase):
+    """The gateway service's tables: a metadata of their own (no other service's tables)."""
+
+    metadata = MetaData(naming_convention=NAMING)
 
 
 class ApiKey(Base):

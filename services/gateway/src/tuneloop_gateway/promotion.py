@@ -35,7 +35,7 @@ from tuneloop.clients.inference import InferenceClient
 from tuneloop.clients.trainer import TrainerClient
 from tuneloop.contracts import Deployment
 from tuneloop.db import Database
-from tuneloop.errors import Conflict, NotFound, TuneloopError
+from tuneloop.errors import Conflict, InvalidRequest, NotFound, TuneloopError
 from tuneloop.ids import is_valid_id, new_id
 from tuneloop.offload import offload
 
@@ -336,6 +336,8 @@ class PromotionService:
                 raise Conflict(f"deployment of {req.model_id} is {dep.state}: {dep.error}",
                                code="deployment_not_ready")
             model, dep_id = dep.model, dep.id
+        if model is None:  # PromoteRequest asks for model or model_id
+            raise InvalidRequest("give model or model_id", param="model")
         async with self._lock:
             previous = await self.inference.alias_target(alias)
             await self.inference.set_alias(alias, model)
@@ -387,6 +389,8 @@ class PromotionService:
                 error: dict | None = None) -> dict[str, Any]:
         with self.db.session() as s:
             row = s.get(Promotion, pid)
+            if row is None:
+                raise NotFound(f"promotion '{pid[:80]}' not found", code="promotion_not_found")
             row.status, row.reasons, row.error = status, reasons, error
             if evidence is not None:
                 row.evidence = evidence

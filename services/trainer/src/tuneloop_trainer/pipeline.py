@@ -236,6 +236,8 @@ def check_merged(merged: Path, ref: Reference, tokenizer: Any, ex: ExportOptions
                  ev: EventWriter) -> dict[str, Any]:
     """The merged folder, loaded as served, must answer like the trained model (else the job
     fails: a wrong merge is never published)."""
+    if ref.tokens is None:
+        raise ValueError("the export check needs the trained model's answers (verify was off)")
     check = verify.verify_merged(
         merged, ref.prompt_ids, ref.tokens, ref.golds,
         lambda t: tokenizer.decode(t, skip_special_tokens=True), ex.verify_max_new_tokens,

@@ -38,7 +38,8 @@ EXIT_OK, EXIT_FAILED, EXIT_OOM = 0, 1, 3
 def open_store(url: str | None) -> ArtifactStore:
     """``url`` (default: the service's artifact URL) with the service's S3 options (endpoint,
     credentials: ``TRAINER_S3_*`` / ``TUNELOOP_S3_*``, which the executors pass on)."""
-    return TrainerSettings(**({"artifact_url": url} if url else {})).open_artifact_store()
+    settings = TrainerSettings() if url is None else TrainerSettings(artifact_url=url)
+    return settings.open_artifact_store()
 
 
 def event_writer(store: ArtifactStore, job_id: str, rank: int, workdir: Path) -> EventWriter:

@@ -11,10 +11,11 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from tuneloop.clients.base import ServiceError
 from tuneloop.clients.dataset import DatasetClient
@@ -37,6 +38,9 @@ ACTIVE = ("validating", "queued", "running")
 
 def now() -> int:
     return int(time.time())
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class TrainerService:
@@ -194,7 +198,7 @@ class TrainerService:
         return self.get_job(job_id)
 
     # ------------------------------------------------------------------ reads
-    def get_row(self, s, job_id: str) -> Job:
+    def get_row(self, s: Session, job_id: str) -> Job:
         require_id(job_id, "job", "job")
         job = s.get(Job, job_id)
         if job is None:
@@ -289,13 +293,13 @@ class TrainerService:
         return {"id": job_id, "object": "training_job.deleted", "deleted": True}
 
     # ------------------------------------------------------------------ state changes
-    def _add_event(self, s, job: Job, type_: str, data: dict[str, Any],
+    def _add_event(self, s: Session, job: Job, type_: str, data: dict[str, Any],
                    ts: float | None = None) -> None:
         s.add(JobEvent(job_id=job.id, seq=job.next_seq, type=type_, created_at=int(ts or time.time()),
                        data=data))
         job.next_seq += 1
 
-    def finish(self, s, job: Job, status: str, error: dict[str, Any] | None,
+    def finish(self, s: Session, job: Job, status: str, error: dict[str, Any] | None,
                message: str) -> None:
         job.status = status
         job.error = error
@@ -304,7 +308,7 @@ class TrainerService:
                                           **({"error": error} if error else {})})
 
     # ------------------------------------------------------------------ model versions
-    def register_model(self, s, job: Job, result: dict[str, Any]) -> dict[str, Any]:
+    def register_model(self, s: Session, job: Job, result: dict[str, Any]) -> dict[str, Any]:
         """Lineage record: dataset version, base + revision, full config, metrics, artifacts, checks."""
         record = {
             "id": job.model_id, "object": "model_version", "job_id": job.id,
@@ -402,11 +406,11 @@ def file_view(f: File) -> dict[str, Any]:
             "status_details": None, "expires_at": None, "dataset_id": f.dataset_id}
 
 
-def _model(cls, value, param: str):
+def _model(cls: type[M], value: M | dict[str, Any] | None, param: str) -> M:
     if isinstance(value, cls):
         return value
     try:
-        return cls(**(value or {}))
+        return cls.model_validate(value or {})
     except ValidationError as exc:
         first = exc.errors()[0]
         loc = ".".join(str(x) for x in first.get("loc", ()))

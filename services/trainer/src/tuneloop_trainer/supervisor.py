@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from tuneloop import layout
 from tuneloop.offload import offload
@@ -76,7 +77,7 @@ class Supervisor:
 
     def _requeue(self, job_id: str) -> None:
         with self.svc.db.session() as s:
-            job = s.get(Job, job_id)
+            job = self.svc.get_row(s, job_id)
             self._drain(s, job)
             if job.cancel_requested:
                 self.svc.finish(s, job, "cancelled", None, "cancelled (service restarted meanwhile)")
@@ -128,7 +129,7 @@ class Supervisor:
 
     def _mark_cancel_sent(self, job_id: str) -> None:
         with self.svc.db.session() as s:
-            job = s.get(Job, job_id)
+            job = self.svc.get_row(s, job_id)
             job.progress = {**(job.progress or {}), "_cancel_sent": True}
 
     async def _start_queued(self) -> None:
@@ -173,7 +174,7 @@ class Supervisor:
 
     def _mark_running(self, job_id: str, handle: dict[str, Any]) -> None:
         with self.svc.db.session() as s:
-            job = s.get(Job, job_id)
+            job = self.svc.get_row(s, job_id)
             job.handle = handle
             msg = "started" if job.attempts == 1 else f"restarted (attempt {job.attempts})"
             self.svc._add_event(s, job, "state", {"status": "running", "message": msg,
@@ -181,7 +182,7 @@ class Supervisor:
 
     def _fail_start(self, job_id: str, reason: str) -> None:
         with self.svc.db.session() as s:
-            job = s.get(Job, job_id)
+            job = self.svc.get_row(s, job_id)
             self.svc.finish(s, job, "failed", {"code": "executor_error", "message": reason},
                             f"could not start: {reason}")
         self._after_terminal(job_id)
@@ -193,7 +194,7 @@ class Supervisor:
             if job is not None:
                 self._drain(s, job)
 
-    def _drain(self, s, job: Job) -> None:
+    def _drain(self, s: Session, job: Job) -> None:
         events, offset = read_store_events(self.svc.store, layout.job_events(job.id),
                                            job.events_offset)
         if not events:
@@ -231,7 +232,7 @@ class Supervisor:
 
     def _record_end(self, job_id: str, ended: Exit) -> None:
         with self.svc.db.session() as s:
-            job = s.get(Job, job_id)
+            job = self.svc.get_row(s, job_id)
             self._drain(s, job)
             error = (job.progress or {}).get("_error")
             result_key = layout.job_result(job_id)
@@ -279,7 +280,7 @@ class Supervisor:
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as http:
             for attempt in range(1, attempts + 1):
                 try:
-                    resp = await http.post(row.callback_url, json=body)
+                    resp = await http.post(row.callback_url or "", json=body)
                     if resp.status_code < 300:
                         self.metrics.callbacks.labels("delivered").inc()
                         await offload(self._callback_done, job_id, attempt, None)

@@ -174,7 +174,7 @@ def make_trainer_class():
         loss = out[0] if isinstance(out, tuple) else out
         return loss.device
 
-    class TuneloopSFTTrainer(trl.SFTTrainer):  # type: ignore[name-defined,misc]
+    class TuneloopSFTTrainer(trl.SFTTrainer):
         """Counts the real (non-padding) tokens of every training batch itself: TRL counts them
         only in its own loss path, and Unsloth's trainer not at all (tokens/s was null)."""
 

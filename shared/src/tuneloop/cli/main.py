@@ -379,6 +379,7 @@ def evals_run(
     if dataset:
         body["dataset_id"] = dataset
     else:
+        assert file is not None  # checked above: --dataset or --file
         body["rows"] = [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
     body = {k: v for k, v in body.items() if v is not None}
     with api() as c:

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import builtins
 from pathlib import Path
 from typing import Any, Literal
 
@@ -77,7 +78,7 @@ class DatasetClient(ServiceClient):
         return RowsPage.model_validate(page)
 
     async def all_rows(self, dataset_id: str, split: Literal["train", "eval"] = "train",
-                       page: int = 1000, limit: int | None = None) -> list[dict[str, Any]]:
+                       page: int = 1000, limit: int | None = None) -> builtins.list[dict[str, Any]]:
         """The rows of a split in order (pages through ``rows``), at most ``limit`` of them."""
         out: list[dict[str, Any]] = []
         while limit is None or len(out) < limit:

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -114,7 +114,8 @@ class GatewayClient(ServiceClient):
         page = await self.get_json(f"/v1/jobs/{job_id}/events", params=params)
         return Page[JobEvent].model_validate(page).data
 
-    async def stream_job_events(self, job_id: str, after: int = 0) -> AsyncIterator[dict[str, Any]]:
+    async def stream_job_events(self, job_id: str,
+                                after: int = 0) -> AsyncGenerator[dict[str, Any], None]:
         """Server-sent events of a job (``/events/stream``); ends when the server closes."""
         try:
             async with self.http.stream("GET", f"/v1/jobs/{job_id}/events/stream",

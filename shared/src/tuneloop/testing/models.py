@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -26,7 +27,7 @@ GENERAL_TEXT = [
 ]
 
 
-def build_tokenizer(texts: list[str], vocab_size: int = 1024):
+def build_tokenizer(texts: list[str], vocab_size: int = 1024) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -80,7 +81,7 @@ def build_tiny_model(out_dir: str | Path, *, hidden: int = 64, layers: int = 2,
     return out
 
 
-def _pretrain(model, tok, texts: list[str], steps: int, batch: int = 16) -> None:
+def _pretrain(model: Any, tok: Any, texts: list[str], steps: int, batch: int = 16) -> None:
     """Plain causal-LM training on unpaired text (teaches the tiny model the ticket vocabulary)."""
     import random
 

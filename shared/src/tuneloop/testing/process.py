@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -58,7 +59,7 @@ class ServiceProcess:
         self.args = list(args)
         self.log_path = log_path
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     def start(self) -> "ServiceProcess":
         cmd = [sys.executable, "-m", self.module, "--port", str(self.port), *self.args]

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping
 import secrets
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from .process import ServiceProcess
 
@@ -31,7 +32,7 @@ def four_services(var: Path, base_model: Path, *, admin_key: str, inference_admi
     logs = var / "logs"
     started: dict[str, ServiceProcess] = {}
 
-    def start(name: str, env_: dict[str, str], **kw) -> ServiceProcess:
+    def start(name: str, env_: dict[str, str], **kw: Any) -> ServiceProcess:
         proc = ServiceProcess(f"tuneloop_{name}", env={**common, **env_, **extra.get(name, {})},
                               log_path=logs / f"{name}.log", **kw)
         started[name] = proc.start()

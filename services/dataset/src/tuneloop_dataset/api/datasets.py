@@ -57,7 +57,7 @@ class Ingestion:
                  limiter: anyio.CapacityLimiter) -> None:
         self.svc, self.settings, self.limiter = svc, settings, limiter
 
-    async def run(self, src: Input, opts: UploadOptions, source: dict[str, Any],
+    async def run(self, src: IO[bytes] | Path, opts: UploadOptions, source: dict[str, Any],
                   eval_src: Input = None, replay_src: Input = None) -> Ingested:
         async with self.limiter:
             return await offload(_ingest, self.svc, src, opts, source, eval_src, replay_src)
@@ -71,12 +71,14 @@ async def _ingestion(svc: DatasetsDep, settings: SettingsDep,
 IngestionDep = Annotated[Ingestion, Depends(_ingestion)]
 
 
-def _ingest(svc: DatasetService, src: Input, opts: UploadOptions, source: dict[str, Any],
-            eval_src: Input, replay_src: Input) -> Ingested:
+def _ingest(svc: DatasetService, src: IO[bytes] | Path, opts: UploadOptions,
+            source: dict[str, Any], eval_src: Input, replay_src: Input) -> Ingested:
     with contextlib.ExitStack() as stack:
-        src, eval_src, replay_src = (stack.enter_context(open(f, "rb")) if isinstance(f, Path) else f
-                                     for f in (src, eval_src, replay_src))
-        return svc.ingest(src, opts, source, eval_src, replay_src)
+        def opened(f: IO[bytes] | Path) -> IO[bytes]:
+            return stack.enter_context(open(f, "rb")) if isinstance(f, Path) else f
+
+        return svc.ingest(opened(src), opts, source, opened(eval_src) if eval_src else None,
+                          opened(replay_src) if replay_src else None)
 
 
 @contextlib.asynccontextmanager

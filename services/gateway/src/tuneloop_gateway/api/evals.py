@@ -30,7 +30,7 @@ def _parse_jsonl(data: bytes) -> list[dict[str, Any]]:
             continue
         try:
             row = json.loads(line)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             raise Unprocessable(f"eval file line {n}: invalid JSON ({exc.msg})",
                                 code="eval_file_invalid", details={"line": n}) from exc
         if not isinstance(row, dict):

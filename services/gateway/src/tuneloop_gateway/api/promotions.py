@@ -41,11 +41,11 @@ async def gate(body: GateRequest, service: PromotionsDep) -> dict:
     """Runs the gate and answers with the decision. A job whose gate was ``inconclusive`` (or
     failed) is gated again; one already promoted or rejected answers its decision."""
     if body.model_id is not None:
-        require_id(body.model_id, "mv", "model")
-        require_id(body.dataset_id, "ds", "dataset")
-        return await service.gate_model(body.model_id, body.dataset_id, body.base_model, body.alias)
-    require_id(body.job_id, "job", "job")
-    decision = await service.gate_job(body.job_id, rerun=True, alias=body.alias)
+        model_id = require_id(body.model_id, "mv", "model")
+        dataset_id = require_id(body.dataset_id or "", "ds", "dataset")
+        return await service.gate_model(model_id, dataset_id, body.base_model, body.alias)
+    job_id = require_id(body.job_id or "", "job", "job")
+    decision = await service.gate_job(job_id, rerun=True, alias=body.alias)
     if decision is None:
         raise Conflict(f"job '{body.job_id}' has not succeeded with a model", code="job_not_succeeded",
                        param="job_id")

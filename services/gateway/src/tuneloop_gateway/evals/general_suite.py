@@ -178,7 +178,7 @@ def generate() -> list[dict[str, Any]]:
             if (a, b) in seen or (sym, a, b) in _REPLAY_ARITH:
                 continue
             seen.add((a, b))
-            value = a // b if sym == "/" else fn(a, b)
+            value = a // b if sym == "/" or fn is None else fn(a, b)
             items.append(_item("arithmetic", f"Compute {a} {word} {b}.",
                                {"type": "contains", "answers": [str(value)]}, suffix=True))
     # instruction following (checkable constraints)

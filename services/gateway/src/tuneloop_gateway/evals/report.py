@@ -51,7 +51,7 @@ def detect_task(examples: list[Example], metric: str = "auto") -> dict[str, Any]
     if is_json:
         keys: dict[str, list[Any]] = {}
         for r in refs:
-            for k, v in r.items():
+            for k, v in (r or {}).items():
                 keys.setdefault(k, []).append(v)
         fields = {k: ("text" if is_text_field(v) else "label") for k, v in keys.items()}
     if metric == "auto":
@@ -79,7 +79,7 @@ def score_example(gen: Generation, ex: Example, task: dict[str, Any]) -> dict[st
         pred = parse_json(out)
         text_fields = {k for k, t in task["fields"].items() if t == "text"}
         s["json_valid"] = float(isinstance(pred, dict))
-        s["fields"] = field_scores(pred, ref, text_fields)
+        s["fields"] = field_scores(pred, ref or {}, text_fields)
         s["json_fields"] = (sum(s["fields"].values()) / len(s["fields"])) if s["fields"] else 0.0
     s["task_score"] = s[task["primary_metric"]]
     return s
@@ -316,7 +316,9 @@ def table_lines(report: dict[str, Any], width: int = 80) -> list[str]:
     names, rows = table_rows(report)
     label_w = max([len("metric")] + [len(r[0]) for r in rows])
     col_w = [max(len(n), *(len(r[1][i]) for r in rows)) for i, n in enumerate(names)]
-    blocks, cur, used = [], [], label_w
+    blocks: list[list[int]] = []
+    cur: list[int] = []
+    used = label_w
     for i in range(len(names)):
         if cur and used + 2 + col_w[i] > width:
             blocks.append(cur)

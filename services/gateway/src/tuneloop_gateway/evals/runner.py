@@ -28,13 +28,15 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from .scoring import tokens
+
+T = TypeVar("T")
 
 RETRY_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
 
@@ -53,7 +55,7 @@ class Target:
 
     def public(self) -> dict[str, Any]:
         """What a report shows (never the key)."""
-        out = {"name": self.name, "base_url": self.base_url, "model": self.model,
+        out: dict[str, Any] = {"name": self.name, "base_url": self.base_url, "model": self.model,
                "role": self.role, "authenticated": bool(self.api_key)}
         if self.shots is not None:
             out["shots"] = self.n_shots
@@ -272,7 +274,7 @@ class TargetClient:
 Progress = Callable[[str, bool], None]
 
 
-async def _bounded(sem: asyncio.Semaphore, coro):
+async def _bounded(sem: asyncio.Semaphore, coro: Awaitable[T]) -> T:
     async with sem:
         return await coro
 

@@ -134,6 +134,7 @@ class EvalService:
         k = self.settings.eval_kshot if spec.kshot is None else spec.kshot
         if k <= 0:
             return None, {"k": 0, "skipped": "off"}
+        where: dict[str, Any]
         if spec.train_rows is not None:
             rows, where = spec.train_rows, {"train_rows": len(spec.train_rows)}
         elif spec.dataset_id:
@@ -165,7 +166,7 @@ class EvalService:
     async def resolve_examples(self, spec: EvalCreate) -> list[Example]:
         limit = spec.max_examples or self.settings.eval_max_examples
         rows = (await self._dataset_rows(spec.dataset_id, limit) if spec.dataset_id
-                else spec.rows[:limit])
+                else (spec.rows or [])[:limit])
         if not rows:
             raise Unprocessable("the eval set is empty", code="eval_set_empty")
         try:
@@ -282,6 +283,8 @@ class EvalService:
     async def _judge(self, spec: EvalCreate, targets: list[Target], runs: list, examples: list[Example],
                      config: dict[str, Any]) -> tuple[list[dict], tuple[str, str]]:
         j = spec.judge
+        if j is None:
+            raise ValueError("no judge in this eval's spec")
         by_name = {r.target.name: r for r in runs}
         base = j.base or config["baseline"]
         cand = j.candidate or next(t.name for t in targets if t.name != base)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from tuneloop.storage import ArtifactStore
+
+from ..settings import TrainerSettings
 from .base import Executor, Exit
 
 
-def make_executor(settings, store) -> Executor:
+def make_executor(settings: TrainerSettings, store: ArtifactStore) -> Executor:
     if settings.executor == "kubernetes":
         from .kubernetes import KubernetesExecutor
 

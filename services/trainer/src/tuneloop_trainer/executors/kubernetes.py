@@ -23,8 +23,10 @@ from typing import Any
 import httpx
 
 from tuneloop.offload import offload
+from tuneloop.storage import ArtifactStore
 
 from ..launch import job_command
+from ..settings import TrainerSettings
 from .base import Executor, Exit
 
 LABEL_JOB = "tuneloop.io/job-id"
@@ -38,13 +40,13 @@ def k8s_name(job_id: str) -> str:
     return name
 
 
-def job_gpu_count(settings, gpus: int) -> int:
+def job_gpu_count(settings: TrainerSettings, gpus: int) -> int:
     """``nvidia.com/gpu`` of a Job: the job's ``gpus`` (at least ``k8s_gpus``); 0 when
     ``k8s_gpus`` is 0 (a CPU cluster: a multi-process job then runs over gloo)."""
     return max(settings.k8s_gpus, gpus) if settings.k8s_gpus else 0
 
 
-def build_job_manifest(settings, job_id: str, gpus: int = 1) -> dict[str, Any]:
+def build_job_manifest(settings: TrainerSettings, job_id: str, gpus: int = 1) -> dict[str, Any]:
     """The batch/v1 Job for ``job_id`` (pure function: tested against the API contract). A job
     with ``gpus > 1`` asks for that many GPUs and runs the entrypoint under torchrun."""
     mount = settings.k8s_artifact_mount
@@ -114,7 +116,7 @@ def build_job_manifest(settings, job_id: str, gpus: int = 1) -> dict[str, Any]:
 class KubernetesExecutor(Executor):
     name = "kubernetes"
 
-    def __init__(self, settings, store) -> None:
+    def __init__(self, settings: TrainerSettings, store: ArtifactStore) -> None:
         self.settings = settings
         self.store = store
         self._token: str | None = None

@@ -20,8 +20,10 @@ from typing import Any
 
 from tuneloop import layout
 from tuneloop.offload import offload
+from tuneloop.storage import ArtifactStore
 
 from ..launch import job_command, pick_gpus
+from ..settings import TrainerSettings
 from .base import Executor, Exit
 
 _SIGNAL_HINT = {signal.SIGKILL: "killed (SIGKILL: out of memory or killed by an operator)",
@@ -32,7 +34,7 @@ _SIGNAL_HINT = {signal.SIGKILL: "killed (SIGKILL: out of memory or killed by an 
 class LocalExecutor(Executor):
     name = "local"
 
-    def __init__(self, settings, store) -> None:
+    def __init__(self, settings: TrainerSettings, store: ArtifactStore) -> None:
         self.settings = settings
         self.store = store
         self.procs: dict[str, subprocess.Popen] = {}

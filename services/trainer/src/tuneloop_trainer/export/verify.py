@@ -85,7 +85,7 @@ def teacher_forced(model: Any, prompt_ids: list[list[int]], reference: list[dict
     import torch
 
     device = next(model.parameters()).device
-    out = []
+    out: list[list[int]] = []
     for ids, ref in zip(prompt_ids, reference):
         toks = ref["tokens"]
         if not toks:
