@@ -52,6 +52,7 @@ FALLBACK_STATUS = {404, 429}  # the candidate is gone or full: the stable model 
 SHADOW_IN_FLIGHT = 8  # mirrored requests at once per process; more are skipped and counted
 LATENCY_WINDOW = 1000
 STREAM_BROKE = b"upstream_stream_error"
+STREAM_DONE = b"data: [DONE]"
 
 Send = Callable[[bytes], Awaitable[Response]]
 
@@ -264,11 +265,17 @@ class CanaryService:
 
     async def _stream(self, live: Live, arm: str, chunks: AsyncIterator[bytes],
                       latency: float) -> AsyncIterator[bytes]:
-        last = b""
+        """Counted when ``[DONE]`` or our error event passes (before it is sent: the OpenAI
+        SDK closes the connection on ``[DONE]``), else at the end; a client gone mid-stream
+        is not counted."""
+        counted = False
         async for chunk in chunks:
-            last = chunk
+            if not counted and (STREAM_DONE in chunk or STREAM_BROKE in chunk):
+                counted = True
+                self._record(live, arm, STREAM_BROKE not in chunk, latency)
             yield chunk
-        self._record(live, arm, STREAM_BROKE not in last, latency)  # a client gone: not counted
+        if not counted:
+            self._record(live, arm, True, latency)
 
     def _mirror(self, live: Live, body: dict[str, Any], pending: Pending | None) -> None:
         if len(self._shadows) >= SHADOW_IN_FLIGHT:

@@ -28,6 +28,7 @@ from .flywheel.capture import Pending
 PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 USAGE_TAIL = 4096  # the usage of a stream is in its last chunk(s)
+DONE = b"data: [DONE]"
 
 
 async def send_generation(request: Request, raw: bytes, pending: Pending | None,
@@ -76,11 +77,17 @@ def meter(metrics: Any, principal: Any, resp: Response) -> Response:
 
 
 async def _metered(metrics: Any, key: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    tail = b""
+    """Counted when ``[DONE]`` passes (before it is sent: the OpenAI SDK closes the connection
+    on it, and the usage chunk came before it), else at the end of the stream."""
+    tail, counted = b"", False
     async for chunk in chunks:
         tail = (tail + chunk)[-USAGE_TAIL:]
+        if not counted and DONE in tail:
+            counted = True
+            _count(metrics, key, tail)
         yield chunk
-    _count(metrics, key, tail)
+    if not counted:
+        _count(metrics, key, tail)
 
 
 def _count(metrics: Any, key: str, tail: bytes) -> None:

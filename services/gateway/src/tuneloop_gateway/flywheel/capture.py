@@ -103,12 +103,15 @@ class CaptureRecorder:
         size, complete = 0, False
         try:
             async for chunk in chunks:
-                yield chunk
                 if size < cap:
                     item.chunks.append(chunk)
                     size += len(chunk)
                 else:
                     item.truncated = True
+                # complete once [DONE] passes: the OpenAI SDK closes the connection on it, so
+                # the stream's own end may never be reached (this generator is closed instead)
+                complete = complete or b"data: [DONE]" in chunk
+                yield chunk
             complete = True
         finally:
             if complete:
