@@ -19,6 +19,7 @@ from typing import IO, Any
 import httpx
 
 from ..contracts import Dataset, EvalRun, Job, JobEvent, ModelVersion, Page, Promotion
+from ..offload import offload
 from .base import ServiceClient, ServiceError
 
 LONG = httpx.Timeout(600.0, connect=5.0)  # uploads, replay rows' generation
@@ -55,7 +56,7 @@ class GatewayClient(ServiceClient):
         tick = on_progress or (lambda n: None)
         with contextlib.ExitStack() as opened:
             async def part(path: Path) -> tuple[str, ProgressReader, str]:
-                fh = opened.enter_context(await asyncio.to_thread(open, path, "rb"))
+                fh = opened.enter_context(await offload(open, path, "rb"))
                 return (path.name, ProgressReader(fh, tick), "application/jsonl")
 
             files: dict[str, Any] = {"file": await part(file)}
