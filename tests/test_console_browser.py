@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -38,7 +39,7 @@ def console_stack(tmp_path_factory, tiny_base_dir):
     with four_services(var, tiny_base_dir, admin_key=ADMIN, inference_admin_key=INFERENCE_ADMIN, env={
             "dataset": {"DATASET_DEFAULT_TOKENIZER": str(tiny_base_dir)},
             "gateway": {"GATEWAY_AUTO_PROMOTE": "false", "GATEWAY_EVAL_MAX_TOKENS": "24",
-                        "GATEWAY_EVAL_CONCURRENCY": "2"}}) as s:
+                        "GATEWAY_EVAL_CONCURRENCY": "2", "GATEWAY_CAPTURE_MODELS": "production"}}) as s:
         yield {"url": s["gateway"].url, "var": var, "base_dir": tiny_base_dir,
                "inference": s["inference"].url,
                "service_token": s["inference"].env["TUNELOOP_SERVICE_TOKEN"]}
@@ -250,6 +251,63 @@ def test_promote_then_evaluate_side_by_side(page, console_stack, flow):
         assert pg.locator("#samples ins.diff, #samples del.diff").count() > 0   # differences highlighted
     pg.select_option("#cmp-filter", "all")
     shot(pg, "eval-side-by-side", views={"metrics": "h1", "examples": "#s-h"})
+
+
+def test_canary_live_comparison_and_the_capture_review_queue(page, console_stack, flow):
+    """'production' serves the tuned model (the test before); the base gets half of its live
+    traffic as a canary, whose comparison the console shows and rolls back. The answers of a
+    key opted in to capture are reviewed (rejected, edited) and published from the console."""
+    pg = page
+    c = api(console_stack, "POST", "/v1/canaries", json={"alias": "production", "model": "base",
+                                                         "weight": 0.5, "max_latency_ratio": 20})
+    assert c.status_code == 201, c.text
+    cid = c.json()["id"]
+    key = api(console_stack, "POST", "/v1/keys", json={"name": "app", "scopes": ["inference"],
+                                                       "capture": True}).json()["key"]
+    for i in range(6):
+        r = httpx.post(console_stack["url"] + "/v1/chat/completions", timeout=120,
+                       headers={"Authorization": f"Bearer {key}"},
+                       json={"model": "production", "max_tokens": 8, "messages": [
+                           {"role": "user", "content": f"Subject: Order {i} is late\nWhere is it?"}]})
+        assert r.status_code == 200, r.text
+    pg.click("nav >> text=Canaries")
+    pg.click(f"a[href='#/canaries/{cid}']")
+    pg.wait_for_selector("#canary-compare")
+    seen = {arm: int(pg.locator(f"#canary-compare tr[data-arm={arm}] [data-field=requests]").inner_text())
+            for arm in ("stable", "candidate")}
+    live = api(console_stack, "GET", f"/v1/canaries/{cid}").json()["comparison"]
+    assert seen == {"stable": live["stable"]["requests"], "candidate": live["candidate"]["requests"]}
+    assert sum(seen.values()) == 6
+    shot(pg, "canary")
+    pg.click("#cny-rollback")
+    pg.click("#confirm-ok")
+    pg.wait_for_selector("#notice:has-text('Rolled back')")
+    assert api(console_stack, "GET", f"/v1/canaries/{cid}").json()["status"] == "rolled_back"
+
+    deadline = time.monotonic() + 30   # captures are written after the answers, off the request path
+    while api(console_stack, "GET", "/v1/captures").json()["total"] < 6 and time.monotonic() < deadline:
+        time.sleep(0.3)
+    pg.click("nav >> text=Captures")
+    pg.wait_for_function("document.querySelectorAll('#main [data-capture]').length === 6")
+    assert pg.locator("#main [data-capture] >> text=canary").count() == 6   # the arm is shown
+    first, second = (pg.locator("#main [data-capture]").nth(i).get_attribute("data-capture")
+                     for i in (0, 1))
+    pg.locator(f"[data-capture={first}] button:has-text('Reject')").click()
+    pg.wait_for_function("document.querySelectorAll('#main [data-capture]').length === 5")
+    card = pg.locator(f"[data-capture={second}]")
+    card.locator("summary").click()
+    card.locator("textarea").fill('{"summary": "Order is late", "urgency": "medium"}')
+    card.locator("button:has-text('Save and accept')").click()
+    pg.wait_for_selector("#cap-publish:not([disabled])")
+    shot(pg, "captures")
+    pg.fill("#cap-base", flow["dataset_id"])
+    pg.click("#cap-publish")
+    pg.wait_for_url("**#/datasets/ds-*")
+    published = api(console_stack, "GET", f"/v1/datasets/{pg.url.rsplit('/', 1)[1]}").json()
+    assert published["source"]["lineage"]["captures"] == [second]
+    assert published["source"]["lineage"]["parent_dataset_id"] == flow["dataset_id"]
+    rejected = api(console_stack, "GET", f"/v1/captures/{first}").json()
+    assert rejected["status"] == "rejected"
 
 
 def test_roll_back_from_the_models_page(page, console_stack, flow):

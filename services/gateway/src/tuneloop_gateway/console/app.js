@@ -6,6 +6,7 @@ import * as jobs from "./jobs.js";
 import * as evals from "./evals.js";
 import * as models from "./models.js";
 import * as playground from "./playground.js";
+import * as flywheel from "./flywheel.js";
 
 const ROUTES = [
   [/^#\/datasets\/?$/, datasets.list, "datasets"],
@@ -18,6 +19,9 @@ const ROUTES = [
   [/^#\/models\/?$/, models.list, "models"],
   [/^#\/models\/(mv-[\w-]+)$/, models.detail, "models"],
   [/^#\/playground\/?$/, playground.view, "playground"],
+  [/^#\/captures\/?$/, flywheel.captures, "captures"],
+  [/^#\/canaries\/?$/, flywheel.canaries, "canaries"],
+  [/^#\/canaries\/(cny-[\w-]+)$/, flywheel.canary, "canaries"],
   [/^#?\/?$/, overview, ""],
 ];
 
