@@ -37,7 +37,9 @@ def test_vllm_is_the_cpu_engine_when_its_interpreter_is_there(tmp_path: Path) ->
     assert vllm_device(InferenceSettings(data_dir=tmp_path, gpu_ids=["0"])) == "cuda"
 
 
-def test_cpu_command_line_and_environment(tmp_path: Path) -> None:
+def test_cpu_command_line_and_environment(tmp_path: Path, monkeypatch) -> None:
+    for inherited in ("VLLM_USE_AOT_COMPILE", "TORCHINDUCTOR_CACHE_DIR"):
+        monkeypatch.delenv(inherited, raising=False)  # an engine's env starts from this one's
     settings = InferenceSettings(data_dir=tmp_path, vllm_python="/opt/vllm/bin/python",
                                  vllm_device="cpu", vllm_cpu_kv_cache_gib=0.5,
                                  vllm_dtype="float32", engine_max_num_seqs=32)
