@@ -54,6 +54,7 @@ def event_writer(store: ArtifactStore, job_id: str, rank: int, workdir: Path) ->
     if rank != 0:  # the store's copy is rank 0's; this rank's error stays in its process log
         return RankEventWriter(path, rank)
     if store.exists(key):
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(store.read_bytes(key))
     return EventWriter(path, mirror=lambda data: store.write_bytes(key, data))
 
