@@ -20,7 +20,8 @@ SECTIONS = {
                            contracts.Lease],
     "## Trainer service": [contracts.Job, contracts.JobProgress, contracts.JobEvent,
                            contracts.ModelVersion],
-    "## Inference service": [contracts.Deployment, contracts.Alias],
+    "## Inference service": [contracts.Deployment, contracts.DeploymentReplica, contracts.Alias,
+                             contracts.AliasFlip, contracts.AliasSwap, contracts.GpuPlacement],
     "## Gateway": [contracts.EvalRun, contracts.Promotion, contracts.Capture,
                    contracts.CaptureFeedback],
 }

@@ -191,6 +191,17 @@ class ModelVersion(Contract):
 DeploymentState = Literal["starting", "ready", "restarting", "failed", "stopped"]
 
 
+class DeploymentReplica(Contract):
+    """What one replica reports for a deployment (its observed state)."""
+
+    replica: str
+    state: str
+    url: str | None = None
+    restarts: int = 0
+    error: str | None = None
+    updated_at: int | None = None
+
+
 class Deployment(Contract):
     """An engine serving one model under its served name ``model`` (``dep-...``)."""
 
@@ -207,12 +218,32 @@ class Deployment(Contract):
     error: str | None = None
     created_at: int | None = None
     local: dict[str, Any] | None = None
-    replicas: list[dict[str, Any]] = []
+    replicas: list[DeploymentReplica] = []
+
+
+class AliasFlip(Contract):
+    """One entry of an alias's history (newest first): where it pointed and why."""
+
+    model: str
+    previous: str | None = None
+    action: str  # "set" | "rollback"
+    swap_seconds: float | None = None
+    created_at: int
+
+
+class AliasSwap(Contract):
+    """What a flip (``PUT`` or rollback) did: the version it left, the one it stopped (None when
+    something still uses it), the call's seconds and the seconds until routing flipped."""
+
+    previous: str | None = None
+    retired: str | None = None
+    seconds: float
+    flip_after_seconds: float
 
 
 class Alias(Contract):
     """A stable name (``id``) that routes to a served name (``model``); ``previous`` is what a
-    rollback flips back to."""
+    rollback flips back to. ``swap`` only in the answer to a flip."""
 
     id: str
     object: Literal["alias"] = "alias"
@@ -221,7 +252,20 @@ class Alias(Contract):
     updated_at: int | None = None
     replicas: dict[str, str | None] = {}
     converged: bool = False
-    history: list[dict[str, Any]] = []
+    history: list[AliasFlip] = []
+    swap: AliasSwap | None = None
+
+
+class GpuPlacement(Contract):
+    """``GET /admin/gpus``: this replica's GPUs, each one's used memory share, and which engine
+    (deployment id) holds which GPUs at what share. ``enabled`` is false on the CPU engine (and
+    nothing else is answered)."""
+
+    enabled: bool
+    gpus: list[str] = []
+    budget: float | None = None
+    used: dict[str, float] = {}
+    placements: dict[str, dict[str, Any]] = {}
 
 
 # -- gateway ---------------------------------------------------------------------------------
@@ -312,6 +356,6 @@ class Capture(Contract):
     metrics: dict[str, Any] | None = None
 
 
-__all__ = ["Alias", "Capture", "CaptureFeedback", "Contract", "Dataset", "DatasetCounts", "Deleted",
-           "Deployment", "EvalRun", "Job", "JobEvent", "JobProgress", "JobStatus", "Lease", "ModelVersion", "Page",
-           "Promotion", "RowsPage"]
+__all__ = ["Alias", "AliasFlip", "AliasSwap", "Capture", "CaptureFeedback", "Contract", "Dataset",
+           "DatasetCounts", "Deleted", "Deployment", "DeploymentReplica", "EvalRun", "GpuPlacement", "Job",
+           "JobEvent", "JobProgress", "JobStatus", "Lease", "ModelVersion", "Page", "Promotion", "RowsPage"]
