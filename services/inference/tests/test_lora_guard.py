@@ -33,13 +33,13 @@ def test_base_with_adapters_is_not_retired_or_deleted(tmp_path: Path, database_u
                              updated_at=0))
 
     async def run() -> None:
-        assert await ctl._maybe_retire(BASE) is None          # kept: CAND lives in its engine
+        assert await ctl.aliases.maybe_retire(BASE) is None   # kept: CAND lives in its engine
         with pytest.raises(Conflict) as err:
-            await ctl.delete_deployment(BASE)
+            await ctl.deployments.delete(BASE)
         assert err.value.code == "deployment_in_use" and CAND in str(err.value)
-        await ctl.delete_deployment(CAND)                     # the adapter goes first
-        assert ctl._adapters_of(BASE) == []
-        assert await ctl._maybe_retire(BASE) == BASE          # then the base can go
+        await ctl.deployments.delete(CAND)                    # the adapter goes first
+        assert await ctl.repo.adapters_of(BASE) == []
+        assert await ctl.aliases.maybe_retire(BASE) == BASE   # then the base can go
 
     try:
         asyncio.run(run())
@@ -49,7 +49,7 @@ def test_base_with_adapters_is_not_retired_or_deleted(tmp_path: Path, database_u
 
 def test_restarted_base_gets_its_adapters_back(tmp_path: Path, database_url: str | None) -> None:
     """A health restart starts a fresh vLLM process: the controller loads the adapters again."""
-    from tuneloop_inference.controller import LocalDeployment
+    from tuneloop_inference.deployments import LocalDeployment
     from tuneloop_inference.engines import EngineError
 
     settings = InferenceSettings(data_dir=tmp_path, engine="vllm", vllm_enable_lora=True,
@@ -60,6 +60,7 @@ def test_restarted_base_gets_its_adapters_back(tmp_path: Path, database_url: str
 
     class FakeEngine:
         state, restarts, loaded = "ready", 0, []
+        url, pid = "http://127.0.0.1:1", 1
 
         def kill_process(self) -> None: ...
 
@@ -73,18 +74,18 @@ def test_restarted_base_gets_its_adapters_back(tmp_path: Path, database_url: str
     async def start_engine(e) -> None:  # noqa: ANN001
         e.state = "ready"
 
-    ctl._start_engine = start_engine  # type: ignore[method-assign]
+    ctl.deployments._start_engine = start_engine  # type: ignore[method-assign]
     base = LocalDeployment(id="dep-base", name=BASE, engine=engine, state="restarting")
     good = LocalDeployment(id="dep-cand", name=CAND, base=engine, adapter_dir="/a/cand",
                            state="ready")
     bad = LocalDeployment(id="dep-bad", name="mv-00000000000000f3", base=engine,
                           adapter_dir="/a/bad", state="ready")
-    ctl.local = {x.id: x for x in (base, good, bad)}
-    ctl.routes = {BASE: engine, CAND: engine, bad.name: engine}
+    ctl.deployments.local = {x.id: x for x in (base, good, bad)}
+    ctl.routing.routes = {BASE: engine, CAND: engine, bad.name: engine}
     try:
-        asyncio.run(ctl._restart(base))
+        asyncio.run(ctl.deployments.restart(base))
     finally:
         db.dispose()
     assert base.state == "ready" and engine.loaded == [(CAND, "/a/cand")]
-    assert good.state == "ready" and CAND in ctl.routes
-    assert bad.state == "failed" and bad.name not in ctl.routes
+    assert good.state == "ready" and CAND in ctl.routing.routes
+    assert bad.state == "failed" and bad.name not in ctl.routing.routes

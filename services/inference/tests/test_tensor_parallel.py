@@ -20,7 +20,8 @@ from tuneloop.errors import InvalidRequest
 from tuneloop.storage import ArtifactStore
 from tuneloop.testing import ServiceProcess
 from tuneloop_inference.app import MIGRATIONS
-from tuneloop_inference.controller import Controller, gpu_pool
+from tuneloop_inference.controller import Controller
+from tuneloop_inference.deployments import gpu_pool
 from tuneloop_inference.engines import EngineError, make_engine
 from tuneloop_inference.metrics import InferenceMetrics
 from tuneloop_inference.placement import GpuAllocator, PlacementError
@@ -138,10 +139,10 @@ def test_cpu_engine_rejects_tensor_parallel(tmp_path: Path, tiny_random_dir: Pat
     try:
         assert ctl.gpus is None
         with pytest.raises(InvalidRequest) as err:
-            asyncio.run(ctl.create_deployment(name="big", path=str(tiny_random_dir),
-                                              tensor_parallel_size=2))
+            asyncio.run(ctl.deployments.create(name="big", path=str(tiny_random_dir),
+                                               tensor_parallel_size=2))
         assert err.value.code == "tensor_parallel_unsupported"
-        assert ctl._find_by_name("big") is None  # nothing was registered
+        assert asyncio.run(ctl.repo.find_by_name("big")) is None  # nothing was registered
     finally:
         db.dispose()
 

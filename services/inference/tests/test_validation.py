@@ -77,3 +77,38 @@ def test_stop_sequence_is_removed_from_a_stream_however_it_is_chunked() -> None:
         assert text == "Hello world"
         assert events[-1]["choices"][0]["finish_reason"] == "stop"
         assert out.endswith(b"data: [DONE]\n\n")
+
+
+def test_unknown_fields_reach_the_engine_unchanged() -> None:
+    """protocol.py names only what it checks: tools, response_format, vLLM's own sampling
+    fields and fields of a message pass through as sent (types and values kept)."""
+    extra = {"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+             "response_format": {"type": "json_object"}, "top_k": 5, "min_p": 0.1,
+             "logprobs": True, "metadata": {"nested": [1, {"x": None}]}}
+    message = {"role": "tool", "content": None, "tool_call_id": "c1", "name": "f"}
+    body = validate("chat", {"model": "m", "messages": [message], "temperature": 1, **extra})
+    assert {k: body[k] for k in extra} == extra
+    assert body["messages"] == [message] and body["temperature"] == 1
+    assert isinstance(body["temperature"], int)  # an integer stays one on the way to the engine
+    assert "max_tokens" not in body and "stop" not in body  # nothing the client did not send
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"model": "m", "messages": [], "temperature": 9}, "messages"),      # API order, not schema
+    ({"model": 5, "messages": "x", "stream": "y"}, "model"),
+    ({"model": "m", "messages": ["not an object"]}, "messages.0.role"),
+    (chat(seed=2**64), "seed"),
+    (chat(temperature=float("nan")), "temperature"),
+    (chat(n="2"), "n"),                                                  # strict: no coercion
+])
+def test_first_bad_field_is_the_one_named(body: dict, param: str) -> None:
+    with pytest.raises(InvalidRequest) as err:
+        validate("chat", body)
+    assert err.value.param == param and err.value.status == 400
+
+
+def test_a_body_that_is_not_an_object_is_400() -> None:
+    for body in ([], "x", 3, None):
+        with pytest.raises(InvalidRequest) as err:
+            validate("chat", body)
+        assert str(err.value) == "request body must be a JSON object"

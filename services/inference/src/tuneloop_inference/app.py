@@ -15,6 +15,7 @@ from tuneloop.settings import open_service_state
 from .api import admin, openai
 from .controller import Controller
 from .metrics import InferenceMetrics
+from .offload import offloaded
 from .settings import InferenceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -38,7 +39,7 @@ def create_app(settings: InferenceSettings | None = None) -> FastAPI:
             db.dispose()
 
     async def ready(app: FastAPI) -> dict:
-        return {"database": app.state.db.ping(),
+        return {"database": await offloaded(app.state.db.ping)(),
                 "default_model": app.state.controller.default_ready()}
 
     app = build_service_app(settings, title="tuneloop inference service", lifespan=lifespan,

@@ -8,13 +8,16 @@ from typing import Any
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneloop.contracts import Alias, Deleted, Deployment, GpuPlacement, Page
 from tuneloop.errors import ServiceUnavailable, Unauthorized
+
+from .deps import AliasesDep, DeploymentsDep, SettingsDep
 
 router = APIRouter(prefix="/admin", tags=["admin"])
 
 
-def require_admin(request: Request) -> None:
-    key = request.app.state.settings.admin_key
+async def require_admin(request: Request, settings: SettingsDep) -> None:
+    key = settings.admin_key
     if not key:
         raise ServiceUnavailable("admin API disabled: set INFERENCE_ADMIN_KEY",
                                  code="admin_disabled")
@@ -25,6 +28,7 @@ def require_admin(request: Request) -> None:
 
 
 admin = [Depends(require_admin)]
+model_out = {"response_model_exclude_unset": True}  # fields as the service builds them
 
 
 class DeploymentIn(BaseModel):
@@ -52,70 +56,67 @@ class AliasIn(BaseModel):
                                              "tensor_parallel_size of the version it replaces.")
 
 
-def _ctl(request: Request) -> Any:
-    return request.app.state.controller
-
-
-@router.post("/deployments", dependencies=admin, status_code=201)
-async def create_deployment(body: DeploymentIn, request: Request, response: Response,
+@router.post("/deployments", dependencies=admin, status_code=201, response_model=Deployment,
+             **model_out)
+async def create_deployment(body: DeploymentIn, deployments: DeploymentsDep, response: Response,
                             wait: bool = Query(False)) -> dict[str, Any]:
     """Load a model version (or a local folder) into a new engine; ``?wait=true`` blocks."""
-    obj, created = await _ctl(request).create_deployment(
+    row, created = await deployments.create(
         model_id=body.model_id, name=body.name, path=body.path, adapter_of=body.adapter_of,
         tensor_parallel_size=body.tensor_parallel_size, wait=wait)
     if not created:
         response.status_code = 200
-    return obj
+    return await deployments.get(row.id)
 
 
-@router.get("/deployments", dependencies=admin)
-async def list_deployments(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": await _ctl(request).list_deployments(), "has_more": False}
+@router.get("/deployments", dependencies=admin, response_model=Page[Deployment], **model_out)
+async def list_deployments(deployments: DeploymentsDep) -> dict[str, Any]:
+    return {"object": "list", "data": await deployments.list_all(), "has_more": False}
 
 
-@router.get("/deployments/{dep_id}", dependencies=admin)
-async def get_deployment(dep_id: str, request: Request) -> dict[str, Any]:
-    return await _ctl(request).get_deployment(dep_id)
+@router.get("/deployments/{dep_id}", dependencies=admin, response_model=Deployment, **model_out)
+async def get_deployment(dep_id: str, deployments: DeploymentsDep) -> dict[str, Any]:
+    return await deployments.get(dep_id)
 
 
-@router.delete("/deployments/{dep_id}", dependencies=admin)
-async def delete_deployment(dep_id: str, request: Request) -> dict[str, Any]:
+@router.delete("/deployments/{dep_id}", dependencies=admin, response_model=Deployment,
+               **model_out)
+async def delete_deployment(dep_id: str, deployments: DeploymentsDep) -> dict[str, Any]:
     """Drain and stop (409 while an alias points to it)."""
-    return await _ctl(request).delete_deployment(dep_id)
+    return await deployments.delete(dep_id)
 
 
-@router.get("/gpus", dependencies=admin)
-async def gpus(request: Request) -> dict[str, Any]:
+@router.get("/gpus", dependencies=admin, response_model=GpuPlacement, **model_out)
+async def gpus(deployments: DeploymentsDep) -> dict[str, Any]:
     """GPU placement on this replica: each GPU's used share and which engine holds which GPUs
     (``enabled: false`` for the CPU engine)."""
-    alloc = _ctl(request).gpus
+    alloc = deployments.gpus
     return {"enabled": alloc is not None, **(alloc.describe() if alloc is not None else {})}
 
 
-@router.get("/aliases", dependencies=admin)
-async def list_aliases(request: Request) -> dict[str, Any]:
-    return {"object": "list", "data": await _ctl(request).list_aliases(), "has_more": False}
+@router.get("/aliases", dependencies=admin, response_model=Page[Alias], **model_out)
+async def list_aliases(aliases: AliasesDep) -> dict[str, Any]:
+    return {"object": "list", "data": await aliases.list_all(), "has_more": False}
 
 
-@router.get("/aliases/{alias}", dependencies=admin)
-async def get_alias(alias: str, request: Request) -> dict[str, Any]:
-    return await _ctl(request).get_alias(alias)
+@router.get("/aliases/{alias}", dependencies=admin, response_model=Alias, **model_out)
+async def get_alias(alias: str, aliases: AliasesDep) -> dict[str, Any]:
+    return await aliases.get(alias)
 
 
-@router.put("/aliases/{alias}", dependencies=admin)
-async def set_alias(alias: str, body: AliasIn, request: Request) -> dict[str, Any]:
+@router.put("/aliases/{alias}", dependencies=admin, response_model=Alias, **model_out)
+async def set_alias(alias: str, body: AliasIn, aliases: AliasesDep) -> dict[str, Any]:
     """Blue/green flip: load + smoke the target if needed, flip, drain + stop the old one."""
-    return await _ctl(request).set_alias(alias, body.model,
-                                         retire_previous=body.retire_previous,
-                                         tensor_parallel_size=body.tensor_parallel_size)
+    return await aliases.set(alias, body.model, retire_previous=body.retire_previous,
+                             tensor_parallel_size=body.tensor_parallel_size)
 
 
-@router.post("/aliases/{alias}/rollback", dependencies=admin)
-async def rollback(alias: str, request: Request) -> dict[str, Any]:
+@router.post("/aliases/{alias}/rollback", dependencies=admin, response_model=Alias, **model_out)
+async def rollback(alias: str, aliases: AliasesDep) -> dict[str, Any]:
     """Flip back to the previous version (same blue/green path)."""
-    return await _ctl(request).rollback(alias)
+    return await aliases.rollback(alias)
 
 
-@router.delete("/aliases/{alias}", dependencies=admin)
-async def delete_alias(alias: str, request: Request) -> dict[str, Any]:
-    return await _ctl(request).delete_alias(alias)
+@router.delete("/aliases/{alias}", dependencies=admin, response_model=Deleted, **model_out)
+async def delete_alias(alias: str, aliases: AliasesDep) -> dict[str, Any]:
+    return await aliases.delete(alias)

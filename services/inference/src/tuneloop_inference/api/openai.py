@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 import aiohttp
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneloop import upstream
@@ -23,113 +23,59 @@ from tuneloop.errors import (InvalidRequest, NotFound, ServiceUnavailable, Tunel
                              Unauthorized, UpstreamError, UpstreamTimeout, error_body)
 
 from ..engines import Engine
+from ..metrics import InferenceMetrics
+from ..offload import offloaded
+from ..protocol import validate
+from ..routing import RoutingTable
+from .deps import MetricsDep, RoutingDep, SettingsDep
 
 router = APIRouter(tags=["openai"])
 
-_ROLES = {"system", "user", "assistant", "tool", "developer", "function"}
 
-
-def _check_key(request: Request) -> None:
+async def check_key(request: Request, settings: SettingsDep) -> None:
     """The OpenAI routes take the service token (the gateway's calls) or, if set,
     ``INFERENCE_API_KEY``; open only when neither is required (``TUNELOOP_SERVICE_AUTH=false``
     and no api_key)."""
-    s = request.app.state.settings
-    accepted = ([s.api_key] if s.api_key else []) + (s.service_tokens() if s.service_auth else [])
+    accepted = (([settings.api_key] if settings.api_key else [])
+                + (settings.service_tokens() if settings.service_auth else []))
     if not accepted:
         return
     if not token_matches(bearer_token(request), accepted):
         raise Unauthorized("invalid or missing API key (the service token or INFERENCE_API_KEY)")
 
 
-@router.get("/v1/models")
-async def list_models(request: Request) -> dict[str, Any]:
+keyed = [Depends(check_key)]
+
+
+@router.get("/v1/models", dependencies=keyed)
+async def list_models(routing: RoutingDep) -> dict[str, Any]:
     """Ready versions (by served id) and aliases on this replica."""
-    _check_key(request)
-    return {"object": "list", "data": request.app.state.controller.list_models(),
-            "has_more": False}
+    return {"object": "list", "data": routing.list_models(), "has_more": False}
 
 
-@router.get("/v1/models/{model:path}")
-async def get_model(model: str, request: Request) -> dict[str, Any]:
-    _check_key(request)
-    for item in request.app.state.controller.list_models():
+@router.get("/v1/models/{model:path}", dependencies=keyed)
+async def get_model(model: str, routing: RoutingDep) -> dict[str, Any]:
+    for item in routing.list_models():
         if item["id"] == model:
             return item
     raise NotFound(f"The model '{model[:200]}' does not exist", code="model_not_found",
                    param="model")
 
 
-@router.post("/v1/chat/completions")
-async def chat_completions(request: Request) -> Response:
-    return await _proxy(request, "chat")
+@router.post("/v1/chat/completions", dependencies=keyed)
+async def chat_completions(request: Request, routing: RoutingDep,
+                           metrics: MetricsDep) -> Response:
+    return await _proxy(request, routing, metrics, "chat")
 
 
-@router.post("/v1/completions")
-async def completions(request: Request) -> Response:
-    return await _proxy(request, "completions")
-
-
-# ---------------------------------------------------------------------------- validation
-def _num(body: dict, key: str, lo: float, hi: float, *, integer: bool = False) -> None:
-    value = body.get(key)
-    if value is None:
-        return
-    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if isinstance(value, bool) or not ok_type or not lo <= value <= hi:
-        kind = "an integer" if integer else "a number"
-        raise InvalidRequest(f"{key}: must be {kind} in [{lo:g}, {hi:g}], got {value!r}"[:300],
-                             param=key, code="invalid_value")
-
-
-def validate(endpoint: str, body: Any) -> dict[str, Any]:
-    """OpenAI parameter checks (400 with ``param``) before anything reaches an engine."""
-    if not isinstance(body, dict):
-        raise InvalidRequest("request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidRequest("model: required (a served version id or an alias)", param="model")
-    if endpoint == "chat":
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise InvalidRequest("messages: must be a non-empty list", param="messages")
-        for i, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in _ROLES:
-                raise InvalidRequest(f"messages[{i}].role: must be one of {sorted(_ROLES)}",
-                                     param=f"messages.{i}.role")
-            if not isinstance(m.get("content"), (str, list, type(None))):
-                raise InvalidRequest(f"messages[{i}].content: must be a string or a list",
-                                     param=f"messages.{i}.content")
-        if body.get("max_completion_tokens") is not None and body.get("max_tokens") is None:
-            body["max_tokens"] = body.pop("max_completion_tokens")
-        _num(body, "max_tokens", 1, 1_000_000, integer=True)
-    else:
-        prompt = body.get("prompt")
-        if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
-            body["prompt"] = prompt = prompt[0]
-        if not isinstance(prompt, str):
-            raise InvalidRequest("prompt: must be a string (lists of several prompts are not "
-                                 "supported; send one request per prompt)", param="prompt")
-        _num(body, "max_tokens", 1, 1_000_000, integer=True)
-    _num(body, "temperature", 0, 2)
-    _num(body, "top_p", 0, 1)
-    _num(body, "n", 1, 16, integer=True)
-    _num(body, "presence_penalty", -2, 2)
-    _num(body, "frequency_penalty", -2, 2)
-    _num(body, "seed", -(2**63), 2**63 - 1, integer=True)
-    stop = body.get("stop")
-    if stop is not None and not (isinstance(stop, str) or (
-            isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) and x
-                                                              for x in stop))):
-        raise InvalidRequest("stop: a string or a list of up to 4 non-empty strings",
-                             param="stop", code="invalid_value")
-    if "stream" in body and not isinstance(body["stream"], (bool, type(None))):
-        raise InvalidRequest("stream: must be a boolean", param="stream")
-    return body
+@router.post("/v1/completions", dependencies=keyed)
+async def completions(request: Request, routing: RoutingDep, metrics: MetricsDep) -> Response:
+    return await _proxy(request, routing, metrics, "completions")
 
 
 # ---------------------------------------------------------------------------- proxy
-async def _proxy(request: Request, endpoint: str) -> Response:
-    _check_key(request)
+async def _proxy(request: Request, routing: RoutingTable, metrics: InferenceMetrics,
+                 endpoint: str) -> Response:
     raw = await request.body()
     try:
         body = json.loads(raw)
@@ -139,13 +85,12 @@ async def _proxy(request: Request, endpoint: str) -> Response:
         raise InvalidRequest("request body is nested too deeply", code="invalid_json") from None
     body = validate(endpoint, body)
     requested = body["model"]
-    state = request.app.state
-    engine, served = state.controller.resolve(requested)
+    engine, served = routing.resolve(requested)
     engine.adapt_body(endpoint, body)
     await check_context_length(engine, endpoint, body)
     body["model"] = served
     path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
-    ctx = _Ctx(state.metrics, requested, served, endpoint, request.state.request_id)
+    ctx = _Ctx(metrics, requested, served, endpoint, request.state.request_id)
     n = body.get("n") or 1
     if n > 1 and not engine.supports_n:
         if body.get("stream"):
@@ -205,7 +150,7 @@ async def check_context_length(engine: Engine, endpoint: str, body: dict[str, An
     messages = len(body.get("messages") or [1])
     if size is not None and size + 16 * messages + 64 + wanted <= limit:
         return  # cannot exceed: every token covers at least one byte
-    prompt = await asyncio.to_thread(engine.count_prompt_tokens, endpoint, body)
+    prompt = await offloaded(engine.count_prompt_tokens)(endpoint, body)
     if prompt is not None and prompt + wanted > limit:
         if param is None or prompt >= limit:  # the prompt alone is too long
             param = "messages" if endpoint == "chat" else "prompt"

@@ -28,6 +28,7 @@ import httpx
 from tuneloop import upstream
 from tuneloop.errors import RateLimited
 
+from ..offload import offloaded
 from ..settings import InferenceSettings
 
 
@@ -194,11 +195,11 @@ class Engine(ABC):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGTERM)
             try:
-                await asyncio.wait_for(asyncio.to_thread(self.proc.wait), timeout)
+                await asyncio.wait_for(offloaded(self.proc.wait)(), timeout)
             except asyncio.TimeoutError:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(self.proc.pid, signal.SIGKILL)
-                await asyncio.to_thread(self.proc.wait, 10)
+                await offloaded(self.proc.wait)(10)
 
     async def close_client(self) -> None:
         if self.client is not None:
