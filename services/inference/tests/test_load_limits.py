@@ -1,6 +1,7 @@
 """One request must not stall a model, and no request is dropped (issue 15), on the real
-service with the real CPU engine (``transformers serve``, which generates one request at a
-time: a generation nobody stops blocks every later request).
+service with the real CPU engine (vLLM's CPU build, run here with one sequence at a time:
+``engine_max_num_seqs=1`` is also its ``--max-num-seqs``, so a generation nobody stops blocks
+every later request).
 
 - prompt tokens + ``max_tokens`` beyond the model's context: 400 ``context_length_exceeded``
   naming the limit, from the service and through the gateway;
@@ -44,9 +45,8 @@ def long_context_model(tiny_random_dir: Path, tmp_path_factory) -> Path:
     return out
 
 
-# transformers serve's own per-request generation config: 90,000 tokens, no early end token
-ENDLESS = {"max_tokens": 90_000, "generation_config": json.dumps(
-    {"max_new_tokens": 90_000, "min_new_tokens": 90_000, "do_sample": False})}
+# vLLM's own sampling parameters: 90,000 tokens, no early end token (minutes of generation)
+ENDLESS = {"max_tokens": 90_000, "min_tokens": 90_000, "ignore_eos": True, "temperature": 0}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,8 @@ def service(long_context_model: Path, tmp_path_factory):
     proc = ServiceProcess("tuneloop_inference", log_path=root / "service.log",
                           health_path="/ready", startup_timeout=240, env={
         "TUNELOOP_DATA_DIR": str(root), "INFERENCE_ADMIN_KEY": ADMIN_KEY,
-        "INFERENCE_BASE_MODEL_PATH": str(long_context_model), "INFERENCE_ENGINE": "transformers",
+        "INFERENCE_BASE_MODEL_PATH": str(long_context_model), "INFERENCE_ENGINE": "vllm",
+        "INFERENCE_VLLM_CPU_KV_CACHE_GIB": "0.25", "INFERENCE_VLLM_ENABLE_LORA": "false",
         "INFERENCE_ENGINE_MAX_NUM_SEQS": "1", "INFERENCE_ENGINE_QUEUE_SIZE": "0",
         "INFERENCE_REPLICA_ID": "limits", "TUNELOOP_LOG_JSON": "false"}).start()
     yield proc
@@ -116,8 +117,9 @@ def test_context_length_is_checked_before_the_engine(service, tmp_path):
 
 
 def test_a_complete_stream_ends_with_done(service):
-    """transformers serve ends its streams without ``data: [DONE]``; the service adds it (as
-    OpenAI and vLLM send it), so a stream that lacks it downstream is known to be cut."""
+    """A stream ends with exactly one ``data: [DONE]`` (vLLM sends it; for the fallback
+    engine, whose streams end without it, the service adds it), so a stream that lacks it
+    downstream is known to be cut."""
     r = httpx.post(service.url + "/v1/chat/completions", timeout=120, json={
         "model": "base", "messages": MESSAGES, "max_tokens": 3, "stream": True})
     assert r.status_code == 200
