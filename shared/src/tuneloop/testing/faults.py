@@ -12,7 +12,10 @@ depends on timing; :class:`FaultyUpstream` makes it happen on purpose:
 - ``idle_close_s``: close connections idle this long (what uvicorn does, shorter);
 - ``break_stream_after``: a streamed answer stops after that many chunks (the connection
   drops, as when the upstream process dies); ``stream_without_done``: the stream ends
-  cleanly but without ``data: [DONE]`` (a truncation that looks like an end).
+  cleanly but without ``data: [DONE]`` (a truncation that looks like an end);
+- ``latency_s``: every generation waits this long before its answer, and nothing else
+  costs time (``bench/serve_load.py --fake-engine``: a stand-in for a GPU engine whose
+  requests take seconds, to measure what the proxies in front of it cost under load).
 
 It speaks just enough of the API the services proxy: ``GET /health``, ``GET /v1/models``,
 ``POST /v1/chat/completions`` and ``/v1/completions`` (plain and ``stream``). It runs in a
@@ -47,7 +50,7 @@ class FaultyUpstream:
     def __init__(self, *, port: int | None = None, served_name: str = "fake-model",
                  close_on_reuse: bool = False, idle_close_s: float | None = None,
                  break_stream_after: int | None = None, stream_without_done: bool = False,
-                 host: str = "127.0.0.1") -> None:
+                 latency_s: float = 0.0, host: str = "127.0.0.1") -> None:
         self.host, self.port = host, port or free_port()
         self.url = f"http://{host}:{self.port}"
         self.served_name = served_name
@@ -55,6 +58,7 @@ class FaultyUpstream:
         self.idle_close_s = idle_close_s
         self.break_stream_after = break_stream_after
         self.stream_without_done = stream_without_done
+        self.latency_s = latency_s
         self.counters = Counters()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -63,7 +67,8 @@ class FaultyUpstream:
 
     # -- lifecycle ---------------------------------------------------------------------
     async def serve(self) -> None:
-        self._server = await asyncio.start_server(self._conn, self.host, self.port)
+        self._server = await asyncio.start_server(self._conn, self.host, self.port,
+                                                  backlog=4096)
         self._ready.set()
         async with self._server:
             await self._server.serve_forever()
@@ -139,6 +144,8 @@ class FaultyUpstream:
                 req = json.loads(body or b"{}")
             except ValueError:
                 return await self._json(writer, 400, {"error": {"message": "bad json"}})
+            if self.latency_s:
+                await asyncio.sleep(self.latency_s)
             if req.get("stream"):
                 return await self._stream(writer, req, chat=path.endswith("chat/completions"))
             return await self._json(writer, 200, _completion(req, self.served_name,
@@ -197,10 +204,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--served-model-name", default="fake-model")
     p.add_argument("--close-on-reuse", action="store_true")
     p.add_argument("--idle-close-s", type=float, default=None)
+    p.add_argument("--latency-s", type=float, default=0.0,
+                   help="seconds every generation waits before its answer")
     args = p.parse_args(argv)
     up = FaultyUpstream(port=args.port, host=args.host, served_name=args.served_model_name,
-                        close_on_reuse=args.close_on_reuse, idle_close_s=args.idle_close_s)
-    asyncio.run(up.serve())
+                        close_on_reuse=args.close_on_reuse, idle_close_s=args.idle_close_s,
+                        latency_s=args.latency_s)
+    try:  # the loop of the servers it stands in for (uvicorn, vLLM), when installed
+        import uvloop
+
+        uvloop.run(up.serve())
+    except ImportError:
+        asyncio.run(up.serve())
 
 
 if __name__ == "__main__":
