@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 CPU_BENCHES = ["dataset_validate.py", "inference_proxy.py", "gateway_overhead.py",
-               "serve_load.py --cpu"]
+               "serve_load.py --cpu", "serve_load.py --fake-engine"]
 
 
 def main() -> int:

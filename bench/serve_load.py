@@ -5,8 +5,10 @@ For each concurrency C (``--gpu``: 256 and 1,024; ``--cpu``: small), N rounds pe
 three paths interleaved round by round (engine, service, gateway, engine, ...) so that each
 path's connection pools sit idle for the other two paths' rounds, as they did when the idle
 keep-alive race cut rounds short (issue 15). One round = C concurrent non-streamed chat
-requests of ``max_tokens`` tokens, each client a long-lived HTTP client (keep-alive shorter
-than the servers' so the *client* side cannot hit the race it measures). A request that does
+requests of ``max_tokens`` tokens, each path one long-lived aiohttp client (keep-alive shorter
+than the servers' so the *client* side cannot hit the race it measures; aiohttp, not httpx:
+httpx's pool cost the bench itself 13 ms of CPU per request at 1,024 concurrent, more than
+the round, so the client was what every path measured). A request that does
 not answer 200 with a completion counts as failed (429 included: the bench's key has a
 limit above the load). Throughput of a path = the median round's output tokens/s; ratio vs
 the engine's median at the same C.
@@ -16,9 +18,22 @@ middle of a gateway round of the largest run alias ``bot`` flips v1 -> v2 (drain
 Requests started after the flip must come from v2; the round counts its failures like any
 other, and a separate row reports them.
 
+Each round also records the CPU seconds every process spent in it (/proc: the bench's
+client, the engine, the inference service, the gateway), so the JSON says what a proxied
+request costs each hop, not only how long a round took.
+
 Modes:
   ``--cpu``  small run on this machine (``make bench``): tiny local models, the CPU engine
              (``transformers serve``); writes ``bench/results/serve_load_cpu.json``.
+  ``--fake-engine``  the GPU run's load (256 and 1,024 concurrent, 128 tokens) through the
+             real inference service and gateway processes on this machine, with a stand-in
+             for the GPU engine: :class:`tuneloop.testing.faults.FaultyUpstream` as ``vllm``
+             on PATH, answering every generation after a fixed ``--latency-s`` (2.5 s, like
+             one H200 round at 256) and costing nothing else. Every second a round takes
+             beyond the engine-direct one is the proxies' (or the machine's: other work on
+             it shows in the CPU columns). ``--profile`` runs both services under cProfile
+             (``<work>/profile-*.txt``). Writes ``bench/results/serve_load_fake_engine.json``
+             (earlier runs of the file kept under ``runs``, newest first, by ``--label``).
   ``--gpu``  the H200 run: Llama-3.2-1B-shaped models (1.1 B parameters, random weights)
              built on the device, vLLM engines (``INFERENCE_ENGINE_MAX_NUM_SEQS=1024`` becomes
              ``--max-num-seqs``), 10 rounds each at 256 and 1,024 concurrent, 128 tokens
@@ -26,8 +41,12 @@ Modes:
   ``--gpu --dry-run``  the same flow as ``--gpu`` on CPU (tiny models from the GPU builder,
              the CPU engine, small sizes); writes ``<work>/serve_load.json``.
 
-A ``--budget-s`` guard skips rounds that would start too late (the JSON says how many ran),
+A ``--budget-s`` guard skips rounds that would not end in time (the JSON says how many ran),
 and the JSON is written after every step, so a run cut short still reports what it measured.
+With ``--keep`` a run that ran out of budget leaves its services and engines up (they run in
+sessions of their own) with a state file in ``--work``; ``--resume`` goes on from the next
+round with them, and tears everything down once every round has run. Both versions are
+deployed before the first round (v2 no longer loads on the GPU during the 256 rounds).
 
 On the H200 (no registry there; ../shared/gpu/README.md). Here, once:
 ``../shared/gpu/prepare-bundles.sh vllm`` and ``bench/device_deps.sh`` (the services' own deps,
@@ -39,22 +58,29 @@ On the H200 (no registry there; ../shared/gpu/README.md). Here, once:
    carrying ``.gpu/tl-deps`` (14 MiB with uvloop + httptools: a call of its own, or beside a
    model part of <= 45 MiB; a call carries the work tree too, 64 MiB in all);
 3. ``source .gpu/device-setup.sh vllm && source bench/device/env.sh &&
-   python3 bench/serve_load.py --gpu``, carrying ``.gpu/vllm-deps``, ``.gpu/device-setup.sh``,
-   ``.gpu/vllm.sha256`` (timeout 600 s). Expect ~8-9 minutes: models ~15 s, the first vLLM
-   start 90-215 s (compile cache cold), 30 rounds at 256 (~3 s each), 30 at 1,024 (~6 s each);
-   the second engine loads during the 256 run. Copy ``$OUT/serve_load.json`` to
-   ``bench/results/serve_load.json``. ``--rounds 6`` fits ~6 minutes.
+   python3 bench/serve_load.py --gpu --keep``, carrying ``.gpu/vllm-deps``,
+   ``.gpu/device-setup.sh``, ``.gpu/vllm.sha256`` (timeout 600 s): models ~15 s, the first
+   vLLM start 90-215 s (compile cache cold), the second ~80 s, then rounds until the budget
+   (30 at 256, ~3 s each; then rounds at 1,024, ~13 s each for the engine);
+4. at once (the machine stays warm 30 s; the services live on in their own sessions):
+   ``source .gpu/device-setup.sh vllm && source bench/device/env.sh &&
+   python3 bench/serve_load.py --gpu --resume`` with the same carry (timeout 600 s): the
+   remaining rounds at 1,024 (the alias flip in round 1), then teardown. Repeat step 4 if its
+   JSON notes say the budget cut it again. Each call writes ``$OUT/serve_load.json`` (all
+   rounds so far); copy the last one to ``bench/results/serve_load.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import sys
 import threading
@@ -62,6 +88,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import aiohttp
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,13 +103,20 @@ RESULT: dict = {"bench": "serve_load", "when": None, "machine": {}, "config": {}
                 "notes": [], "steps": {}, "rounds": []}
 T0 = time.monotonic()
 OUT_FILE: Path = ROOT / "bench/results/serve_load.json"
+STATE_FILE: Path | None = None  # <work>/state.json: the run so far and its stack, for --resume
+STACK: dict = {}  # the services this run talks to (urls, pids, key) and whether v1 -> v2 flipped
+HISTORY: list[dict] = []  # --fake-engine: earlier runs of the result file, newest first
 
 
 def save() -> None:
     RESULT["when"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     RESULT["elapsed_s"] = round(time.monotonic() - T0, 1)
     OUT_FILE.parent.mkdir(parents=True, exist_ok=True)
-    OUT_FILE.write_text(json.dumps(RESULT, indent=1) + "\n")
+    out = {**RESULT, "runs": HISTORY} if HISTORY else RESULT
+    OUT_FILE.write_text(json.dumps(out, indent=1) + "\n")
+    if STATE_FILE is not None:
+        STATE_FILE.write_text(json.dumps({"result": RESULT, "stack": STACK,
+                                          "history": HISTORY}) + "\n")
 
 
 def step(name: str, **data) -> None:  # noqa: ANN003
@@ -111,7 +145,7 @@ class Path_:
     url: str
     model: str
     headers: dict[str, str] = field(default_factory=dict)
-    client: httpx.AsyncClient | None = None
+    client: aiohttp.ClientSession | None = None
 
 
 @dataclass
@@ -127,6 +161,7 @@ class Round:
     errors: list[str] = field(default_factory=list)
     models: dict[str, int] = field(default_factory=dict)
     swap: dict | None = None
+    latencies: list[float] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:
@@ -143,13 +178,15 @@ async def one_request(p: Path_, i: int, max_tokens: int, ignore_eos: bool, rnd: 
         body["ignore_eos"] = True
     t0 = time.monotonic()
     try:
-        r = await p.client.post("/v1/chat/completions", json=body, headers=p.headers)  # type: ignore[union-attr]
-        key = str(r.status_code)
-        if r.status_code != 200:
+        async with p.client.post("/v1/chat/completions", data=json.dumps(body).encode(),  # type: ignore[union-attr]
+                                 headers=p.headers) as r:
+            status, content = r.status, await r.read()
+        key = str(status)
+        if status != 200:
             rnd.failed += 1
-            rnd.errors.append(f"{r.status_code}: {r.text[:200]}")
+            rnd.errors.append(f"{status}: {content[:200].decode(errors='replace')}")
         else:
-            data = r.json()
+            data = json.loads(content)
             n = (data.get("usage") or {}).get("completion_tokens") or 0
             if n < 1:
                 rnd.failed += 1
@@ -166,6 +203,7 @@ async def one_request(p: Path_, i: int, max_tokens: int, ignore_eos: bool, rnd: 
         rnd.failed += 1
         rnd.errors.append(repr(exc)[:200])
     rnd.statuses[key] = rnd.statuses.get(key, 0) + 1
+    rnd.latencies.append(time.monotonic() - t0)
     return t0
 
 
@@ -192,32 +230,10 @@ async def run_round(p: Path_, concurrency: int, index: int, max_tokens: int, ign
 
 
 class Swap:
-    """Deploys v2 in the background, then flips alias ``bot`` to it in the middle of a round."""
+    """Flips alias ``bot`` v1 -> v2 (deployed before the rounds) in the middle of a round."""
 
     def __init__(self, admin: httpx.Client) -> None:
         self.admin = admin
-        self.deploy_result: dict = {}
-        self.thread = threading.Thread(target=self._deploy, daemon=True)
-
-    def start_deploy(self) -> None:
-        self.thread.start()
-
-    def _deploy(self) -> None:
-        t = time.monotonic()
-        try:
-            r = self.admin.post("/admin/deployments", params={"wait": "true"},
-                                json={"model_id": V2})
-            body = r.json()
-            self.deploy_result = {"status": r.status_code, "state": body.get("state"),
-                                  "error": body.get("error"),
-                                  "seconds": round(time.monotonic() - t, 1),
-                                  "ready_at_s": round(time.monotonic() - T0, 1)}
-        except Exception as exc:  # noqa: BLE001
-            self.deploy_result = {"error": repr(exc)[:300]}
-
-    def wait_deployed(self, timeout: float) -> dict:
-        self.thread.join(timeout)
-        return self.deploy_result
 
     async def flip_during(self, rnd: Round, concurrency: int, flip_done: list[float]) -> dict:
         """Once a tenth of the round has answered, flip the alias (v2 already loaded) and wait
@@ -238,8 +254,20 @@ class Swap:
                 "error": body.get("error")}
 
 
+def deploy_v2(admin: httpx.Client) -> dict:
+    """Load v2 next to v1 (before the rounds: its start must not share the GPU with them)."""
+    t = time.monotonic()
+    try:
+        r = admin.post("/admin/deployments", params={"wait": "true"}, json={"model_id": V2})
+        body = r.json()
+        return {"status": r.status_code, "state": body.get("state"), "error": body.get("error"),
+                "seconds": round(time.monotonic() - t, 1)}
+    except Exception as exc:  # noqa: BLE001
+        return {"error": repr(exc)[:300], "seconds": round(time.monotonic() - t, 1)}
+
+
 def build_models(store: Path, mode: str) -> int:
-    if mode == "cpu":
+    if mode in ("cpu", "fake"):
         from tuneloop.testing.models import build_tiny_model
 
         build_tiny_model(store / f"models/{V1}/merged", seed=0)
@@ -259,29 +287,84 @@ def build_models(store: Path, mode: str) -> int:
     return params
 
 
-def start_services(work: Path, engine: str, max_num_seqs: int, vllm_args: str):  # noqa: ANN201
+# ``vllm serve`` stand-in for --fake-engine: the inference service starts it like the real one
+# (a GPU named, ``vllm`` on PATH) and it serves the same port and name with a fixed latency.
+STANDIN = '''#!{python}
+"""Stand-in for `vllm serve` (bench/serve_load.py --fake-engine): every generation answers
+after {latency} s, nothing else costs time."""
+import os, sys
+args = sys.argv[1:]
+opts = {{args[i]: args[i + 1] for i in range(2, len(args) - 1) if args[i].startswith("--")}}
+os.execv(sys.executable, [sys.executable, "-m", "tuneloop.testing.faults", "--latency-s",
+         "{latency}", "--served-model-name", opts["--served-model-name"], "--host",
+         opts["--host"], "--port", opts["--port"]])
+'''
+
+# --profile: a service module run under cProfile; the stats are written when it exits
+PROFILED = '''"""Runs $SERVE_LOAD_PROFILE_MODULE under cProfile (bench/serve_load.py --profile)."""
+import atexit, cProfile, os, pstats, runpy
+
+prof = cProfile.Profile()
+
+
+def _dump():
+    prof.disable()
+    with open(os.environ["SERVE_LOAD_PROFILE_OUT"], "w") as fh:
+        stats = pstats.Stats(prof, stream=fh)
+        stats.sort_stats("tottime").print_stats(45)
+        stats.sort_stats("cumulative").print_stats(60)
+
+
+atexit.register(_dump)
+prof.enable()
+runpy.run_module(os.environ["SERVE_LOAD_PROFILE_MODULE"], run_name="__main__", alter_sys=True)
+'''
+
+
+def start_services(work: Path, mode: str, engine: str, max_num_seqs: int, vllm_args: str,
+                   latency_s: float, profile: bool):  # noqa: ANN201
     from tuneloop.testing.process import ServiceProcess
 
-    pythonpath = os.pathsep.join([str(ROOT / "shared/src"), str(ROOT / "services/inference/src"),
-                                  str(ROOT / "services/gateway/src"),
-                                  os.environ.get("PYTHONPATH", "")])
+    paths = [str(ROOT / "shared/src"), str(ROOT / "services/inference/src"),
+             str(ROOT / "services/gateway/src")]
+    if profile:
+        (work / "pylib").mkdir(exist_ok=True)
+        (work / "pylib/serve_load_profiled.py").write_text(PROFILED)
+        paths.append(str(work / "pylib"))
+    pythonpath = os.pathsep.join([*paths, os.environ.get("PYTHONPATH", "")])
     common = {"TUNELOOP_DATA_DIR": str(work / "var"), "TUNELOOP_LOG_JSON": "false",
               "TUNELOOP_LOG_LEVEL": "WARNING", "TUNELOOP_SERVICE_TOKEN": SERVICE_TOKEN,
               "TUNELOOP_SERVICE_AUTH": "true",
               "HF_HUB_OFFLINE": "1", "PYTHONPATH": pythonpath}
-    inference = ServiceProcess("tuneloop_inference", log_path=work / "inference.log",
-                               startup_timeout=180, env={
-        **common, "INFERENCE_ADMIN_KEY": INF_ADMIN, "INFERENCE_ENGINE": engine,
+    engine_env: dict[str, str] = {}
+    if mode == "fake":  # the stand-in is found as `vllm` once a GPU is named
+        (work / "bin").mkdir(exist_ok=True)
+        standin = work / "bin/vllm"
+        standin.write_text(STANDIN.format(python=sys.executable, latency=latency_s))
+        standin.chmod(0o755)
+        engine_env = {"PATH": f"{work / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                      "INFERENCE_GPU_IDS": '["0"]'}
+
+    def service(module: str, name: str, env: dict[str, str], timeout: float) -> ServiceProcess:
+        if profile:
+            env = {**env, "SERVE_LOAD_PROFILE_MODULE": module,
+                   "SERVE_LOAD_PROFILE_OUT": str(work / f"profile-{name}.txt")}
+            module = "serve_load_profiled"
+        return ServiceProcess(module, log_path=work / f"{name}.log", startup_timeout=timeout,
+                              env=env)
+
+    inference = service("tuneloop_inference", "inference", {
+        **common, **engine_env, "INFERENCE_ADMIN_KEY": INF_ADMIN, "INFERENCE_ENGINE": engine,
         "INFERENCE_GPU_MEMORY_UTILIZATION": "0.40", "INFERENCE_VLLM_MAX_MODEL_LEN": "2048",
         "INFERENCE_ENGINE_MAX_NUM_SEQS": str(max_num_seqs),
         "INFERENCE_VLLM_EXTRA_ARGS": vllm_args if engine == "vllm" else "",
-        "INFERENCE_REPLICA_ID": "serve-load"}).start()
-    gateway = ServiceProcess("tuneloop_gateway", log_path=work / "gateway.log",
-                             startup_timeout=120, env={
+        "INFERENCE_REPLICA_ID": "serve-load"}, 180).start()
+    gateway = service("tuneloop_gateway", "gateway", {
         **common, "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN, "INFERENCE_ADMIN_KEY": INF_ADMIN,
         "TUNELOOP_INFERENCE_URL": inference.url, "GATEWAY_RECONCILE_INTERVAL_S": "0",
         # dataset and trainer are not part of this bench: nothing listens there
-        "TUNELOOP_DATASET_URL": "http://127.0.0.1:9", "TUNELOOP_TRAINER_URL": "http://127.0.0.1:9"})
+        "TUNELOOP_DATASET_URL": "http://127.0.0.1:9", "TUNELOOP_TRAINER_URL": "http://127.0.0.1:9"},
+        120)
     try:
         gateway.start()
     except Exception:
@@ -290,220 +373,364 @@ def start_services(work: Path, engine: str, max_num_seqs: int, vllm_args: str): 
     return inference, gateway
 
 
-def summarise(rounds: list[Round], sizes: list[int], n_rounds: int) -> None:
+def cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds of a process (all its threads) so far, from /proc."""
+    if not pid:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarise(sizes: list[int], n_rounds: int) -> None:
+    """The result rows from every round so far (this call's and the earlier ones')."""
+    RESULT["results"] = [r for r in RESULT["results"] if r["metric"].startswith("gateway_swap")]
     for c in sizes:
-        by_path = {p: [r for r in rounds if r.path == p and r.concurrency == c]
+        by_path = {p: [r for r in RESULT["rounds"] if r["path"] == p and r["C"] == c]
                    for p in ("engine", "service", "gateway")}
-        direct = statistics.median([r.tokens_per_s for r in by_path["engine"]] or [0.0])
+        direct = statistics.median([r["tokens_per_s"] for r in by_path["engine"]] or [0.0])
         for p, rs in by_path.items():
             if not rs:
                 continue
-            failed = sum(r.failed for r in rs)
-            label = {"engine": "engine_direct", "service": "service",
-                     "gateway": "gateway"}[p]
-            metric(f"{label}_failed_requests (C={c}, {len(rs)} of {n_rounds} rounds)", failed,
-                   "requests", requests=sum(r.ok + r.failed for r in rs),
-                   rounds_with_failures=sum(1 for r in rs if r.failed))
-            med = statistics.median([r.tokens_per_s for r in rs])
-            metric(f"{label}_output_tokens_per_s (C={c}, median of {len(rs)} rounds)", med,
-                   "tokens/s", baseline=None if p == "engine" else direct,
-                   **({} if p == "engine" else {"baseline_is": "engine_direct, same C, same run"}))
+            label = {"engine": "engine_direct", "service": "service", "gateway": "gateway"}[p]
+            metric(f"{label}_failed_requests (C={c}, {len(rs)} of {n_rounds} rounds)",
+                   sum(r["failed"] for r in rs), "requests",
+                   requests=sum(r["ok"] + r["failed"] for r in rs),
+                   rounds_with_failures=sum(1 for r in rs if r["failed"]))
+            cpu = {f"{proc}_cpu_ms_per_request": _median(
+                [r["cpu_s"][proc] * 1000 / max(1, r["ok"] + r["failed"]) for r in rs
+                 if (r.get("cpu_s") or {}).get(proc) is not None])
+                for proc in ("bench", "engine", "service", "gateway")}
+            extra = {"median_round_s": _median([r["seconds"] for r in rs]),
+                     **{k: v for k, v in cpu.items() if v is not None}}
+            if p != "engine":
+                extra["baseline_is"] = "engine_direct, same C, same run"
+            metric(f"{label}_output_tokens_per_s (C={c}, median of {len(rs)} rounds)",
+                   statistics.median([r["tokens_per_s"] for r in rs]), "tokens/s",
+                   baseline=None if p == "engine" else direct, **extra)
 
 
-def main() -> int:  # noqa: PLR0915
+def stop_pid(pid: int, timeout: float) -> None:
+    """SIGTERM a service started by an earlier call (its own process group), then SIGKILL."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signal.SIGKILL)
+
+
+def git_commit() -> str | None:
+    try:
+        import subprocess
+
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                "bench", "shared", "services"], cwd=ROOT, text=True,
+                               capture_output=True, timeout=10).stdout.strip()
+        return (rev + ("+local changes" if dirty else "")) or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     mode_g = ap.add_mutually_exclusive_group(required=True)
     mode_g.add_argument("--cpu", action="store_true", help="small CPU run (make bench)")
     mode_g.add_argument("--gpu", action="store_true", help="the H200 run (vLLM)")
+    mode_g.add_argument("--fake-engine", action="store_true",
+                        help="the GPU run's load on CPU, a fixed-latency stand-in as the engine")
     ap.add_argument("--dry-run", action="store_true", help="with --gpu: same flow on CPU, tiny")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per path and concurrency")
     ap.add_argument("--concurrency", default=None, help="comma-separated, e.g. 256,1024")
     ap.add_argument("--max-tokens", type=int, default=None)
-    ap.add_argument("--work", default=None, help="scratch folder (deleted first)")
+    ap.add_argument("--work", default=None, help="scratch folder (deleted first, unless --resume)")
     ap.add_argument("--budget-s", type=float, default=None,
-                    help="skip rounds that would start after this many seconds")
+                    help="skip rounds that would end after this many seconds of this call")
     ap.add_argument("--vllm-args", default="", help="INFERENCE_VLLM_EXTRA_ARGS")
-    args = ap.parse_args()
+    ap.add_argument("--latency-s", type=float, default=2.5,
+                    help="--fake-engine: seconds each generation takes")
+    ap.add_argument("--profile", action="store_true",
+                    help="run the inference service and the gateway under cProfile")
+    ap.add_argument("--label", default="", help="--fake-engine: name of this run in the file")
+    ap.add_argument("--keep", action="store_true",
+                    help="leave the stack up if the budget cuts the rounds short (for --resume)")
+    ap.add_argument("--resume", action="store_true",
+                    help="go on with the stack and rounds a --keep run left in --work")
+    return ap.parse_args()
+
+
+def main() -> int:  # noqa: PLR0915
+    global OUT_FILE, STATE_FILE
+    args = parse_args()
     from tuneloop.serve import raise_open_files_limit
 
     open_files = raise_open_files_limit()  # 1,024 clients per path: more than the default 1,024
-    mode = "gpu" if args.gpu and not args.dry_run else ("dry-run" if args.gpu else "cpu")
-    defaults = {"gpu": (10, "256,1024", 128, 520.0), "dry-run": (3, "4,8", 8, 900.0),
-                "cpu": (5, "4,16", 16, 1200.0)}[mode]
-    n_rounds = args.rounds or defaults[0]
-    sizes = [int(x) for x in (args.concurrency or defaults[1]).split(",")]
-    max_tokens = args.max_tokens or defaults[2]
-    budget = args.budget_s or defaults[3]
-    engine = "vllm" if mode == "gpu" else "transformers"
-    ignore_eos = engine == "vllm"
+    mode = ("fake" if args.fake_engine else
+            "gpu" if args.gpu and not args.dry_run else ("dry-run" if args.gpu else "cpu"))
     work = Path(args.work or f"/tmp/tl-serve-load-{mode}")
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    global OUT_FILE
-    if mode == "cpu":
-        OUT_FILE = ROOT / "bench/results/serve_load_cpu.json"
-    elif mode == "dry-run":
-        OUT_FILE = work / "serve_load.json"
-    elif mode == "gpu" and os.environ.get("OUT"):
-        OUT_FILE = Path(os.environ["OUT"]) / "serve_load.json"
+    OUT_FILE = {"cpu": ROOT / "bench/results/serve_load_cpu.json", "dry-run": work / "serve_load.json",
+                "fake": ROOT / "bench/results/serve_load_fake_engine.json"}.get(
+        mode, Path(os.environ["OUT"]) / "serve_load.json" if os.environ.get("OUT")
+        else ROOT / "bench/results/serve_load.json")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-    import torch
-
-    RESULT["machine"] = {"cpu": platform.processor() or platform.machine(),
-                         "cpu_count": os.cpu_count(), "python": platform.python_version(),
-                         "torch": torch.__version__,
-                         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
-    for fast in ("uvloop", "httptools"):  # uvicorn's event loop and HTTP parser (else asyncio, h11)
-        try:
-            RESULT["machine"][fast] = __import__(fast).__version__
-        except Exception:  # noqa: BLE001
-            RESULT["machine"][fast] = None
-    try:
-        import vllm  # noqa: PLC0415
-
-        RESULT["machine"]["vllm"] = vllm.__version__
-    except Exception:  # noqa: BLE001 - CPU machines have none
-        pass
-    max_num_seqs = max(sizes)
-    RESULT["config"] = {"mode": mode, "engine": engine, "rounds": n_rounds, "concurrency": sizes,
-                        "max_tokens": max_tokens, "ignore_eos": ignore_eos,
-                        "engine_max_num_seqs": max_num_seqs, "vllm_args": args.vllm_args,
-                        "budget_s": budget, "open_files_limit": open_files}
-    t = time.monotonic()
-    params = build_models(work / "var/artifacts", mode)
-    step("models_built", params=params, seconds=round(time.monotonic() - t, 1))
-
-    inference, gateway = start_services(work, engine, max_num_seqs, args.vllm_args)
-    admin = httpx.Client(base_url=inference.url, timeout=900,
-                         headers={"Authorization": f"Bearer {INF_ADMIN}"})
-    rounds: list[Round] = []
-    try:
+    if args.resume:
+        state = json.loads((work / "state.json").read_text())
+        RESULT.update(state["result"])
+        stack = STACK
+        stack.update(state["stack"])
+        RESULT["calls"] = RESULT.get("calls", 1) + 1
+        STATE_FILE = work / "state.json"
+        cfg = RESULT["config"]
+        HISTORY[:] = state.get("history", [])
+        budget = args.budget_s or cfg["budget_s"]
+        inference = gateway = None
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        STATE_FILE = work / "state.json"
+        if mode == "fake" and OUT_FILE.exists():  # keep the earlier runs' rows (before/after)
+            old = json.loads(OUT_FILE.read_text())
+            HISTORY[:] = [{k: old.get(k) for k in ("label", "commit", "when", "config", "results")},
+                          *old.get("runs", [])][:8]
+        RESULT["machine"] = machine_info()
+        defaults = {"gpu": (10, "256,1024", 128, 540.0), "dry-run": (3, "4,8", 8, 900.0),
+                    "cpu": (5, "4,16", 16, 1200.0), "fake": (3, "256,1024", 128, 1500.0)}[mode]
+        sizes = [int(x) for x in (args.concurrency or defaults[1]).split(",")]
+        engine = "vllm" if mode in ("gpu", "fake") else "transformers"
+        budget = args.budget_s or defaults[3]
+        cfg = RESULT["config"] = {
+            "mode": mode, "engine": engine + (" stand-in" if mode == "fake" else ""),
+            "rounds": args.rounds or defaults[0], "concurrency": sizes,
+            "max_tokens": args.max_tokens or defaults[2], "ignore_eos": engine == "vllm",
+            "engine_max_num_seqs": max(sizes), "vllm_args": args.vllm_args, "budget_s": budget,
+            "open_files_limit": open_files, "profile": args.profile,
+            **({"engine_latency_s": args.latency_s} if mode == "fake" else {})}
+        RESULT["label"], RESULT["commit"] = args.label, git_commit()
         t = time.monotonic()
-        r = admin.put("/admin/aliases/bot", json={"model": V1})
-        step("deploy_v1", status=r.status_code, seconds=round(time.monotonic() - t, 1),
-             body=r.json())
-        if r.status_code != 200:
-            return 1
-        gw_admin = httpx.Client(base_url=gateway.url, timeout=60,
-                                headers={"Authorization": f"Bearer {ADMIN}"})
-        r = gw_admin.post("/v1/keys", json={"name": "serve-load", "scopes": ["inference"],
-                                            "rate_limit_rpm": 1_000_000})
-        gw_admin.close()
-        r.raise_for_status()
-        key = r.json()["key"]
-        swap = Swap(admin)
-        swap.start_deploy()  # v2 loads while the smaller runs go on
-        step("deploy_v2_started")
-        rc = asyncio.run(load(inference.url, gateway.url, key, admin, swap, sizes, n_rounds,
-                              max_tokens, ignore_eos, budget, rounds))
-        summarise(rounds, sizes, n_rounds)  # the rows before teardown: a cut-off stop loses none
+        params = build_models(work / "var/artifacts", mode)
+        step("models_built", params=params, seconds=round(time.monotonic() - t, 1))
+        inference, gateway = start_services(work, mode, engine, max(sizes), args.vllm_args,
+                                            args.latency_s, args.profile)
+        stack = STACK
+        stack.update({"inference": {"url": inference.url, "pid": inference.proc.pid},
+                      "gateway": {"url": gateway.url, "pid": gateway.proc.pid},
+                      "swapped": False})
+    admin = httpx.Client(base_url=stack["inference"]["url"], timeout=900,
+                         headers={"Authorization": f"Bearer {INF_ADMIN}"})
+    rc, finished = 1, False
+    try:
+        if not args.resume:
+            t = time.monotonic()
+            r = admin.put("/admin/aliases/bot", json={"model": V1})
+            step("deploy_v1", status=r.status_code, seconds=round(time.monotonic() - t, 1),
+                 body=r.json())
+            if r.status_code != 200:
+                return 1
+            step("v2_deployed", **deploy_v2(admin))
+            with httpx.Client(base_url=stack["gateway"]["url"], timeout=60,
+                              headers={"Authorization": f"Bearer {ADMIN}"}) as gw_admin:
+                r = gw_admin.post("/v1/keys", json={"name": "serve-load", "scopes": ["inference"],
+                                                    "rate_limit_rpm": 1_000_000})
+            r.raise_for_status()
+            stack["key"] = r.json()["key"]
+        save()
+        rc, finished = run_load(stack, admin, cfg, budget, mode)
+        summarise(cfg["concurrency"], cfg["rounds"])  # before teardown: a cut-off stop loses none
     finally:
         admin.close()
+        keep = not finished and (args.keep or args.resume)
         RESULT["log_tails"] = {p.name: p.read_text(errors="replace")[-2000:]
                                for p in (work / "inference.log", work / "gateway.log")
                                if p.exists()}
+        if keep:
+            RESULT["notes"].append(
+                f"call {RESULT.get('calls', 1)}: budget reached, services left up for --resume")
         save()
-        gateway.stop(timeout=30)
-        inference.stop(timeout=90)
-    failed = sum(r.failed for r in rounds)
-    if mode != "gpu":
-        RESULT["notes"].append(
-            "CPU: a tiny random model on transformers serve, on a machine whose 2 cores other "
-            "work shares; rounds last a fraction of a second, so the throughput ratios are noise "
-            "here. What this run shows is the failed counts and the flip; the ratio is the GPU "
-            "run's.")
-    RESULT["notes"].append(
-        f"{mode} run: {len(rounds)} rounds, {failed} failed requests in all; paths interleaved "
-        "round by round (engine, service, gateway), each path one long-lived client with "
-        "keep-alive 2 s; throughput = median round; the swap row counts the failures of the "
-        "round the alias flipped in.")
-    save()
+        if not keep:
+            teardown(stack, inference, gateway)
+    failed = sum(r["failed"] for r in RESULT["rounds"])
+    if finished:
+        RESULT["notes"].append(mode_note(mode, failed))
+        save()
     print(json.dumps(RESULT["results"], indent=1))
     return 0 if rc == 0 and failed == 0 else 1
 
 
-async def load(service_url: str, gateway_url: str, key: str, admin: httpx.Client, swap: Swap,
-               sizes: list[int], n_rounds: int, max_tokens: int, ignore_eos: bool,
-               budget: float, rounds: list[Round]) -> int:
-    """The measured part: every size, every round, the three paths interleaved."""
-    limits = httpx.Limits(max_connections=max(sizes) + 16, max_keepalive_connections=max(sizes) + 16,
-                          keepalive_expiry=2.0)
-    timeout = httpx.Timeout(900, connect=30)
+def machine_info() -> dict:
+    import torch
 
-    def engine_path() -> Path_:
+    info = {"cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+            "python": platform.python_version(), "torch": torch.__version__,
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    for fast in ("uvloop", "httptools", "aiohttp", "httpx"):  # uvicorn's loop and HTTP parser
+        try:
+            info[fast] = __import__(fast).__version__
+        except Exception:  # noqa: BLE001
+            info[fast] = None
+    for knob in ("net/core/somaxconn", "net/ipv4/tcp_max_syn_backlog"):  # listen backlog caps
+        with contextlib.suppress(OSError):
+            info[knob.rsplit("/", 1)[1]] = int(Path(f"/proc/sys/{knob}").read_text())
+    try:
+        import vllm  # noqa: PLC0415
+
+        info["vllm"] = vllm.__version__
+    except Exception:  # noqa: BLE001 - CPU machines have none
+        pass
+    return info
+
+
+def teardown(stack: dict, inference, gateway) -> None:  # noqa: ANN001
+    """Stop the gateway, then the inference service (which stops its engines)."""
+    if gateway is not None:
+        gateway.stop(timeout=30)
+        inference.stop(timeout=90)
+        return
+    stop_pid(stack["gateway"]["pid"], 30)
+    stop_pid(stack["inference"]["pid"], 90)
+
+
+def mode_note(mode: str, failed: int) -> str:
+    text = (f"{mode} run: {len(RESULT['rounds'])} rounds, {failed} failed requests in all; paths "
+            "interleaved round by round (engine, service, gateway), each path one long-lived "
+            "client with keep-alive 2 s; throughput = median round; the swap row counts the "
+            "failures of the round the alias flipped in; cpu_ms_per_request = CPU seconds of "
+            "that process during the path's rounds per request (median round).")
+    if mode in ("cpu", "dry-run"):
+        text += (" CPU: a tiny random model on transformers serve, on a machine whose 2 cores "
+                 "other work shares; rounds last a fraction of a second, so the throughput "
+                 "ratios are noise here. What this run shows is the failed counts and the "
+                 "flip; the ratio is the GPU run's.")
+    if mode == "fake":
+        text += (" fake engine: every generation answers after a fixed latency and costs "
+                 "nothing else, so a path's extra seconds per round are its proxies' (and, on "
+                 "this shared 2-core machine, the other processes' CPU: see the cpu columns).")
+    return text
+
+
+def run_load(stack: dict, admin: httpx.Client, cfg: dict, budget: float, mode: str) -> tuple[int, bool]:
+    try:  # the bench's own client on uvicorn's and vLLM's loop where installed
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    return runner(load(stack, admin, cfg, budget))
+
+
+async def load(stack: dict, admin: httpx.Client, cfg: dict, budget: float) -> tuple[int, bool]:
+    """The measured part: every size, every round, the three paths interleaved; rounds an
+    earlier call ran are skipped. Returns (rc, every round ran)."""
+    sizes, n_rounds = cfg["concurrency"], cfg["rounds"]
+    max_tokens, ignore_eos = cfg["max_tokens"], cfg["ignore_eos"]
+    def session(url: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            base_url=url, connector=aiohttp.TCPConnector(limit=max(sizes) + 16,
+                                                         keepalive_timeout=2.0),
+            timeout=aiohttp.ClientTimeout(total=900, sock_connect=30),
+            headers={"content-type": "application/json"})
+
+    def engine_path() -> tuple[Path_, int | None]:
         deps = admin.get("/admin/deployments").json()["data"]
         alias = admin.get("/admin/aliases/bot").json()
         target = alias.get("model") or alias.get("target") or V1
         dep = next(d for d in deps if d["model"] == target and (d.get("local") or {}).get("url"))
-        return Path_("engine", dep["local"]["url"], target)
+        return Path_("engine", dep["local"]["url"], target), dep["local"].get("pid")
 
-    paths = {"engine": engine_path(),
-             "service": Path_("service", service_url, "bot",
+    paths = {"service": Path_("service", stack["inference"]["url"], "bot",
                               {"Authorization": f"Bearer {SERVICE_TOKEN}"}),
-             "gateway": Path_("gateway", gateway_url, "bot", {"Authorization": f"Bearer {key}"})}
+             "gateway": Path_("gateway", stack["gateway"]["url"], "bot",
+                              {"Authorization": f"Bearer {stack['key']}"})}
+    paths["engine"], engine_pid = await asyncio.to_thread(engine_path)
     for p in paths.values():
-        p.client = httpx.AsyncClient(base_url=p.url, timeout=timeout, limits=limits)
-    rc = 0
+        p.client = session(p.url)
+    pids = {"bench": os.getpid(), "service": stack["inference"]["pid"],
+            "gateway": stack["gateway"]["pid"]}
+    swap = Swap(admin)
+    v2_ready = (RESULT["steps"].get("v2_deployed") or {}).get("state") == "ready"
+    rc = 0 if v2_ready else 1
+    done = {(r["path"], r["C"], r["round"]) for r in RESULT["rounds"]}
     try:
         for p in paths.values():  # warm-up: one request each (not counted)
             warm = await run_round(p, 1, -1, max_tokens, ignore_eos)
             if warm.failed:
                 step("warm_up_failed", path=p.name, errors=warm.errors)
-                return 1
+                return 1, False
         largest = max(sizes)
         swap_round = min(1, n_rounds - 1)  # early in the largest run: inside it even if cut short
         for c in sizes:
             for i in range(n_rounds):
                 for name in ("engine", "service", "gateway"):
-                    if time.monotonic() - T0 > budget:
-                        RESULT["notes"].append(f"budget of {budget:.0f}s reached before "
-                                               f"C={c} round {i} ({name}); later rounds skipped")
+                    if (name, c, i) in done:
+                        continue
+                    est = max([r["seconds"] for r in RESULT["rounds"]  # a round like the last
+                               if r["path"] == name and r["C"] == c and "swap" not in r] or [0.0])
+                    if time.monotonic() - T0 + est > budget:
+                        RESULT["notes"].append(
+                            f"call {RESULT.get('calls', 1)}: budget of {budget:.0f}s reached "
+                            f"before C={c} round {i} ({name}); later rounds not run")
                         save()
-                        return rc
-                    do_swap = c == largest and name == "gateway" and i == swap_round
-                    if do_swap:
-                        deployed = await asyncio.to_thread(swap.wait_deployed, 900)
-                        step("v2_deployed", **deployed)
-                        if deployed.get("state") != "ready":
-                            rc = 1
-                            do_swap = False
+                        return rc, False
+                    do_swap = (c == largest and name == "gateway" and i >= swap_round
+                               and not stack["swapped"] and v2_ready)
                     p = paths[name]
-                    if name == "engine" and c == largest and i > swap_round:
-                        p.url, p.model = (await asyncio.to_thread(engine_path)).url, V2
-                        await p.client.aclose()  # type: ignore[union-attr]
-                        p.client = httpx.AsyncClient(base_url=p.url, timeout=timeout,
-                                                     limits=limits)
+                    before = {k: cpu_seconds(pid) for k, pid in {**pids, "engine": engine_pid}.items()}
                     rnd = await run_round(p, c, i, max_tokens, ignore_eos,
                                           swap if do_swap else None)
-                    rounds.append(rnd)
-                    RESULT["rounds"].append({
-                        "path": name, "C": c, "round": i,
-                        "ended_at_s": round(time.monotonic() - T0, 1),
-                        "seconds": round(rnd.seconds, 2),
-                        "tokens_per_s": round(rnd.tokens_per_s, 1), "ok": rnd.ok,
-                        "failed": rnd.failed, "statuses": rnd.statuses,
-                        "errors": rnd.errors[:3], "models": rnd.models,
-                        **({"swap": rnd.swap} if rnd.swap else {})})
-                    print(f"[{time.monotonic() - T0:6.1f}s] C={c} round {i} {name}: "
-                          f"{rnd.tokens_per_s:,.0f} tok/s, failed {rnd.failed}", flush=True)
-                    save()
+                    after = {k: cpu_seconds(pid) for k, pid in {**pids, "engine": engine_pid}.items()}
+                    record_round(name, c, i, rnd, before, after)
                     if rnd.swap:
-                        after = {m: n for m, n in rnd.models.items() if m.startswith("after_flip:")}
-                        wrong = sum(n for m, n in after.items() if not m.endswith(V2))
-                        metric(f"gateway_swap_failed_requests (alias flip v1->v2 inside a C={c} "
-                               f"round)", rnd.failed, "requests", requests=rnd.ok + rnd.failed,
-                               flip_status=rnd.swap["status"],
-                               flip_call_seconds=rnd.swap["seconds"],
-                               started_after_flip=sum(after.values()),
-                               started_after_flip_not_from_v2=wrong)
-                        if rnd.swap["status"] != 200 or wrong:
-                            rc = 1
+                        stack["swapped"] = True
+                        rc = max(rc, record_swap(c, rnd))
+                        await paths["engine"].client.close()  # type: ignore[union-attr]
+                        fresh, engine_pid = await asyncio.to_thread(engine_path)
+                        fresh.client = session(fresh.url)
+                        paths["engine"] = fresh
+                    save()
+        return rc, True
     finally:
         for p in paths.values():
             if p.client is not None:
-                await p.client.aclose()
-    return rc
+                await p.client.close()
+
+
+def record_round(name: str, c: int, i: int, rnd: Round, before: dict, after: dict) -> None:
+    lat = sorted(rnd.latencies)
+    RESULT["rounds"].append({
+        "path": name, "C": c, "round": i, "ended_at_s": round(time.monotonic() - T0, 1),
+        "call": RESULT.get("calls", 1), "seconds": round(rnd.seconds, 2),
+        "tokens_per_s": round(rnd.tokens_per_s, 1), "ok": rnd.ok, "failed": rnd.failed,
+        "statuses": rnd.statuses, "errors": rnd.errors[:3], "models": rnd.models,
+        "latency_s": {"min": round(lat[0], 3), "p50": round(lat[len(lat) // 2], 3),
+                      "max": round(lat[-1], 3)} if lat else None,
+        "cpu_s": {k: round(after[k] - before[k], 2) for k in before
+                  if before[k] is not None and after[k] is not None},
+        **({"swap": rnd.swap} if rnd.swap else {})})
+    print(f"[{time.monotonic() - T0:6.1f}s] C={c} round {i} {name}: {rnd.seconds:.2f}s "
+          f"{rnd.tokens_per_s:,.0f} tok/s, failed {rnd.failed}, cpu {RESULT['rounds'][-1]['cpu_s']}",
+          flush=True)
+
+
+def record_swap(c: int, rnd: Round) -> int:
+    after = {m: n for m, n in rnd.models.items() if m.startswith("after_flip:")}
+    wrong = sum(n for m, n in after.items() if not m.endswith(V2))
+    metric(f"gateway_swap_failed_requests (alias flip v1->v2 inside a C={c} round)", rnd.failed,
+           "requests", requests=rnd.ok + rnd.failed, flip_status=rnd.swap["status"],  # type: ignore[index]
+           flip_call_seconds=rnd.swap["seconds"], started_after_flip=sum(after.values()),  # type: ignore[index]
+           started_after_flip_not_from_v2=wrong)
+    return 1 if rnd.swap["status"] != 200 or wrong else 0  # type: ignore[index]
 
 
 if __name__ == "__main__":
