@@ -486,6 +486,9 @@ def main() -> int:  # noqa: PLR0915
         mode, Path(os.environ["OUT"]) / "serve_load.json" if os.environ.get("OUT")
         else ROOT / "bench/results/serve_load.json")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    defaults = {"gpu": (10, "256,1024", 128, 540.0), "dry-run": (3, "4,8", 8, 900.0),
+                "cpu": (5, "4,16", 16, 1200.0), "fake": (3, "256,1024", 128, 1500.0)}[mode]
+    budget = args.budget_s or defaults[3]  # of this call
     if args.resume:
         state = json.loads((work / "state.json").read_text())
         RESULT.update(state["result"])
@@ -495,7 +498,6 @@ def main() -> int:  # noqa: PLR0915
         STATE_FILE = work / "state.json"
         cfg = RESULT["config"]
         HISTORY[:] = state.get("history", [])
-        budget = args.budget_s or cfg["budget_s"]
         inference = gateway = None
     else:
         shutil.rmtree(work, ignore_errors=True)
@@ -506,11 +508,8 @@ def main() -> int:  # noqa: PLR0915
             HISTORY[:] = [{k: old.get(k) for k in ("label", "commit", "when", "config", "results")},
                           *old.get("runs", [])][:8]
         RESULT["machine"] = machine_info()
-        defaults = {"gpu": (10, "256,1024", 128, 540.0), "dry-run": (3, "4,8", 8, 900.0),
-                    "cpu": (5, "4,16", 16, 1200.0), "fake": (3, "256,1024", 128, 1500.0)}[mode]
         sizes = [int(x) for x in (args.concurrency or defaults[1]).split(",")]
         engine = "vllm" if mode in ("gpu", "fake") else "transformers"
-        budget = args.budget_s or defaults[3]
         cfg = RESULT["config"] = {
             "mode": mode, "engine": engine + (" stand-in" if mode == "fake" else ""),
             "rounds": args.rounds or defaults[0], "concurrency": sizes,
