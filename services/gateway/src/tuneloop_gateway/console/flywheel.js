@@ -97,9 +97,10 @@ export async function canary(ctx, id) {
   const running = c.status === "running";
   const weight = h("input", { id: "cny-weight", type: "number", min: 0, max: 1, step: 0.01, value: c.weight });
   fill(ctx.main,
-    h("h1", {}, "Canary ", h("code", {}, id), " ", badge(c.status === "rolled_back" ? "failed" : c.status, c.status)),
-    cards([["alias", c.alias], ["mode", c.mode], ["weight", `${Math.round(c.weight * 100)} %`, "weight"],
-      ["stable", c.stable], ["candidate", c.candidate]]),
+    h("h1", { style: "overflow-wrap: anywhere" }, "Canary ", h("code", {}, id), " ",
+      badge(c.status === "rolled_back" ? "failed" : c.status, c.status)),
+    // the model names are in the comparison table (it scrolls in its own box on a phone)
+    cards([["alias", c.alias], ["mode", c.mode], ["weight", `${Math.round(c.weight * 100)} %`, "weight"]]),
     h("section", { class: "panel", "aria-labelledby": "cmp-h" }, h("h2", { id: "cmp-h" }, "Live comparison"),
       h("div", { class: "scroll" }, h("table", { id: "canary-compare" },
         h("thead", {}, h("tr", {}, ["arm", "model", "requests", "errors", "error rate", "fallbacks", "p50 latency", "p95 latency",
