@@ -1,4 +1,5 @@
-"""Gateway + real dataset and inference services (real processes, real CPU engines):
+"""Gateway + real dataset and inference services (real processes, real CPU engines: vLLM's CPU
+build, float32 so that greedy answers do not depend on batching):
 eval of a base vs a tuned model version from a dataset version's eval split, the promotion
 gate promoting a better model and refusing a deliberately damaged one, the alias serving the
 winner to the OpenAI SDK through the gateway, manual promote and rollback, auth scopes."""
@@ -44,7 +45,9 @@ def stack(tmp_path_factory, tiny_base_dir, ticket_rows):
         inference = ServiceProcess(
             "tuneloop_inference", env={**common, "INFERENCE_ADMIN_KEY": INFERENCE_ADMIN,
                                        "INFERENCE_BASE_MODEL_PATH": str(tiny_base_dir),
-                                       "INFERENCE_ENGINE": "transformers",
+                                       "INFERENCE_ENGINE": "vllm",
+                                       "INFERENCE_VLLM_DTYPE": "float32",
+                                       "INFERENCE_VLLM_CPU_KV_CACHE_GIB": "0.25",
                                        # a stopped engine must stay stopped (no health restart)
                                        "INFERENCE_HEALTH_INTERVAL_S": "3600"},
             log_path=var / "logs" / "inference.log", health_path="/ready", startup_timeout=240)

