@@ -6,6 +6,8 @@ key tried before it was created stayed "invalid" for the cache TTL."""
 
 from __future__ import annotations
 
+import asyncio
+
 from tuneloop.db import Database
 from tuneloop_gateway.app import MIGRATIONS
 from tuneloop_gateway.auth import KeyStore
@@ -54,3 +56,34 @@ def test_key_tried_before_it_exists_works_once_created_and_revocation_is_per_key
     assert keys.cached(key)[0] and keys.cached(other)[0]  # revoking one keeps the others
     keys.revoke(view["id"])
     assert keys.verify(other) is None
+
+
+def test_a_burst_with_an_uncached_key_reads_the_database_once(tmp_path):
+    """1,024 concurrent requests with a key not in the cache (the first round after start-up,
+    or after the entry expired) waited for 1,024 database look-ups in the thread pool: now the
+    first look-up answers them all. A waiter cancelled mid-way (a client that went away) does
+    not cancel the others'."""
+    keys = _store(tmp_path)
+    key, view = keys.create("burst", ["inference"])
+    bogus = "tlk-never-created-0123456789abcdef"
+    lookups: list[str] = []
+    verify = keys.verify
+
+    def counted(k: str):
+        lookups.append(k)
+        return verify(k)
+
+    keys.verify = counted  # the real look-up, counted
+
+    async def burst():
+        waiters = [asyncio.ensure_future(keys.verify_async(key)) for _ in range(1024)]
+        waiters += [asyncio.ensure_future(keys.verify_async(bogus)) for _ in range(64)]
+        await asyncio.sleep(0)
+        waiters[0].cancel()
+        return await asyncio.gather(*waiters[1:])
+
+    got = asyncio.run(burst())
+    assert [p.key_id for p in got[:1023]] == [view["id"]] * 1023
+    assert got[1023:] == [None] * 64
+    assert sorted(lookups) == sorted([key, bogus]), lookups
+    assert not keys._inflight

@@ -7,6 +7,7 @@ high-entropy secrets (no slow KDF needed; the same choice as GitHub/Stripe token
 
 from __future__ import annotations
 
+import asyncio
 import builtins
 import hashlib
 import logging
@@ -87,6 +88,8 @@ class KeyStore:
         self._cache: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
         self._misses: OrderedDict[str, float] = OrderedDict()
         self._lock = threading.Lock()
+        #: digest -> the one database look-up in flight for it (used on the event loop only)
+        self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
 
     def create(self, name: str, scopes: list[str], rate_limit_rpm: int | None = None,
                key: str | None = None, capture: bool = False,
@@ -171,6 +174,24 @@ class KeyStore:
             if miss and miss > now:
                 return True, None
         return False, None
+
+    async def verify_async(self, key: str) -> Principal | None:
+        """:meth:`verify` from the event loop: from memory when cached, else one database
+        look-up in a worker thread per key however many requests wait for it. A burst of
+        requests with a key that is not cached (the first after start-up, or after its entry
+        expired) sent every one of them to the database: 2,692 look-ups for 2,834 requests
+        in a 1,024-concurrent round of bench/serve_load.py."""
+        hit, principal = self.cached(key)
+        if hit:
+            return principal
+        digest = hash_key(key)
+        flight = self._inflight.get(digest)
+        if flight is None:
+            flight = asyncio.ensure_future(offload(self.verify, key))
+            self._inflight[digest] = flight
+            flight.add_done_callback(lambda _f: self._inflight.pop(digest, None))
+        # shielded: a waiter that goes away (client disconnect) does not cancel the others'
+        return await asyncio.shield(flight)
 
     def verify(self, key: str) -> Principal | None:
         """The principal for ``key``, or None if unknown or revoked."""
@@ -262,16 +283,14 @@ async def authenticate(request: Request, scope: str) -> Principal:
     """Verify the caller's key, its scope and its rate limit (raises 401/403/429).
 
     A key seen in the last ``key_cache_ttl_s`` is checked from memory on the event loop; only
-    a cache miss goes to the database (in a worker thread)."""
+    a cache miss goes to the database (in a worker thread, once for concurrent requests)."""
     state = request.app.state
     token = bearer(request)
     if not token:
         state.gw_metrics.auth_failures.labels("missing").inc()
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
                            code="missing_api_key")
-    hit, principal = state.keys.cached(token)
-    if not hit:
-        principal = await offload(state.keys.verify, token)
+    principal = await state.keys.verify_async(token)
     if principal is None:
         state.gw_metrics.auth_failures.labels("invalid").inc()
         raise Unauthorized("invalid or revoked API key", code="invalid_api_key")

@@ -8,9 +8,13 @@ on the OpenAI hot path.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
+
+from tuneloop.errors import Unauthorized
+from tuneloop.service_auth import bearer_token, token_matches
 
 from ..aliases import Aliases
 from ..controller import Controller
@@ -38,3 +42,34 @@ ControllerDep = Annotated[Controller, Depends(_state("controller"))]
 RoutingDep = Annotated[RoutingTable, Depends(_state("controller", "routing"))]
 DeploymentsDep = Annotated[Deployments, Depends(_state("controller", "deployments"))]
 AliasesDep = Annotated[Aliases, Depends(_state("controller", "aliases"))]
+
+
+def authorize_openai(request: Request, settings: InferenceSettings) -> None:
+    """The OpenAI routes take the service token (the gateway's calls) or, if set,
+    ``INFERENCE_API_KEY``; open only when neither is required (``TUNELOOP_SERVICE_AUTH=false``
+    and no api_key)."""
+    accepted = (([settings.api_key] if settings.api_key else [])
+                + (settings.service_tokens() if settings.service_auth else []))
+    if not accepted:
+        return
+    if not token_matches(bearer_token(request), accepted):
+        raise Unauthorized("invalid or missing API key (the service token or INFERENCE_API_KEY)")
+
+
+@dataclass(frozen=True, slots=True)
+class Generation:
+    """What a generation route needs, resolved by one dependency after the key check: each
+    ``Depends`` costs the hot path FastAPI's dependency solving (four of them were ~35% of a
+    proxied generation's CPU, bench/serve_load.py --profile)."""
+
+    routing: RoutingTable
+    metrics: InferenceMetrics
+
+
+async def _generation(request: Request) -> Generation:
+    state = request.app.state
+    authorize_openai(request, state.settings)
+    return Generation(state.controller.routing, state.metrics)
+
+
+GenerationDep = Annotated[Generation, Depends(_generation)]

@@ -18,30 +18,22 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from tuneloop import upstream
-from tuneloop.service_auth import bearer_token, token_matches
 from tuneloop.errors import (InvalidRequest, NotFound, ServiceUnavailable, TuneloopError,
-                             Unauthorized, UpstreamError, UpstreamTimeout, error_body)
+                             UpstreamError, UpstreamTimeout, error_body)
 
 from ..engines import Engine
 from ..metrics import InferenceMetrics
 from ..offload import offloaded
 from ..protocol import validate
 from ..routing import RoutingTable
-from .deps import MetricsDep, RoutingDep, SettingsDep
+from .deps import GenerationDep, RoutingDep, SettingsDep, authorize_openai
 
 router = APIRouter(tags=["openai"])
 
 
 async def check_key(request: Request, settings: SettingsDep) -> None:
-    """The OpenAI routes take the service token (the gateway's calls) or, if set,
-    ``INFERENCE_API_KEY``; open only when neither is required (``TUNELOOP_SERVICE_AUTH=false``
-    and no api_key)."""
-    accepted = (([settings.api_key] if settings.api_key else [])
-                + (settings.service_tokens() if settings.service_auth else []))
-    if not accepted:
-        return
-    if not token_matches(bearer_token(request), accepted):
-        raise Unauthorized("invalid or missing API key (the service token or INFERENCE_API_KEY)")
+    """The key check of the non-generation OpenAI routes (see :func:`.deps.authorize_openai`)."""
+    authorize_openai(request, settings)
 
 
 keyed = [Depends(check_key)]
@@ -62,15 +54,14 @@ async def get_model(model: str, routing: RoutingDep) -> dict[str, Any]:
                    param="model")
 
 
-@router.post("/v1/chat/completions", dependencies=keyed)
-async def chat_completions(request: Request, routing: RoutingDep,
-                           metrics: MetricsDep) -> Response:
-    return await _proxy(request, routing, metrics, "chat")
+@router.post("/v1/chat/completions")
+async def chat_completions(request: Request, gen: GenerationDep) -> Response:
+    return await _proxy(request, gen.routing, gen.metrics, "chat")
 
 
-@router.post("/v1/completions", dependencies=keyed)
-async def completions(request: Request, routing: RoutingDep, metrics: MetricsDep) -> Response:
-    return await _proxy(request, routing, metrics, "completions")
+@router.post("/v1/completions")
+async def completions(request: Request, gen: GenerationDep) -> Response:
+    return await _proxy(request, gen.routing, gen.metrics, "completions")
 
 
 # ---------------------------------------------------------------------------- proxy
