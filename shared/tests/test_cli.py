@@ -146,6 +146,20 @@ def test_upload_progress_reader_counts_every_byte(dataset_service: ServiceProces
     assert ds["counts"]["total"] == 240
 
 
+def test_the_sync_client_takes_calls_from_many_threads_at_once(dataset_service: ServiceProcess,
+                                                               tickets: Path):
+    """The demo asks the base model its replay prompts from 64 threads through one GatewayAPI.
+    With an asyncio.Runner driven by the caller every call but the first running one failed
+    with "This event loop is already running" (599 of 600 replay rows dropped on the H200)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with GatewayAPI(dataset_service.url, "") as api:
+        ds = api.upload_dataset(tickets, options={"eval_size": 40})
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            got = list(pool.map(lambda _i: api.get(f"/v1/datasets/{ds['id']}")["id"], range(96)))
+    assert got == [ds["id"]] * 96
+
+
 # -- through the real gateway (auth, keys, proxying, clean upstream errors) -------------------------
 @pytest.fixture(scope="module")
 def gateway(tmp_path_factory: pytest.TempPathFactory,

@@ -234,6 +234,12 @@ def step_replay(api: GatewayAPI, out: Path, cfg: argparse.Namespace) -> list[dic
     with console.status(f"replay rows: asking the base model {len(prompts)} general questions..."):
         # a GPU engine batches: 64 in flight (8 on CPU, where more only queue)
         rows, dropped = build_replay_rows(ask, prompts, concurrency=64 if cfg.gpu else 8)
+    failed = [d for d in dropped if d["reason"].startswith("request failed")]
+    if prompts and len(failed) * 2 > len(prompts):
+        # training without its rehearsal rows teaches the model to forget (the gate would refuse
+        # it an hour later): stop here and say why
+        raise SystemExit(f"replay rows: {len(failed)} of {len(prompts)} requests to the base model "
+                         f"failed (e.g. {failed[0]['reason']}); not training without them")
     _write_jsonl(out / "replay.jsonl", rows)
     console.print(f"replay: {len(rows)} rows from the base model's own answers "
                   f"({len(dropped)} dropped: {', '.join(sorted({d['reason'] for d in dropped})) or 'none'}); "

@@ -1,17 +1,19 @@
 """The CLI's synchronous gateway client: a facade over the one async client,
 :class:`tuneloop.clients.gateway.GatewayClient` (routes from docs/contracts.md).
 
-Each :class:`GatewayAPI` owns an event loop (``asyncio.Runner``) and runs the async client's
-calls on it, one at a time; answers come back as the plain dicts the gateway sent (the contract
-models' ``to_dict``). Every failure becomes :class:`ApiError` carrying the envelope's ``code``
-and ``message`` (the CLI prints those, never a traceback); status 0 when the gateway could not
-be reached or did not answer in time.
+Each :class:`GatewayAPI` owns an event loop, run by a thread of its own, and hands the async
+client's calls to it: callers on any number of threads may call at once (the demo asks the base
+model its replay prompts from 64 threads) and share the one connection pool. Answers come back
+as the plain dicts the gateway sent (the contract models' ``to_dict``). Every failure becomes
+:class:`ApiError` carrying the envelope's ``code`` and ``message`` (the CLI prints those, never
+a traceback); status 0 when the gateway could not be reached or did not answer in time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
@@ -60,7 +62,14 @@ class GatewayAPI:
         self.api_key = api_key if api_key is not None else default_api_key()
         self.client = GatewayClient(self.url, api_key=self.api_key or None, timeout=timeout,
                                     transport=transport)
-        self._runner = asyncio.Runner()
+        # one loop for the client's life, on its own thread: an asyncio.Runner driven by the
+        # caller refused a second caller ("This event loop is already running": 599 of the GPU
+        # demo's 600 replay rows were dropped so, and the tuned model forgot the general suite)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="gateway-api",
+                                        daemon=True)
+        self._thread.start()
+        self._closed = False
 
     def __enter__(self) -> "GatewayAPI":
         return self
@@ -69,14 +78,26 @@ class GatewayAPI:
         self.close()
 
     def close(self) -> None:
-        self._runner.run(self.client.aclose())
-        self._runner.close()
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._submit(self.client.aclose())
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            if not self._thread.is_alive():
+                self._loop.close()
+
+    def _submit(self, call: Coroutine[Any, Any, T]) -> T:
+        """Run ``call`` on the client's loop and wait for it (from any thread but that one)."""
+        return asyncio.run_coroutine_threadsafe(call, self._loop).result()
 
     # -- plumbing ----------------------------------------------------------------------
     def _run(self, call: Coroutine[Any, Any, T]) -> T:
         """Run one call of the async client; its errors as :class:`ApiError`."""
         try:
-            return self._runner.run(call)
+            return self._submit(call)
         except ServiceError as exc:
             raise self._api_error(exc) from exc
         except httpx.TransportError as exc:  # a connection lost mid-answer
@@ -101,7 +122,7 @@ class GatewayAPI:
         return self.request("POST", path, json=body, **kw).json()
 
     def health(self) -> bool:
-        return self._runner.run(self.client.health())
+        return self._submit(self.client.health())
 
     # -- datasets ----------------------------------------------------------------------
     def upload_dataset(self, file: Path, *, eval_file: Path | None = None,
@@ -160,7 +181,7 @@ class GatewayAPI:
             while (event := self._run(next_event())) is not None:
                 yield event
         finally:
-            self._runner.run(events.aclose())
+            self._submit(events.aclose())
 
     # -- models, promotions ------------------------------------------------------------
     def served_models(self) -> dict:
