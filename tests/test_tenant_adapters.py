@@ -113,6 +113,15 @@ def test_two_tenants_adapters_in_one_engine_bound_keys_and_metering(stack):
     with pytest.raises(openai.PermissionDeniedError) as denied:
         other.chat.completions.create(model="globex", max_tokens=8, messages=msgs)
     assert denied.value.body["code"] == "model_not_allowed"
+    # a bound key lists and looks up its own aliases only; an unbound key sees them all
+    assert [m.id for m in other.models.list().data] == ["acme"]
+    assert other.models.retrieve("acme").id == "acme"
+    with pytest.raises(openai.NotFoundError) as hidden:
+        other.models.retrieve("globex")
+    assert hidden.value.body["code"] == "model_not_found"
+    everything = {m.id for m in openai.OpenAI(base_url=gw + "/v1", api_key=ADMIN,
+                                              max_retries=0).models.list().data}
+    assert {"acme", "globex", "base"} <= everything
 
     metrics = httpx.get(gw + "/metrics").text
     for tenant, replies in out.items():

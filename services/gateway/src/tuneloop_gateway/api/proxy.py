@@ -18,6 +18,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
+from tuneloop.errors import NotFound
 from tuneloop.ids import is_valid_id
 from tuneloop.upstream import until_disconnect
 
@@ -74,15 +75,27 @@ def _capture_after(resp: Response, recorder, pending) -> None:
 
 @router.get("/v1/models", dependencies=[Depends(require_inference)])
 async def list_models(request: Request) -> Response:
-    """Served models and aliases (from inference)."""
+    """Served models and aliases (from inference); a key bound to aliases sees those only."""
     s = request.app.state.settings
-    return await forward(request, _ups(request, "inference"), "/v1/models", limit=s.max_request_bytes)
+    resp = await forward(request, _ups(request, "inference"), "/v1/models", limit=s.max_request_bytes)
+    principal = getattr(request.state, "principal", None)
+    if principal is None or principal.models is None or resp.status_code != 200:
+        return resp
+    listing = json.loads(resp.body)
+    listing["data"] = [m for m in listing.get("data", []) if principal.may_call(m.get("id"))]
+    return JSONResponse(listing)
 
 
 @router.get("/v1/models/{model_id:path}", dependencies=[Depends(require_inference)])
 async def get_model(model_id: str, request: Request) -> Response:
-    """A model version's lineage (``mv-...``: trainer + promotion decisions) or a served model."""
+    """A model version's lineage (``mv-...``: trainer + promotion decisions) or a served model.
+    A key bound to aliases sees those only (404 for any other, as OpenAI answers for a model
+    the key has no access to)."""
     s = request.app.state.settings
+    principal = getattr(request.state, "principal", None)
+    if principal is not None and not principal.may_call(model_id):
+        raise NotFound(f"The model '{model_id[:200]}' does not exist", code="model_not_found",
+                       param="model")
     if not is_valid_id(model_id, "mv"):
         return await forward(request, _ups(request, "inference"), f"/v1/models/{model_id}",
                              limit=s.max_request_bytes)
