@@ -121,7 +121,7 @@ def test_prometheus_scrapes_the_running_services(services: dict, tmp_path: Path,
         f"127.0.0.1:{p.port}" for p in services.values()]
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     prom = Prometheus(tmp_path / "prometheus.yml", tmp_path / "tsdb", tmp_path / "prometheus.log")
-    with prom.start():
+    with prom:
         # traffic that every part of the dashboard story records
         token = services["dataset"].env["TUNELOOP_SERVICE_TOKEN"]  # an internal API
         r = httpx.post(f"{services['dataset'].url}/v1/datasets", timeout=120,

@@ -121,6 +121,10 @@ class ServiceProcess:
         return self.start()
 
     def __enter__(self) -> "ServiceProcess":
+        """Starts the process unless it already runs (``with proc.start():`` started a second
+        one and leaked the first: a Prometheus outlived the test suite that way)."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
