@@ -259,3 +259,39 @@ def test_stopped_engine_makes_the_gate_inconclusive_then_a_rerun_promotes_onto_i
     after = _aliases(stack)
     assert after["invoices"] == SECOND and after["production"] == before["production"] == TUNED
     inf.close()
+
+
+def test_a_canary_promoted_through_the_gate(admin, stack, dataset_id):
+    """A canary's promotion through the gate (not the plain flip): the candidate takes a share
+    of the alias's live traffic (zero failed requests), then the gate decides. The better model
+    is promoted onto the canary's alias, and the decision carries the canary's comparison as
+    evidence; a damaged one is refused and its canary stopped with the alias unchanged."""
+    assert admin.post("/v1/promotions", json={"alias": "billing", "model": "base"}).status_code == 201
+    key = admin.post("/v1/keys", json={"name": "billing-app", "scopes": ["inference"]}).json()["key"]
+    sdk = openai.OpenAI(base_url=stack["gateway"].url + "/v1", api_key=key, max_retries=0,
+                        timeout=300)
+    msgs = [{"role": "user", "content": "Summarize this support ticket.\n\nSubject: Charged twice"}]
+    for candidate, verdict, status in ((DAMAGED, "rejected", "stopped"),
+                                       (TUNED, "promoted", "promoted")):
+        c = admin.post("/v1/canaries", json={"alias": "billing", "model": candidate,
+                                             "weight": 0.5, "max_latency_ratio": 50})
+        assert c.status_code == 201, c.text
+        canary = c.json()
+        answers = [sdk.chat.completions.create(model="billing", max_tokens=4, messages=msgs).model
+                   for _ in range(16)]                 # an exception here is a failed request
+        assert {"base"} < set(answers), answers           # both arms answered
+        p = admin.post(f"/v1/canaries/{canary['id']}/promote",
+                       json={"gate": True, "dataset_id": dataset_id})
+        assert p.status_code == 200, p.text
+        done = p.json()
+        decision = done["promotion"]
+        assert (done["status"], decision["status"], decision["kind"]) == (status, verdict, "gate")
+        assert decision["model_id"] == candidate and decision["alias"] == "billing"
+        seen = decision["evidence"]["canary"]
+        assert seen["id"] == canary["id"] and seen["comparison"]["candidate"]["requests"] > 0
+        assert decision["evidence"]["checks"]              # the gate's own evidence is kept
+        assert done["promotion_id"] == decision["id"]
+        listed = admin.get(f"/v1/canaries/{canary['id']}").json()
+        assert listed["status"] == status and listed["events"][-1]["event"] == status
+    assert _aliases(stack)["billing"] == TUNED == sdk.chat.completions.create(
+        model="billing", max_tokens=4, messages=msgs).model

@@ -123,10 +123,22 @@ def test_two_tenants_adapters_in_one_engine_bound_keys_and_metering(stack):
                                               max_retries=0).models.list().data}
     assert {"acme", "globex", "base"} <= everything
 
+    # a stream as the SDK sends it by default (no stream_options.include_usage): the gateway
+    # meters it all the same, and the client gets no usage chunk (choices: []) it did not ask for
+    acme = openai.OpenAI(base_url=gw + "/v1", api_key=keys["acme"]["key"], max_retries=0,
+                         timeout=300)
+    ref = acme.chat.completions.create(model="acme", max_tokens=8, temperature=0, messages=msgs)
+    chunks = list(acme.chat.completions.create(model="acme", max_tokens=8, temperature=0,
+                                               messages=msgs, stream=True))
+    assert chunks and all(c.choices and c.usage is None for c in chunks), chunks[-2:]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == ref.choices[0].message.content
+    out["acme"] += [ref, ref]   # the stream generated what ref did (greedy, alone in the engine)
+
     metrics = httpx.get(gw + "/metrics").text
     for tenant, replies in out.items():
         kid = keys[tenant]["id"]
         tokens = sum(r.usage.completion_tokens for r in replies)
         assert f'tuneloop_gateway_key_tokens_total{{key_id="{kid}",kind="completion"}} {float(tokens)}' \
             in metrics, [m for m in metrics.splitlines() if kid in m]
-        assert f'tuneloop_gateway_key_requests_total{{key_id="{kid}"}} 3.0' in metrics
+        assert f'tuneloop_gateway_key_requests_total{{key_id="{kid}"}} {float(len(replies))}' \
+            in metrics

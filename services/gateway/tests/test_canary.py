@@ -9,6 +9,7 @@ import asyncio
 import json
 import random
 import time
+from types import SimpleNamespace
 
 from fastapi.responses import Response, StreamingResponse
 
@@ -21,7 +22,7 @@ from tuneloop_gateway.auth import KeyStore
 from tuneloop_gateway.canary import Arm, CanaryService, Live, breach
 from tuneloop_gateway.db import Canary
 from tuneloop_gateway.metrics import GatewayMetrics
-from tuneloop_gateway.routing import meter
+from tuneloop_gateway.routing import meter, without_added_usage
 
 LIMITS = {"max_error_rate": 0.2, "max_latency_ratio": 2.0, "max_p95_latency_s": None,
           "min_requests": 10}
@@ -155,6 +156,33 @@ def test_per_key_token_metering(tmp_path):
     assert tokens.labels(view["id"], "prompt")._value.get() == 19
     assert tokens.labels(view["id"], "completion")._value.get() == 9
     assert metrics.key_requests.labels(view["id"])._value.get() == 2
+
+
+def test_the_usage_chunk_we_asked_for_is_metered_then_taken_out(tmp_path):
+    """A stream whose client did not ask for usage: the gateway asked for it, meters it, and
+    the client gets every other event intact, however the upstream cut the bytes."""
+    metrics = GatewayMetrics(ServiceMetrics("gateway"))
+    keys = KeyStore(_service(tmp_path)[2])
+    key, view = keys.create("tenant-b", ["inference"])
+    events = [b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n',
+              b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n',
+              b'data: {"id":"c","choices": [ ],"usage":{"prompt_tokens":7,"completion_tokens":4}}'
+              b'\n\n', b"data: [DONE]\n\n"]
+    stream = b"".join(events)
+
+    async def chunks():
+        for i in range(0, len(stream), 5):   # events cut anywhere, as a socket delivers them
+            yield stream[i:i + 5]
+
+    async def drain(resp: StreamingResponse) -> bytes:
+        return b"".join([c async for c in resp.body_iterator])
+    asked = SimpleNamespace(state=SimpleNamespace(usage_added=True))
+    got = asyncio.run(drain(without_added_usage(asked, meter(
+        metrics, keys.verify(key), StreamingResponse(chunks())))))
+    assert got == events[0] + events[1] + events[3]
+    assert metrics.key_tokens.labels(view["id"], "completion")._value.get() == 4
+    not_asked = SimpleNamespace(state=SimpleNamespace())   # the client asked: it gets the usage
+    assert asyncio.run(drain(without_added_usage(not_asked, StreamingResponse(chunks())))) == stream
 
 
 def test_stats_survive_a_restart(tmp_path):

@@ -50,7 +50,7 @@ class GatewayMetrics:
             "limit or by hand, stopped) and reason.", ["status", "reason"], registry=reg)
         self.key_tokens = Counter(
             name("key_tokens_total"), "Tokens metered per API key (from the answers' usage; a "
-            "stream carries usage when the client asks for stream_options.include_usage).",
+            "stream is sent upstream asking for its usage; the client gets it only if it asked).",
             ["key_id", "kind"], registry=reg)
         self.key_requests = Counter(
             name("key_requests_total"), "Generations answered per API key (any status).",

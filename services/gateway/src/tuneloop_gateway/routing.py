@@ -5,16 +5,20 @@
 2. the alias's canary, when it has one (:mod:`.canary`: a weighted share to the candidate,
    with the stable model as the fallback, or a mirror);
 3. per-key token metering (``tuneloop_gateway_key_tokens_total{key_id,kind}``) from the
-   answer's ``usage``: read from a plain answer's bytes, or from a stream's last chunks.
+   answer's ``usage``: read from a plain answer's bytes, or from a stream's last chunks. A
+   stream whose client did not ask for usage (``stream_options.include_usage``, off by default
+   in the OpenAI SDK) is sent upstream asking for it, counted (and captured), and its usage-only
+   chunk (``"choices": []``) is taken out before the client sees it: the client gets the stream
+   it asked for, and every streamed token is metered.
 
-Without a binding and a canary the request body is not even parsed here.
+Without a binding, a canary or a stream the request body is not even parsed here.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import Any
 
 from fastapi import Request
@@ -29,6 +33,9 @@ PROMPT = re.compile(rb'"prompt_tokens"\s*:\s*(\d+)')
 COMPLETION = re.compile(rb'"completion_tokens"\s*:\s*(\d+)')
 USAGE_TAIL = 4096  # the usage of a stream is in its last chunk(s)
 DONE = b"data: [DONE]"
+STREAM = b'"stream"'
+EVENT_END = b"\n\n"
+EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
 
 
 async def send_generation(request: Request, raw: bytes, pending: Pending | None,
@@ -38,11 +45,18 @@ async def send_generation(request: Request, raw: bytes, pending: Pending | None,
     canaries: CanaryService = state.canaries
     principal = getattr(request.state, "principal", None)
     bound = principal is not None and principal.models is not None
+    body = None
+    if (principal is not None or pending is not None) and STREAM in raw:
+        body = _parse(raw)
+        if body is not None and _usage_not_asked(body):
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            raw = json.dumps(body).encode()
+            request.state.usage_added = True
     if not bound and not canaries.live:
         return meter(state.gw_metrics, principal, await send(raw))
-    body = _parse(raw)
+    body = _parse(raw) if body is None else body
     model = body.get("model") if body is not None else None
-    if bound and not principal.may_call(model):
+    if bound and principal is not None and not principal.may_call(model):
         raise Forbidden(f"this key may not call model '{str(model)[:80]}' (it is bound to: "
                         f"{', '.join(sorted(principal.models)) or 'nothing'})",
                         code="model_not_allowed", param="model")
@@ -51,6 +65,41 @@ async def send_generation(request: Request, raw: bytes, pending: Pending | None,
         return meter(state.gw_metrics, principal, await send(raw))
     return meter(state.gw_metrics, principal,
                  await canaries.dispatch(live, body, raw, pending, send))
+
+
+def _usage_not_asked(body: dict[str, Any]) -> bool:
+    options = body.get("stream_options")
+    return body.get("stream") is True and (options is None or (
+        isinstance(options, dict) and not options.get("include_usage")))
+
+
+def without_added_usage(request: Request, resp: Response) -> Response:
+    """The stream as its client asked for it: the usage-only chunk we asked for taken out (the
+    last thing to touch the stream, after metering and capture have read the usage)."""
+    if getattr(request.state, "usage_added", False) and isinstance(resp, StreamingResponse):
+        resp.body_iterator = _drop_usage_events(resp.body_iterator)
+    return resp
+
+
+async def _drop_usage_events(chunks: AsyncIterable[Any]) -> AsyncIterator[bytes]:
+    """Pass whole server-sent events through, except those whose choices are empty and that
+    carry a usage (OpenAI's usage chunk)."""
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk.encode() if isinstance(chunk, str) else bytes(chunk)
+        if EVENT_END not in pending:
+            continue
+        *events, pending = pending.split(EVENT_END)
+        kept = [e for e in events if not _usage_only(e)]
+        if kept:
+            yield EVENT_END.join(kept) + EVENT_END
+    if pending:
+        yield pending
+
+
+def _usage_only(event: bytes) -> bool:
+    return event.startswith(b"data: {") and b'"usage"' in event \
+        and EMPTY_CHOICES.search(event) is not None
 
 
 def _parse(raw: bytes) -> dict[str, Any] | None:
@@ -76,7 +125,7 @@ def meter(metrics: Any, principal: Any, resp: Response) -> Response:
     return resp
 
 
-async def _metered(metrics: Any, key: str, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def _metered(metrics: Any, key: str, chunks: AsyncIterable[Any]) -> AsyncIterator[Any]:
     """Counted when ``[DONE]`` passes (before it is sent: the OpenAI SDK closes the connection
     on it, and the usage chunk came before it), else at the end of the stream."""
     tail, counted = b"", False

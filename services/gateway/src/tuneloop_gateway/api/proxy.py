@@ -23,14 +23,18 @@ from tuneloop.ids import is_valid_id
 from tuneloop.upstream import until_disconnect
 
 from ..auth import require_admin, require_inference
-from ..proxy import forward, read_body
-from ..routing import send_generation
+from ..flywheel.capture import CaptureRecorder, Pending
+from ..proxy import Upstream, forward, read_body
+from ..routing import send_generation, without_added_usage
+from .deps import PromotionsDep, SettingsDep, UpstreamsDep
 
 router = APIRouter(tags=["proxy"])
 ALL = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
-def _ups(request: Request, name: str):
+def _ups(request: Request, name: str) -> Upstream:
+    """The generation routes read the app state directly (no dependency to solve per request on
+    the hot path; see ``deps.py``)."""
     return request.app.state.upstreams[name]
 
 
@@ -60,99 +64,95 @@ async def _generate(request: Request, path: str) -> Response:
             repeatable=True, openai_stream=True)))
     if pending is not None and resp.status_code == 200:
         _capture_after(resp, recorder, pending)
-    return resp
+    return without_added_usage(request, resp)
 
 
-def _capture_after(resp: Response, recorder, pending) -> None:
+def _capture_after(resp: Response, recorder: CaptureRecorder, pending: Pending) -> None:
     """Hand the answer to the capture queue once it has been sent (docs/flywheel.md)."""
     if isinstance(resp, StreamingResponse):
         resp.body_iterator = recorder.tee(pending, resp.body_iterator)
         return
-    pending.body = resp.body
+    pending.body = bytes(resp.body)
     pending.finished = time.perf_counter()
     resp.background = BackgroundTask(recorder.offer, pending)
 
 
 @router.get("/v1/models", dependencies=[Depends(require_inference)])
-async def list_models(request: Request) -> Response:
+async def list_models(request: Request, s: SettingsDep, upstreams: UpstreamsDep) -> Response:
     """Served models and aliases (from inference); a key bound to aliases sees those only."""
-    s = request.app.state.settings
-    resp = await forward(request, _ups(request, "inference"), "/v1/models", limit=s.max_request_bytes)
+    resp = await forward(request, upstreams["inference"], "/v1/models", limit=s.max_request_bytes)
     principal = getattr(request.state, "principal", None)
     if principal is None or principal.models is None or resp.status_code != 200:
         return resp
-    listing = json.loads(resp.body)
+    listing = json.loads(bytes(resp.body))
     listing["data"] = [m for m in listing.get("data", []) if principal.may_call(m.get("id"))]
     return JSONResponse(listing)
 
 
 @router.get("/v1/models/{model_id:path}", dependencies=[Depends(require_inference)])
-async def get_model(model_id: str, request: Request) -> Response:
+async def get_model(model_id: str, request: Request, s: SettingsDep, upstreams: UpstreamsDep,
+                    promotions: PromotionsDep) -> Response:
     """A model version's lineage (``mv-...``: trainer + promotion decisions) or a served model.
     A key bound to aliases sees those only (404 for any other, as OpenAI answers for a model
     the key has no access to)."""
-    s = request.app.state.settings
     principal = getattr(request.state, "principal", None)
     if principal is not None and not principal.may_call(model_id):
         raise NotFound(f"The model '{model_id[:200]}' does not exist", code="model_not_found",
                        param="model")
     if not is_valid_id(model_id, "mv"):
-        return await forward(request, _ups(request, "inference"), f"/v1/models/{model_id}",
+        return await forward(request, upstreams["inference"], f"/v1/models/{model_id}",
                              limit=s.max_request_bytes)
-    resp = await forward(request, _ups(request, "trainer"), f"/v1/models/{model_id}",
+    resp = await forward(request, upstreams["trainer"], f"/v1/models/{model_id}",
                          limit=s.max_request_bytes)
     if resp.status_code != 200:
         return resp
-    lineage = json.loads(resp.body)
-    lineage["promotions"] = await run_in_threadpool(request.app.state.promotions.for_model, model_id)
+    lineage = json.loads(bytes(resp.body))
+    lineage["promotions"] = await run_in_threadpool(promotions.for_model, model_id)
     return JSONResponse(lineage)
 
 
 @router.api_route("/v1/datasets", methods=ALL, dependencies=[Depends(require_admin)])
 @router.api_route("/v1/datasets/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
-async def datasets(request: Request) -> Response:
+async def datasets(request: Request, s: SettingsDep, upstreams: UpstreamsDep) -> Response:
     """The dataset service (uploads streamed, bounded by max_upload_bytes)."""
-    s = request.app.state.settings
     path = "/v1/datasets" + _rest(request)
     upload = request.method in ("POST", "PUT")
-    return await forward(request, _ups(request, "dataset"), path, limit=s.max_upload_bytes,
+    return await forward(request, upstreams["dataset"], path, limit=s.max_upload_bytes,
                          stream_body=upload, timeout=s.upload_timeout_s if upload else None)
 
 
 @router.api_route("/v1/files", methods=ALL, dependencies=[Depends(require_admin)])
 @router.api_route("/v1/files/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
-async def files(request: Request) -> Response:
+async def files(request: Request, s: SettingsDep, upstreams: UpstreamsDep) -> Response:
     """OpenAI files API (training files), served by the trainer."""
-    s = request.app.state.settings
     path = "/v1/files" + _rest(request)
     upload = request.method == "POST"
-    return await forward(request, _ups(request, "trainer"), path, limit=s.max_upload_bytes,
+    return await forward(request, upstreams["trainer"], path, limit=s.max_upload_bytes,
                          stream_body=upload, timeout=s.upload_timeout_s if upload else None)
 
 
 @router.api_route("/v1/fine_tuning/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
-async def fine_tuning(request: Request, rest: str) -> Response:
+async def fine_tuning(request: Request, rest: str, s: SettingsDep,
+                      upstreams: UpstreamsDep) -> Response:
     """OpenAI fine-tuning jobs API, served by the trainer (job creation gets the gateway's
     callback in the ``tuneloop`` extension unless one is given)."""
-    s = request.app.state.settings
     body = await read_body(request, s.max_request_bytes)
     if request.method == "POST" and rest.strip("/") == "jobs" and body:
         body = _with_callback(body, s.callback_url(), nested="tuneloop")
-    return await forward(request, _ups(request, "trainer"), f"/v1/fine_tuning/{rest}",
+    return await forward(request, upstreams["trainer"], f"/v1/fine_tuning/{rest}",
                          limit=s.max_request_bytes, body=body)
 
 
 @router.api_route("/v1/jobs", methods=ALL, dependencies=[Depends(require_admin)])
 @router.api_route("/v1/jobs/{rest:path}", methods=ALL, dependencies=[Depends(require_admin)])
-async def jobs(request: Request) -> Response:
+async def jobs(request: Request, s: SettingsDep, upstreams: UpstreamsDep) -> Response:
     """Native training jobs; creation gets the gateway's callback_url unless one is given."""
-    s = request.app.state.settings
     rest = request.path_params.get("rest", "")
     path = "/v1/jobs" + _rest(request)
     body = await read_body(request, s.max_request_bytes)
     if request.method == "POST" and not rest and body:
         body = _with_callback(body, s.callback_url())
-    return await forward(request, _ups(request, "trainer"), path, limit=s.max_request_bytes,
+    return await forward(request, upstreams["trainer"], path, limit=s.max_request_bytes,
                          body=body)
 
 
