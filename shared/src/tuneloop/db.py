@@ -15,7 +15,7 @@ from typing import Any
 from alembic.config import Config
 
 from sqlalchemy import Engine, MetaData, create_engine, event
-from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
 NAMING = {
     "ix": "ix_%(column_0_label)s",
@@ -24,15 +24,6 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
-
-
-def make_base() -> type[DeclarativeBase]:
-    """A fresh declarative base (one per service, so tables stay owned by one service)."""
-
-    class Base(DeclarativeBase):
-        metadata = MetaData(naming_convention=NAMING)
-
-    return Base
 
 
 class Database:

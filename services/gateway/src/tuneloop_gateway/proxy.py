@@ -22,6 +22,7 @@ import logging
 import re
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 from dataclasses import dataclass
 
 import aiohttp
@@ -176,13 +177,14 @@ async def forward(request: Request, upstream: Upstream, path: str, *, limit: int
                 if timeout else None)
     if repeatable is None:
         repeatable = request.method in SAFE_TO_REPEAT
+    timeouts: dict[str, Any] = {"timeout": per_call} if per_call else {}
     start = time.perf_counter()
     try:
         resp = await upstream_http.send(
             upstream.session, request.method, url, retry=repeatable and not stream_body,
             headers=_forward_headers(request, upstream),
             data=_counted(request, limit) if stream_body else body,
-            **({"timeout": per_call} if per_call else {}))
+            **timeouts)
     except PayloadTooLarge:
         raise
     except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:

@@ -9,12 +9,16 @@ rollback). Observed state, one row per replica: ``inference_replicas`` (heartbea
 
 from __future__ import annotations
 
-from sqlalchemy import ForeignKey, Integer, String, Text
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy import ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from tuneloop.db import make_base
+from tuneloop.db import NAMING
 
-Base = make_base()
+
+class Base(DeclarativeBase):
+    """The inference service's tables: a metadata of their own (no other service's tables)."""
+
+    metadata = MetaData(naming_convention=NAMING)
 
 
 class Deployment(Base):

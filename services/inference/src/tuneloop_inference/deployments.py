@@ -188,7 +188,7 @@ class Deployments:
                               "model_load_failed")
         adapter_dir = await self._artifact_dir(layout.model_adapter(row.model_id or ""),
                                                row.model_id or row.id)
-        await base.load_lora(row.name, str(adapter_dir))  # type: ignore[attr-defined]
+        await base.load_lora(row.name, str(adapter_dir))
         loc.base, loc.adapter_dir = base, str(adapter_dir)
         try:
             await base.smoke(row.name)  # the adapter under its own name (the base keeps its own)
@@ -284,7 +284,7 @@ class Deployments:
                 self._release(dep_id)
             elif loc.base is not None and hasattr(loc.base, "unload_lora"):
                 with contextlib.suppress(Exception):
-                    await loc.base.unload_lora(loc.name)  # type: ignore[attr-defined]
+                    await loc.base.unload_lora(loc.name)
         self.local.pop(dep_id, None)
         self._count_ready()
         await self.observed.deployment(loc, "stopped")

@@ -86,7 +86,7 @@ def validate(endpoint: str, body: Any) -> dict[str, Any]:
     try:
         request = model.model_validate(body)
     except ValidationError as exc:
-        first = min(exc.errors(), key=lambda e: ORDER.index(e["loc"][0]) if e["loc"] else -1)
+        first = min(exc.errors(), key=lambda e: ORDER.index(str(e["loc"][0])) if e["loc"] else -1)
         raise _invalid(model, first) from None
     return request.model_dump(exclude_unset=True)
 

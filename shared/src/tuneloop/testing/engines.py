@@ -19,9 +19,11 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .process import ServiceProcess
+
+E = TypeVar("E", bound=ServiceProcess)
 
 
 class TransformersServe(ServiceProcess):
@@ -40,7 +42,7 @@ class TransformersServe(ServiceProcess):
                               str(self.port), "--device", "cpu", "--log-level", "warning"], {})
 
 
-def _launch(engine: ServiceProcess, cmd: list[str], env: dict[str, str]) -> ServiceProcess:
+def _launch(engine: E, cmd: list[str], env: dict[str, str]) -> E:
     """Start ``cmd`` as ``engine``'s process (offline, its own session, output to its log) and
     wait until it is healthy."""
     if engine.log_path:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Query
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tuneloop.ids import require_id
 
 from ..auth import require_admin
-from ..canary import CanaryService
 from ..schemas import NAME
+from .deps import CanariesDep as Canaries
 
 router = APIRouter(prefix="/v1/canaries", tags=["canaries"], dependencies=[Depends(require_admin)])
 
@@ -76,49 +76,47 @@ class CanaryPromote(BaseModel):
     note: str | None = Field(None, max_length=2000)
 
 
-def _svc(request: Request) -> CanaryService:
-    return request.app.state.canaries
 
 
 @router.post("", status_code=201, summary="Start a canary of a model on an alias")
-async def create(body: CanaryCreate, request: Request) -> JSONResponse:
+async def create(body: CanaryCreate, svc: Canaries) -> JSONResponse:
     limits = body.model_dump(include={"max_error_rate", "max_latency_ratio", "max_p95_latency_s",
                                       "min_requests"})
-    view = await _svc(request).create(body.alias, body.model, mode=body.mode, weight=body.weight,
+    view = await svc.create(body.alias, body.model, mode=body.mode, weight=body.weight,
                                       limits=limits, note=body.note)
     return JSONResponse(view, status_code=201)
 
 
 @router.get("", summary="Canaries, newest first, with their live comparison")
-async def list_canaries(request: Request,
+async def list_canaries(svc: Canaries,
                         status: Literal["running", "rolled_back", "promoted", "stopped"] | None = None,
                         alias: str | None = Query(None, pattern=NAME),
                         limit: int = Query(50, ge=1, le=200)) -> dict:
-    data = await run_in_threadpool(_svc(request).list, status=status, alias=alias, limit=limit + 1)
+    data = await run_in_threadpool(svc.list, status=status, alias=alias, limit=limit + 1)
     return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
 
 
 @router.get("/{canary_id}", summary="One canary: live comparison (error rate, latency, feedback) "
             "and events")
-async def get_canary(canary_id: str, request: Request) -> dict:
+async def get_canary(canary_id: str, svc: Canaries) -> dict:
     require_id(canary_id, "cny", "canary")
-    return await run_in_threadpool(_svc(request).get, canary_id)
+    return await run_in_threadpool(svc.get, canary_id)
 
 
 @router.patch("/{canary_id}", summary="Change a running canary's weight or mode")
-async def update(canary_id: str, body: CanaryUpdate, request: Request) -> dict:
+async def update(canary_id: str, body: CanaryUpdate, svc: Canaries) -> dict:
     require_id(canary_id, "cny", "canary")
-    return await _svc(request).update(canary_id, weight=body.weight, mode=body.mode)
+    return await svc.update(canary_id, weight=body.weight, mode=body.mode)
 
 
 @router.post("/{canary_id}/rollback", summary="Stop sending traffic to the candidate")
-async def rollback(canary_id: str, request: Request, body: CanaryRollback | None = None) -> dict:
+async def rollback(canary_id: str, svc: Canaries, body: CanaryRollback | None = None) -> dict:
     require_id(canary_id, "cny", "canary")
-    return await _svc(request).rollback(canary_id, body.reason if body else None)
+    return await svc.rollback(canary_id, body.reason if body else None)
 
 
 @router.post("/{canary_id}/promote", summary="Promote the candidate (alias flip, or the gate)")
-async def promote(canary_id: str, body: CanaryPromote, request: Request) -> dict:
+async def promote(canary_id: str, body: CanaryPromote, svc: Canaries) -> dict:
     require_id(canary_id, "cny", "canary")
-    return await _svc(request).promote(canary_id, gate=body.gate, dataset_id=body.dataset_id,
+    return await svc.promote(canary_id, gate=body.gate, dataset_id=body.dataset_id,
                                        note=body.note)

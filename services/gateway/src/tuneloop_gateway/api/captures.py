@@ -25,6 +25,9 @@ from tuneloop.errors import InvalidRequest
 
 from ..auth import require_admin, require_inference
 from ..flywheel.curate import CurateService, capture_view
+from ..metrics import GatewayMetrics
+from .deps import CurateDep as Curate
+from .deps import MetricsDep as Metrics
 
 router = APIRouter(tags=["flywheel"])
 admin = APIRouter(prefix="/v1/captures", tags=["flywheel"], dependencies=[Depends(require_admin)])
@@ -88,29 +91,30 @@ class Retrain(Publish):
     gate_alias: str | None = Field(None, max_length=200)
 
 
-def _svc(request: Request) -> CurateService:
-    return request.app.state.curate
 
 
-async def _feedback(request: Request, response_id: str, body: Feedback) -> dict:
+async def _feedback(request: Request, svc: CurateService, metrics: GatewayMetrics,
+                    response_id: str, body: Feedback) -> dict:
     if len(response_id) > 200:
         response_id = response_id[:200]
-    out = await _svc(request).feedback(request.state.principal, response_id, body.rating,
-                                       body.correction, body.comment)
-    request.app.state.gw_metrics.feedback.labels(body.rating or "none").inc()
+    out = await svc.feedback(request.state.principal, response_id, body.rating,
+                             body.correction, body.comment)
+    metrics.feedback.labels(body.rating or "none").inc()
     return out
 
 
 @router.post("/v1/chat/completions/{response_id}/feedback", dependencies=[Depends(require_inference)],
              summary="Feedback on a captured chat answer (by its response id)")
-async def chat_feedback(request: Request, response_id: str, body: Feedback) -> dict:
-    return await _feedback(request, response_id, body)
+async def chat_feedback(request: Request, svc: Curate, metrics: Metrics, response_id: str,
+                        body: Feedback) -> dict:
+    return await _feedback(request, svc, metrics, response_id, body)
 
 
 @router.post("/v1/completions/{response_id}/feedback", dependencies=[Depends(require_inference)],
              summary="Feedback on a captured completion (by its response id)")
-async def completion_feedback(request: Request, response_id: str, body: Feedback) -> dict:
-    return await _feedback(request, response_id, body)
+async def completion_feedback(request: Request, svc: Curate, metrics: Metrics, response_id: str,
+                              body: Feedback) -> dict:
+    return await _feedback(request, svc, metrics, response_id, body)
 
 
 def _filters(status: str | None, rating: str | None, corrected: bool | None, model: str | None,
@@ -124,7 +128,7 @@ def _filters(status: str | None, rating: str | None, corrected: bool | None, mod
 @admin.get("", summary="The review queue: captured rows, filtered, newest first",
            response_model=Page[Capture], response_model_exclude_unset=True)
 async def list_captures(
-        request: Request,
+        svc: Curate,
         status: Literal["pending", "accepted", "rejected"] | None = None,
         rating: Literal["up", "down", "none"] | None = None,
         corrected: bool | None = None, model: str | None = Query(None, max_length=300),
@@ -138,7 +142,6 @@ async def list_captures(
         min_similarity: float | None = Query(None, ge=0, le=1),
         max_similarity: float | None = Query(None, ge=0, le=1),
         offset: int = Query(0, ge=0), limit: int = Query(50, ge=1, le=500)) -> dict:
-    svc = _svc(request)
     filters = _filters(status, rating, corrected, model, served_model, key_id, dataset_id, since)
     if (min_similarity is not None or max_similarity is not None) and similar_to is None:
         raise InvalidRequest("min_similarity/max_similarity need similar_to=<dataset id>",
@@ -165,34 +168,34 @@ def _page(data: list[dict], has_more: bool, total: int) -> dict:
 
 
 @admin.get("/drift", summary="Drift of captured prompts from a version's training prompts")
-async def drift(request: Request, dataset_id: str = Query(..., pattern=DS_ID),
+async def drift(svc: Curate, dataset_id: str = Query(..., pattern=DS_ID),
                 model: str | None = Query(None, max_length=300),
                 served_model: str | None = Query(None, max_length=300),
                 since: int | None = Query(None, ge=0), limit: int = Query(5000, ge=1, le=50_000),
                 novel_below: float = Query(0.2, gt=0, le=1), max_ks: float = Query(0.3, gt=0, le=1),
                 max_novel_share: float = Query(0.5, gt=0, le=1)) -> dict:
     filters = _filters(None, None, None, model, served_model, None, None, since)
-    return await _svc(request).drift(dataset_id, filters, limit, novel_below=novel_below,
+    return await svc.drift(dataset_id, filters, limit, novel_below=novel_below,
                                      max_ks=max_ks, max_novel_share=max_novel_share)
 
 
 @admin.post("/review", summary="Accept, edit (= accept with a new answer) or reject captures")
-async def review(request: Request, body: Review) -> dict:
-    counts = await run_in_threadpool(_svc(request).review, body.accept, body.reject,
+async def review(svc: Curate, body: Review) -> dict:
+    counts = await run_in_threadpool(svc.review, body.accept, body.reject,
                                      [e.model_dump() for e in body.edit])
     return {"object": "capture.review", **counts}
 
 
 @admin.post("/publish", status_code=201, summary="Accepted captures -> a new dataset version")
-async def publish(request: Request, body: Publish) -> JSONResponse:
-    out = await _svc(request).publish(body.base_dataset_id, body.name, body.ids)
+async def publish(svc: Curate, body: Publish) -> JSONResponse:
+    out = await svc.publish(body.base_dataset_id, body.name, body.ids)
     return JSONResponse(out, status_code=201)
 
 
 @admin.post("/retrain", status_code=201,
             summary="Publish, then train on the new version (the gate decides as for any job)")
-async def retrain(request: Request, body: Retrain) -> JSONResponse:
-    out = await _svc(request).retrain(body.base_dataset_id, body.base_model, name=body.name,
+async def retrain(svc: Curate, body: Retrain) -> JSONResponse:
+    out = await svc.retrain(body.base_dataset_id, body.base_model, name=body.name,
                                       ids=body.ids, backend=body.backend,
                                       hyperparameters=body.hyperparameters,
                                       gate_alias=body.gate_alias)
@@ -201,5 +204,5 @@ async def retrain(request: Request, body: Retrain) -> JSONResponse:
 
 @admin.get("/{capture_id}", summary="One captured row", response_model=Capture,
            response_model_exclude_unset=True)
-async def get_capture(request: Request, capture_id: str) -> dict:
-    return capture_view(await run_in_threadpool(_svc(request).get, capture_id))
+async def get_capture(svc: Curate, capture_id: str) -> dict:
+    return capture_view(await run_in_threadpool(svc.get, capture_id))

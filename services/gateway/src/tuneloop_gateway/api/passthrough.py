@@ -17,6 +17,7 @@ from tuneloop.contracts import Alias, Deployment, Page
 
 from ..auth import require_admin
 from ..proxy import forward
+from .deps import InferenceDep, SettingsDep, UpstreamsDep
 
 router = APIRouter(tags=["passthrough"], dependencies=[Depends(require_admin)])
 
@@ -24,21 +25,20 @@ router = APIRouter(tags=["passthrough"], dependencies=[Depends(require_admin)])
 @router.get("/v1/aliases", summary="Aliases with their state per inference replica",
             response_model=Page[Alias],
             response_model_exclude_unset=True)
-async def aliases(request: Request) -> Page[Alias]:
-    return Page[Alias](object="list", data=await request.app.state.inference.aliases(), has_more=False)
+async def aliases(inference: InferenceDep) -> Page[Alias]:
+    return Page[Alias](object="list", data=await inference.aliases(), has_more=False)
 
 
 @router.get("/v1/deployments", summary="Deployments (engines) with their state per replica",
             response_model=Page[Deployment],
             response_model_exclude_unset=True)
-async def deployments(request: Request) -> Page[Deployment]:
-    return Page[Deployment](object="list", data=await request.app.state.inference.deployments(),
-                            has_more=False)
+async def deployments(inference: InferenceDep) -> Page[Deployment]:
+    return Page[Deployment](object="list", data=await inference.deployments(), has_more=False)
 
 
 @router.api_route("/v1/synthetic/{rest:path}", methods=["GET", "POST"])
-async def synthetic(request: Request, rest: str) -> Response:
+async def synthetic(request: Request, rest: str, s: SettingsDep,
+                    upstreams: UpstreamsDep) -> Response:
     """The dataset service's synthetic-data jobs (create, progress, rows, review, publish)."""
-    s = request.app.state.settings
-    return await forward(request, request.app.state.upstreams["dataset"], f"/v1/synthetic/{rest}",
+    return await forward(request, upstreams["dataset"], f"/v1/synthetic/{rest}",
                          limit=s.max_request_bytes)

@@ -19,13 +19,14 @@ import logging
 import multiprocessing
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.engine import CursorResult
 
 from tuneloop.db import Database
 from tuneloop.ids import new_id
@@ -96,7 +97,7 @@ class CaptureRecorder:
         except Exception:  # capture must never fail a request
             self.metrics.captures.labels("failed").inc()
 
-    async def tee(self, item: Pending, chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async def tee(self, item: Pending, chunks: AsyncIterable[Any]) -> AsyncIterator[Any]:
         """Pass a streamed answer through unchanged, keeping up to a byte cap of it; offer it
         once the stream has ended (a stream cut by the client is not captured)."""
         cap = self.settings.capture_max_chars * 8 + 65536
@@ -208,13 +209,19 @@ class CaptureRecorder:
         cutoff = int(time.time() - self.settings.capture_retention_days * 86400)
         gone = 0
         with self.db.session() as s:
-            gone += s.execute(delete(Capture).where(Capture.created_at < cutoff)).rowcount or 0
+            gone += _deleted(s, delete(Capture).where(Capture.created_at < cutoff))
             total = s.scalar(select(func.count()).select_from(Capture)) or 0
             over = total - self.settings.capture_max_rows
             if over > 0:
                 oldest = select(Capture.id).order_by(Capture.created_at, Capture.id).limit(over)
                 ids = list(s.scalars(oldest))
-                gone += s.execute(delete(Capture).where(Capture.id.in_(ids))).rowcount or 0
+                gone += _deleted(s, delete(Capture).where(Capture.id.in_(ids)))
         if gone:
             self.metrics.captures.labels("expired").inc(gone)
         return gone
+
+
+def _deleted(s: Any, statement: Any) -> int:
+    """Rows a DELETE removed (its cursor's row count)."""
+    result: CursorResult = s.execute(statement)
+    return result.rowcount or 0

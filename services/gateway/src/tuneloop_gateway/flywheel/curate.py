@@ -9,8 +9,9 @@ an edit cannot be accepted).
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import func, select
 
@@ -148,7 +149,8 @@ class CurateService:
             s.expunge(row)
             return row
 
-    def review(self, accept: list[str], reject: list[str], edit: list[dict[str, str]]) -> dict[str, int]:
+    def review(self, accept: builtins.list[str], reject: builtins.list[str],
+               edit: builtins.list[dict[str, str]]) -> dict[str, int]:
         """Accept, reject or edit (= accept with this answer) rows, all or nothing."""
         ids = accept + reject + [e["id"] for e in edit]
         if len(set(ids)) != len(ids):
@@ -191,7 +193,7 @@ class CurateService:
                 self.indexes.put(dataset_id, idx)
             return idx
 
-    async def similarities(self, dataset_id: str, rows: list[Capture]) -> dict[str, float]:
+    async def similarities(self, dataset_id: str, rows: builtins.list[Capture]) -> dict[str, float]:
         idx = await self.index(dataset_id)
 
         def run() -> dict[str, float]:
@@ -210,7 +212,7 @@ class CurateService:
 
     # -- publish and retrain ---------------------------------------------------------------------
     async def publish(self, base_dataset_id: str | None, name: str | None,
-                      ids: list[str] | None) -> dict[str, Any]:
+                      ids: builtins.list[str] | None) -> dict[str, Any]:
         """Accepted, unpublished captures (all, or ``ids``) + the base version's rows -> a new
         dataset version. The base's eval split is kept as the eval split, so the new version's
         gate compares on the same held-out rows."""
@@ -231,7 +233,7 @@ class CurateService:
                 "parent_dataset_id": base_dataset_id, "captures": len(rows),
                 "capture_ids": lineage["captures"]}
 
-    def _publishable(self, ids: list[str] | None) -> list[Capture]:
+    def _publishable(self, ids: builtins.list[str] | None) -> builtins.list[Capture]:
         with self.db.session() as s:
             q = select(Capture).where(Capture.status == "accepted", Capture.dataset_id.is_(None))
             if ids is not None:
@@ -248,13 +250,15 @@ class CurateService:
                                 code="no_accepted_captures")
         return rows
 
-    def _mark_published(self, ids: list[str], dataset_id: str) -> None:
+    def _mark_published(self, ids: builtins.list[str], dataset_id: str) -> None:
         with self.db.session() as s:
             for row in s.scalars(select(Capture).where(Capture.id.in_(ids))):
                 row.dataset_id = dataset_id
 
     async def retrain(self, base_dataset_id: str, base_model: str, *, name: str | None,
-                      ids: list[str] | None, backend: str, hyperparameters: dict[str, Any] | None,
+                      ids: builtins.list[str] | None,
+                      backend: Literal["auto", "unsloth", "peft"],
+                      hyperparameters: dict[str, Any] | None,
                       gate_alias: str | None) -> dict[str, Any]:
         """publish + a training job on the new version; the job calls this gateway back when it
         ends, so its candidate meets the same gate as any other."""

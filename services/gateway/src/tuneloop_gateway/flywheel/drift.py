@@ -19,6 +19,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +116,7 @@ class IndexCache:
             self._items.popitem(last=False)
 
 
-def quantiles(sorted_values: list[int], qs: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, float]:
+def quantiles(sorted_values: Sequence[float], qs: tuple[float, ...] = (0.1, 0.5, 0.9)) -> dict[str, float]:
     if not sorted_values:
         return {}
     n = len(sorted_values)

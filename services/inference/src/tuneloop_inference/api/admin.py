@@ -28,7 +28,7 @@ async def require_admin(request: Request, settings: SettingsDep) -> None:
 
 
 admin = [Depends(require_admin)]
-model_out = {"response_model_exclude_unset": True}  # fields as the service builds them
+model_out: dict[str, Any] = {"response_model_exclude_unset": True}  # fields as the service builds them
 
 
 class DeploymentIn(BaseModel):

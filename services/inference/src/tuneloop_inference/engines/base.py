@@ -272,7 +272,7 @@ class Engine(ABC):
         ``max_position_embeddings`` (config.json), capped by ``--max-model-len`` for vLLM."""
         if self._context_length is False:
             self._context_length = self._read_context_length()
-        return self._context_length  # type: ignore[return-value]
+        return self._context_length
 
     def _read_context_length(self) -> int | None:
         import json

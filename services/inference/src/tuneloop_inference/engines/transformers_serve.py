@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any
 
 
 TESTED = "5.17."  # the transformers series these patches are written and tested against
@@ -79,7 +80,7 @@ def _patch(served_name: str, model_dir: str) -> None:
 
     original_resolve = utils.BaseHandler._resolve_model
 
-    def _resolve_model(self, body: dict):  # noqa: ANN001, ANN202
+    def _resolve_model(self: Any, body: dict) -> tuple[Any, Any, Any]:
         if body.get("model") in (None, served_name):
             body["model"] = self.model_manager.force_model
         _, model, processor = original_resolve(self, body)
@@ -89,7 +90,8 @@ def _patch(served_name: str, model_dir: str) -> None:
 
     original_build = utils.BaseHandler._build_generation_config
 
-    def _build_generation_config(self, body: dict, model_generation_config, use_cb: bool = False):  # noqa: ANN001, ANN202
+    def _build_generation_config(self: Any, body: dict, model_generation_config: Any,
+                                 use_cb: bool = False) -> Any:
         config = original_build(self, body, model_generation_config, use_cb=use_cb)
         temperature = body.get("temperature")
         if temperature is not None and float(temperature) > 0:
@@ -100,7 +102,8 @@ def _patch(served_name: str, model_dir: str) -> None:
 
     completion_build = completion.CompletionHandler._build_generation_config
 
-    def _completion_build(self, body: dict, model_generation_config, use_cb: bool = False):  # noqa: ANN001, ANN202
+    def _completion_build(self: Any, body: dict, model_generation_config: Any,
+                          use_cb: bool = False) -> Any:
         config = completion_build(self, body, model_generation_config, use_cb=use_cb)
         if body.get("stop") is not None:
             config.stop_strings = body["stop"]
