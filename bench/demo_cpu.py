@@ -72,6 +72,9 @@ def main() -> int:
     p.add_argument("--var", default="/tmp/demo-cpu-var")
     p.add_argument("--timeout", type=float, default=3600)
     p.add_argument("--keep", action="store_true", help="leave the stack running (for bench/second_task.py)")
+    p.add_argument("--engine", default=None, choices=["vllm", "transformers"],
+                   help="INFERENCE_ENGINE for the run (default: the demo's own choice, vLLM CPU); "
+                        "transformers = the fallback engine, the baseline of issue 16")
     a = p.parse_args()
     burners = [mp.Process(target=_burn, daemon=True) for _ in range(os.cpu_count() or 1)] if a.burner else []
     for b in burners:
@@ -92,7 +95,8 @@ def main() -> int:
             rc = subprocess.run([sys.executable, "-m", "tuneloop.demo", "--var", a.var,
                                  *([] if a.keep else ["--stop"])],
                                 stdout=fh, stderr=subprocess.STDOUT, timeout=a.timeout,
-                                env={**os.environ, "COLUMNS": "120"}).returncode
+                                env={**os.environ, "COLUMNS": "120",
+                                     **({"INFERENCE_ENGINE": a.engine} if a.engine else {})}).returncode
     except subprocess.TimeoutExpired:
         rc = 124
     finally:
@@ -103,6 +107,7 @@ def main() -> int:
     path = Path(a.var) / "demo" / "summary.json"
     summary = json.loads(path.read_text()) if path.exists() else {}
     doc = record(summary, rc, wall, len(burners), loads, started)
+    doc["engine"] = a.engine or "default (vllm CPU)"
     if OUT.exists():
         doc["previous"] = json.loads(OUT.read_text())
     OUT.write_text(json.dumps(doc, indent=1, default=str) + "\n")
