@@ -1,9 +1,12 @@
 """The data-access boundary, checked in the source: blocking work is awaited through
-``tuneloop.offload.offload`` (one spelling, AnyIO's thread pool), routers get their services as
-dependencies (``api/deps.py``), never through ``request.app.state``. Static: reads files only.
+``tuneloop.offload`` (``offload`` / ``offloaded``: one spelling, AnyIO's thread pool), routers
+get their services as dependencies (``api/deps.py``), never through ``request.app.state``.
+Static: reads files only.
 
-Covered: ``shared/``, the dataset and trainer services, and the gateway's modules converted so
-far (the proxy path, canary and flywheel code are being changed by other work: see mypy.ini)."""
+Covered: ``shared/`` and all four services. One stated exception: the gateway's OpenAI
+generation routes (``api/proxy.py``) read the app state directly, because a dependency is solved
+per request and dependency solving was a third of that path's CPU (``bench/serve_load.py
+--profile``)."""
 
 from __future__ import annotations
 
@@ -18,10 +21,11 @@ CHECKED = sorted([
     *(ROOT / "shared/src/tuneloop").rglob("*.py"),
     *(ROOT / "services/dataset/src/tuneloop_dataset").rglob("*.py"),
     *(ROOT / "services/trainer/src/tuneloop_trainer").rglob("*.py"),
-    *(GATEWAY / "api" / f"{name}.py" for name in ("deps", "evals", "keys", "promotions", "replay")),
-    *(GATEWAY / f"{name}.py" for name in ("app", "auth", "promotion", "gate", "keys")),
-    *(GATEWAY / "evals").rglob("*.py"),
+    *GATEWAY.rglob("*.py"),
+    *(ROOT / "services/inference/src/tuneloop_inference").rglob("*.py"),
 ])
+# the hot path's direct reads (see the module doc): _ups and _generate's settings and captures
+STATE_ALLOWED = {GATEWAY / "api" / "proxy.py": 3}
 OTHER_OFFLOADS = re.compile(r"\b(asyncio\.to_thread|anyio\.to_thread|to_thread\.run_sync|"
                             r"run_in_threadpool)\b")
 STATE = re.compile(r"\brequest\.app\.state\b")
@@ -45,11 +49,14 @@ def test_one_offload_spelling(path: Path) -> None:
 @pytest.mark.parametrize("path", [p for p in CHECKED if p.exists() and p.parent.name == "api"],
                          ids=lambda p: str(p.relative_to(ROOT)))
 def test_routers_get_services_injected(path: Path) -> None:
+    if path.name == "deps.py":  # the providers themselves
+        return
     found = [f"{n}: {line.strip()}" for n, line in _code(path) if STATE.search(line)]
-    assert not found, "declare Annotated[..., from_state(name)] in api/deps.py:\n" + "\n".join(found)
+    assert len(found) <= STATE_ALLOWED.get(path, 0), \
+        "declare Annotated[..., from_state(name)] in api/deps.py:\n" + "\n".join(found)
 
 
 def test_the_checks_see_the_files() -> None:
     """A moved package must not silently empty the lists above."""
-    assert sum(p.parent.name == "api" for p in CHECKED) >= 10
-    assert len(CHECKED) >= 60
+    assert sum(p.parent.name == "api" for p in CHECKED) >= 20
+    assert len(CHECKED) >= 150

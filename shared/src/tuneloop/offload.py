@@ -12,7 +12,7 @@ The caller's context variables (the request id of the logs) travel into the thre
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import ParamSpec, TypeVar
 
 from anyio import to_thread
@@ -24,3 +24,14 @@ R = TypeVar("R")
 async def offload(fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
     """``fn(*args, **kwargs)`` in a worker thread, awaited."""
     return await to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+
+
+def offloaded(fn: Callable[P, R]) -> Callable[P, Awaitable[R]]:
+    """``fn`` made awaitable (a repository's blocking method as an ``async`` one): each call
+    runs it through :func:`offload`."""
+
+    @functools.wraps(fn)
+    async def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await offload(fn, *args, **kwargs)
+
+    return run

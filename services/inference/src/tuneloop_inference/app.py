@@ -11,11 +11,11 @@ from fastapi import FastAPI
 
 from tuneloop.app import build_service_app
 from tuneloop.settings import open_service_state
+from tuneloop.offload import offloaded
 
 from .api import admin, openai
 from .controller import Controller
 from .metrics import InferenceMetrics
-from .offload import offloaded
 from .settings import InferenceSettings
 
 MIGRATIONS = Path(__file__).parent / "migrations"

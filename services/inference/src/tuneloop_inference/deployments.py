@@ -19,13 +19,13 @@ from typing import Any
 
 from tuneloop import layout
 from tuneloop.storage import ArtifactStore
+from tuneloop.offload import offloaded
 
 from .db import Deployment, ReplicaDeployment
 from .engines import Engine, EngineError, make_engine
 from .metrics import InferenceMetrics
 from .observed import ObservedState
 from .placement import CpuCores, GpuAllocator, PlacementError, detect_gpus
-from .offload import offloaded
 from .repository import DesiredState
 from .routing import RoutingTable
 from .settings import InferenceSettings

@@ -19,9 +19,9 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from tuneloop.db import Database
+from tuneloop.offload import offloaded
 
 from .db import Deployment, Replica, ReplicaAlias, ReplicaDeployment
-from .offload import offloaded
 from .repository import now
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """The inference service's one data-access boundary: desired state (deployments, aliases).
 
-Every method is ``async`` and runs its SQL in a worker thread (:func:`.offload.offloaded`, the
+Every method is ``async`` and runs its SQL in a worker thread (:func:`tuneloop.offload.offloaded`, the
 one way this service leaves the event loop for blocking work); nothing else touches the
 database. A method is one unit of work (one session, one thread hop): checks and the write they
 guard happen in the same transaction.
@@ -19,9 +19,9 @@ from sqlalchemy.orm import Session
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, NotFound
 from tuneloop.ids import new_id
+from tuneloop.offload import offloaded
 
 from .db import Alias, AliasHistory, Deployment, Replica, ReplicaAlias, ReplicaDeployment
-from .offload import offloaded
 
 
 def now() -> int:

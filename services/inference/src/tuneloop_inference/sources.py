@@ -16,9 +16,9 @@ from tuneloop import layout
 from tuneloop.errors import Conflict, InvalidRequest, NotFound
 from tuneloop.ids import is_valid_id
 from tuneloop.storage import ArtifactStore
+from tuneloop.offload import offloaded
 
 from .placement import GpuAllocator, PlacementError
-from .offload import offloaded
 from .routing import ADAPTER_SUFFIX, NAME_RE, RoutingTable
 from .settings import InferenceSettings
 

@@ -14,13 +14,13 @@ import json
 import time
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
 from tuneloop.errors import NotFound
 from tuneloop.ids import is_valid_id
 from tuneloop.upstream import until_disconnect
+from tuneloop.offload import offload
 
 from ..auth import require_admin, require_inference
 from ..flywheel.capture import CaptureRecorder, Pending
@@ -107,7 +107,7 @@ async def get_model(model_id: str, request: Request, s: SettingsDep, upstreams: 
     if resp.status_code != 200:
         return resp
     lineage = json.loads(bytes(resp.body))
-    lineage["promotions"] = await run_in_threadpool(promotions.for_model, model_id)
+    lineage["promotions"] = await offload(promotions.for_model, model_id)
     return JSONResponse(lineage)
 
 

@@ -27,12 +27,12 @@ import logging
 import time
 from typing import Any
 
-from fastapi.concurrency import run_in_threadpool
 
 from tuneloop.clients.base import ServiceError
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, InvalidRequest, NotFound
 from tuneloop.ids import is_valid_id, new_id
+from tuneloop.offload import offload
 
 from ..db import Canary
 from ..flywheel.capture import CaptureRecorder
@@ -68,7 +68,7 @@ class CanaryService(CanaryTraffic):
             if t is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-        await asyncio.to_thread(self.store.save_stats, self._dirty())
+        await offload(self.store.save_stats, self._dirty())
 
     async def _sync_loop(self) -> None:
         while True:
@@ -81,8 +81,8 @@ class CanaryService(CanaryTraffic):
     async def refresh(self) -> None:
         """Store the counts, then follow the database (read in a thread, applied on the loop:
         the request path reads ``live`` without a lock)."""
-        await asyncio.to_thread(self.store.save_stats, self._dirty())
-        self._apply(await asyncio.to_thread(self.store.running_rows))
+        await offload(self.store.save_stats, self._dirty())
+        self._apply(await offload(self.store.running_rows))
 
     def _sync(self) -> None:
         self._apply(self.store.running_rows())
@@ -132,7 +132,7 @@ class CanaryService(CanaryTraffic):
                      limits=limits, stats={}, events=[event("started", f"{mode} canary of "
                      f"{candidate} on '{alias}' (stable: {stable}), weight {weight}")],
                      note=note, created_at=int(time.time()))
-        view = await run_in_threadpool(self.store.insert, row)
+        view = await offload(self.store.insert, row)
         await self.refresh()
         return view
 
@@ -155,29 +155,29 @@ class CanaryService(CanaryTraffic):
         return dep.model
 
     async def update(self, cid: str, *, weight: float | None, mode: str | None) -> dict[str, Any]:
-        view = await run_in_threadpool(self.store.update, cid, weight, mode)
+        view = await offload(self.store.update, cid, weight, mode)
         await self.refresh()
         return view
 
     async def rollback(self, cid: str, reason: str | None) -> dict[str, Any]:
         """End the canary by hand: the candidate gets no more traffic; the alias is unchanged."""
-        await run_in_threadpool(self.store.get_running, cid)
+        await offload(self.store.get_running, cid)
         live = self._live_by_id(cid)
         if live is not None:
             self.live.pop(live.alias, None)
         stats = {k: a.summary() for k, a in live.arms.items()} if live else None
         self.metrics.canary_decisions.labels("rolled_back", "manual").inc()
-        return await run_in_threadpool(self.store.finish, cid, "rolled_back",
+        return await offload(self.store.finish, cid, "rolled_back",
                                        f"rolled back by hand: {reason or 'no reason given'}", stats)
 
     async def promote(self, cid: str, *, gate: bool, dataset_id: str | None,
                       note: str | None) -> dict[str, Any]:
         """Promote the candidate through the normal path: the alias flip (a promotion decision
         whose evidence is this comparison), or the gate (which flips only on a pass)."""
-        row = await run_in_threadpool(self.store.get_running, cid)
+        row = await offload(self.store.get_running, cid)
         live = self._live_by_id(cid)
         stats = {k: a.summary() for k, a in live.arms.items()} if live else dict(row.stats)
-        quality = await run_in_threadpool(self.store.quality, cid)
+        quality = await offload(self.store.quality, cid)
         evidence = {"canary": {"id": cid, "mode": row.mode, "weight": row.weight,
                                "comparison": {**stats, "quality": quality}}}
         if gate:
@@ -189,16 +189,16 @@ class CanaryService(CanaryTraffic):
             decision = await self.promotions.promote(PromoteRequest(
                 alias=row.alias, model=row.candidate,
                 note=note or f"promoted from canary {cid}"))
-        await run_in_threadpool(self.promotions._set, decision["id"], model_id=row.model_id,
+        await offload(self.promotions._set, decision["id"], model_id=row.model_id,
                                 evidence={**decision["evidence"], **evidence})
-        decision = await run_in_threadpool(self.promotions.get, decision["id"])
+        decision = await offload(self.promotions.get, decision["id"])
         if live is not None:
             self.live.pop(live.alias, None)
         status = "promoted" if decision["status"] == "promoted" else "stopped"
         self.metrics.canary_decisions.labels(status, "gate" if gate else "manual").inc()
         reason = (f"promoted: '{row.alias}' now serves {row.candidate}" if status == "promoted"
                   else f"the gate decided '{decision['status']}': the alias stays on {row.stable}")
-        view = await run_in_threadpool(self.store.finish, cid, status, reason, stats,
+        view = await offload(self.store.finish, cid, status, reason, stats,
                                        promotion_id=decision["id"])
         return {**view, "promotion": decision}
 

@@ -30,6 +30,7 @@ from sqlalchemy.engine import CursorResult
 
 from tuneloop.db import Database
 from tuneloop.ids import new_id
+from tuneloop.offload import offload
 
 from ..auth import Principal
 from ..db import Capture
@@ -145,11 +146,11 @@ class CaptureRecorder:
                 batch.append(self.queue.get_nowait())
             try:
                 results = await self._prepare(batch)
-                outcomes = await asyncio.to_thread(self._write, batch, results)
+                outcomes = await offload(self._write, batch, results)
                 for outcome, n in outcomes.items():
                     self.metrics.captures.labels(outcome).inc(n)
                 if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
-                    await asyncio.to_thread(self.prune)
+                    await offload(self.prune)
             except asyncio.CancelledError:
                 raise
             except Exception:  # counted and logged, never the user's error
@@ -174,7 +175,7 @@ class CaptureRecorder:
             except BrokenProcessPool:
                 self._pool = None
                 raise
-        return await asyncio.to_thread(prepare_batch, items, limit)
+        return await offload(prepare_batch, items, limit)
 
     def _write(self, batch: list[Pending], results: list[tuple[str, Any]]) -> Counter[str]:
         outcomes: Counter[str] = Counter()

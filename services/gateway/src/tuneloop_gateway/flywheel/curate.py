@@ -20,6 +20,7 @@ from tuneloop.clients.trainer import TrainerClient
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, NotFound, Unprocessable
 from tuneloop.textmetrics import parse_json, rouge_l, tokens
+from tuneloop.offload import offload
 
 from ..auth import Principal
 from ..db import Capture
@@ -87,11 +88,11 @@ class CurateService:
     # -- feedback (any key, on its own answers) ----------------------------------------------
     async def feedback(self, principal: Principal, response_id: str, rating: str | None,
                        correction: str | None, comment: str | None) -> dict[str, Any]:
-        found = await asyncio.to_thread(self._feedback, principal, response_id, rating,
+        found = await offload(self._feedback, principal, response_id, rating,
                                         correction, comment)
         if found is None:  # the answer may still be on its way to the table (queued or
             await self.recorder.flush()  # being written): wait for the writer, at most 5 s
-            found = await asyncio.to_thread(self._feedback, principal, response_id, rating,
+            found = await offload(self._feedback, principal, response_id, rating,
                                             correction, comment)
         if found is None:
             raise NotFound(f"no captured response '{response_id[:100]}' for this key (capture is "
@@ -189,7 +190,7 @@ class CurateService:
                 rows = await self.dataset.all_rows(dataset_id, "train",
                                                    limit=self.settings.drift_max_training_rows)
                 prompts = [prompt_text(r.get("messages") or []) for r in rows]
-                idx = await asyncio.to_thread(TrainingIndex.build, prompts)
+                idx = await offload(TrainingIndex.build, prompts)
                 self.indexes.put(dataset_id, idx)
             return idx
 
@@ -199,14 +200,14 @@ class CurateService:
         def run() -> dict[str, float]:
             return {r.id: round(idx.nearest(shingles(tokens(prompt_text(r.messages)))), 4)
                     for r in rows}
-        return await asyncio.to_thread(run)
+        return await offload(run)
 
     async def drift(self, dataset_id: str, filters: dict[str, Any], limit: int,
                     **limits: float) -> dict[str, Any]:
         idx = await self.index(dataset_id)
-        rows, _ = await asyncio.to_thread(self.list, filters, 0, limit)
+        rows, _ = await offload(self.list, filters, 0, limit)
         prompts = [prompt_text(r.messages) for r in rows]
-        report = await asyncio.to_thread(drift_report, idx, prompts, **limits)
+        report = await offload(drift_report, idx, prompts, **limits)
         return {**report, "dataset_id": dataset_id, "filters": {k: v for k, v in filters.items()
                                                                 if v is not None}}
 
@@ -216,7 +217,7 @@ class CurateService:
         """Accepted, unpublished captures (all, or ``ids``) + the base version's rows -> a new
         dataset version. The base's eval split is kept as the eval split, so the new version's
         gate compares on the same held-out rows."""
-        rows = await asyncio.to_thread(self._publishable, ids)
+        rows = await offload(self._publishable, ids)
         train = [training_row(r) for r in rows]
         eval_rows = None
         if base_dataset_id:
@@ -228,7 +229,7 @@ class CurateService:
                    "responses": [r.response_id for r in rows if r.response_id]}
         ds = await self.dataset.create_from_rows(
             train, eval_rows=eval_rows or None, name=name or "captured", lineage=lineage)
-        await asyncio.to_thread(self._mark_published, [r.id for r in rows], ds.id)
+        await offload(self._mark_published, [r.id for r in rows], ds.id)
         return {"object": "capture.publication", "dataset": ds.to_dict(),
                 "parent_dataset_id": base_dataset_id, "captures": len(rows),
                 "capture_ids": lineage["captures"]}

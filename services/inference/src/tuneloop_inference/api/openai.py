@@ -20,10 +20,10 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from tuneloop import upstream
 from tuneloop.errors import (InvalidRequest, NotFound, ServiceUnavailable, TuneloopError,
                              UpstreamError, UpstreamTimeout, error_body)
+from tuneloop.offload import offloaded
 
 from ..engines import Engine
 from ..metrics import InferenceMetrics
-from ..offload import offloaded
 from ..protocol import validate
 from ..routing import RoutingTable
 from .deps import GenerationDep, RoutingDep, SettingsDep, authorize_openai

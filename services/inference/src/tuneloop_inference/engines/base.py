@@ -27,8 +27,8 @@ import httpx
 
 from tuneloop import upstream
 from tuneloop.errors import RateLimited
+from tuneloop.offload import offloaded
 
-from ..offload import offloaded
 from ..settings import InferenceSettings
 
 
