@@ -402,6 +402,18 @@ def test_trainer_job_for_the_overlay_validates(rendered, overlay: str,
     # training pods carry the label the internal NetworkPolicy admits (they call nothing,
     # but the gateway's callback and metrics come from the service pods)
     assert job["metadata"]["labels"]["app.kubernetes.io/part-of"] == "tuneloop"
+    # the same overlay with the artifact store on S3 (storage.yaml's alternative): still a valid
+    # Job; no volume, the bucket URL, the credentials as references to the overlay's Secret
+    monkeypatch.setenv("TUNELOOP_ARTIFACT_URL", "s3://tuneloop-artifacts/prod")
+    monkeypatch.setenv("TUNELOOP_S3_ENDPOINT_URL", "https://minio.storage.svc:9000")
+    on_s3 = build_job_manifest(TrainerSettings(), "job-0123456789abcdef")
+    for version in K8S_VERSIONS:
+        kubernetes_validate.validate(on_s3, version, strict=True)
+    s3_pod = on_s3["spec"]["template"]["spec"]
+    assert not [v for v in s3_pod["volumes"] if "persistentVolumeClaim" in v]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in s3_pod["containers"][0]["env"]
+            if "valueFrom" in e}
+    assert refs and refs <= set(by_kind["Secret"])
 
 
 # -- observability files (deploy/grafana is generated; compose mounts it) -------------------

@@ -215,3 +215,62 @@ def test_node_selector_and_tolerations_are_configurable(tmp_path: Path, fake_kub
     bad["spec"]["template"]["spec"]["tolerations"] = [{"key": "x", "operatr": "Exists"}]
     with pytest.raises(kubernetes_validate.ValidationError):  # a typo caught by the real schema
         kubernetes_validate.validate(bad, "1.33", strict=True)
+
+
+def test_a_job_on_an_object_store_runs_from_its_manifest_alone(
+        tmp_path: Path, fake_kube: FakeKube, s3_server, s3_artifact_url: str, s3_storage_options,
+        tiny_random_dir: Path, ticket_rows) -> None:
+    """With an s3:// artifact store the Job mounts no volume: it carries the bucket URL, the
+    service's endpoint and region, and references to the Secret's two credential keys. The API
+    server (fake) accepts it; then, as a kubelet would, the container's command runs with the
+    container's env alone (the Secret's keys resolved, the scratch volume a folder) and trains
+    the job in the bucket: events, model and result there, nothing on any local store."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from tuneloop import layout
+    from tuneloop.testing.s3 import ACCESS_KEY, SECRET_KEY
+    from test_pipeline import JOB, MV, _job, _put_dataset
+
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    s = _settings(tmp_path, fake_kube, artifact_url=s3_artifact_url, k8s_gpus=0,
+                  k8s_scratch_mount=str(scratch),
+                  s3_endpoint_url=s3_storage_options["endpoint_url"],
+                  s3_region=s3_storage_options["client_kwargs"]["region_name"],
+                  s3_access_key_id=ACCESS_KEY, s3_secret_access_key=SECRET_KEY)
+    m = build_job_manifest(s, JOB)
+    pod = m["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert [v["name"] for v in pod["volumes"]] == ["dshm", "scratch"]      # no PVC
+    assert container["command"][-2:] == ["--store", s3_artifact_url]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["TUNELOOP_ARTIFACT_URL"]["value"] == s3_artifact_url
+    assert env["TUNELOOP_S3_ENDPOINT_URL"]["value"] == s3_storage_options["endpoint_url"]
+    assert env["TMPDIR"]["value"] == str(scratch)
+    for key in ("TUNELOOP_S3_ACCESS_KEY_ID", "TUNELOOP_S3_SECRET_ACCESS_KEY"):
+        assert env[key] == {"name": key, "valueFrom": {"secretKeyRef": {
+            "name": "tuneloop-secrets", "key": key, "optional": True}}}   # never the value
+    assert ACCESS_KEY not in json.dumps(m) and SECRET_KEY not in json.dumps(m)  # the service
+    # knows them (it uses the bucket too); the Job object only names the Secret
+    ex = KubernetesExecutor(s, s.open_artifact_store())
+    assert asyncio.run(ex.start(JOB))["name"] == k8s_name(JOB)               # the API accepts it
+    asyncio.run(ex.close())
+
+    store = s.open_artifact_store()
+    key = _put_dataset(store, ticket_rows[:12], tmp_path)
+    spec = _job(store, tmp_path, tiny_random_dir, key, num_train_epochs=1).spec
+    store.write_bytes(layout.job_spec(JOB), json.dumps(spec).encode())
+    secret = {"TUNELOOP_S3_ACCESS_KEY_ID": ACCESS_KEY, "TUNELOOP_S3_SECRET_ACCESS_KEY": SECRET_KEY}
+    kubelet_env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+                   **{k: e["value"] if "value" in e else secret[e["valueFrom"]["secretKeyRef"]["key"]]
+                      for k, e in env.items()}}
+    cmd = [sys.executable if part == "python" else part for part in container["command"]]
+    done = subprocess.run(cmd, env=kubelet_env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    result = json.loads(store.read_bytes(layout.job_result(JOB)))
+    assert result["model_id"] == MV and store.exists(layout.model_merged(MV))
+    assert not (tmp_path / "var" / "artifacts").exists()    # the service's local default unused

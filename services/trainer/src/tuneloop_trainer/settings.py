@@ -46,8 +46,19 @@ class TrainerSettings(ServiceSettings):
     k8s_api_url: str = Field("https://kubernetes.default.svc", description="Kubernetes API server.")
     k8s_namespace: str = Field("tuneloop", description="Namespace of training Jobs.")
     k8s_image: str = Field("tuneloop/trainer-gpu:0.1.0", description="Image running run_job.")
-    k8s_artifact_pvc: str = Field("tuneloop-artifacts", description="PVC holding the artifact store.")
+    k8s_artifact_pvc: str = Field("tuneloop-artifacts", description="PVC holding the artifact "
+                                  "store (a local-path store; unused when ARTIFACT_URL is s3://).")
     k8s_artifact_mount: str = Field("/artifacts", description="Mount path of the PVC in the Job.")
+    k8s_s3_secret: str | None = Field(
+        "tuneloop-secrets", description="With an s3:// artifact store: the Secret whose "
+        "TUNELOOP_S3_ACCESS_KEY_ID / TUNELOOP_S3_SECRET_ACCESS_KEY keys become the Job's S3 "
+        "credentials (only those two keys; optional, so a Secret without them, or workload "
+        "identity, works too). The endpoint and region are the service's own settings. Empty: "
+        "no Secret (credentials from the node or a service-account role).")
+    k8s_scratch_mount: str = Field(
+        "/scratch", description="Mount path of the Job's scratch volume (an emptyDir; TMPDIR): "
+        "with an s3:// store the job's working files (events, checkpoints, the model before "
+        "upload) live there.")
     k8s_gpus: int = Field(1, ge=0, le=16, description="nvidia.com/gpu per Job (a job with "
                           "gpus: N > this asks for N); 0: a CPU cluster, no GPU requested.")
     k8s_node_selector: dict[str, str] = Field(

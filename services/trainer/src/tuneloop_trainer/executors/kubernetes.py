@@ -2,7 +2,9 @@
 
 The Job mounts the artifact-store volume (the same PVC the service uses), asks for GPUs, and
 runs ``python -m tuneloop_trainer.run_job <job-id> --store <mount>`` (under torchrun, with
-N GPUs requested, for a job with ``gpus: N``). Events and the result come
+N GPUs requested, for a job with ``gpus: N``). With an object store (``s3://``) there is no
+volume to share: the Job gets the bucket URL, the service's endpoint and region, and the two
+credential keys of a Secret, and works in a scratch ``emptyDir``. Events and the result come
 back through the shared store, exactly as with the local executor. A pod that dies is retried
 by Kubernetes (``backoffLimit``) and resumes from the last checkpoint; the ``podFailurePolicy``
 does not count an eviction or preemption against that limit and fails the Job at once on an
@@ -50,11 +52,17 @@ def build_job_manifest(settings: TrainerSettings, job_id: str, gpus: int = 1) ->
     """The batch/v1 Job for ``job_id`` (pure function: tested against the API contract). A job
     with ``gpus > 1`` asks for that many GPUs and runs the entrypoint under torchrun."""
     mount = settings.k8s_artifact_mount
+    store_url = settings.resolved_artifact_url()
+    on_s3 = store_url.startswith(("s3://", "s3a://"))
+    store = store_url if on_s3 else mount
     labels = {"app.kubernetes.io/part-of": "tuneloop", "app.kubernetes.io/component": "training-job",
               LABEL_JOB: job_id}
-    env = [{"name": "TUNELOOP_ARTIFACT_URL", "value": mount},
+    env = [{"name": "TUNELOOP_ARTIFACT_URL", "value": store},
            {"name": "HF_HUB_OFFLINE", "value": os.environ.get("HF_HUB_OFFLINE", "1")},
-           {"name": "PYTHONUNBUFFERED", "value": "1"}]
+           {"name": "PYTHONUNBUFFERED", "value": "1"},
+           {"name": "TMPDIR", "value": settings.k8s_scratch_mount}]
+    if on_s3:
+        env += s3_env(settings)
     env += [{"name": k, "value": v} for k, v in sorted(settings.job_env.items())]
     requests: dict[str, str] = {"cpu": settings.k8s_cpu, "memory": settings.k8s_memory}
     limits: dict[str, str] = {"memory": settings.k8s_memory}
@@ -65,11 +73,12 @@ def build_job_manifest(settings: TrainerSettings, job_id: str, gpus: int = 1) ->
         "name": "trainer",
         "image": settings.k8s_image,
         "imagePullPolicy": "IfNotPresent",
-        "command": job_command("python", job_id, mount, gpus=gpus),
+        "command": job_command("python", job_id, store, gpus=gpus),
         "env": env,
         "resources": {"requests": requests, "limits": limits},
-        "volumeMounts": [{"name": "artifacts", "mountPath": mount},
-                         {"name": "dshm", "mountPath": "/dev/shm"}],
+        "volumeMounts": [*([] if on_s3 else [{"name": "artifacts", "mountPath": mount}]),
+                         {"name": "dshm", "mountPath": "/dev/shm"},
+                         {"name": "scratch", "mountPath": settings.k8s_scratch_mount}],
         "securityContext": {"allowPrivilegeEscalation": False, "privileged": False,
                             "capabilities": {"drop": ["ALL"]}},
     }
@@ -80,9 +89,10 @@ def build_job_manifest(settings: TrainerSettings, job_id: str, gpus: int = 1) ->
         "securityContext": {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
                             "fsGroup": uid, "seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [container],
-        "volumes": [{"name": "artifacts",
-                     "persistentVolumeClaim": {"claimName": settings.k8s_artifact_pvc}},
-                    {"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+        "volumes": [*([] if on_s3 else [{"name": "artifacts", "persistentVolumeClaim": {
+                        "claimName": settings.k8s_artifact_pvc}}]),
+                    {"name": "dshm", "emptyDir": {"medium": "Memory"}},
+                    {"name": "scratch", "emptyDir": {}}],
     }
     if settings.k8s_node_selector:
         pod_spec["nodeSelector"] = dict(settings.k8s_node_selector)
@@ -111,6 +121,20 @@ def build_job_manifest(settings: TrainerSettings, job_id: str, gpus: int = 1) ->
             "template": {"metadata": {"labels": labels}, "spec": pod_spec},
         },
     }
+
+
+def s3_env(settings: TrainerSettings) -> list[dict[str, Any]]:
+    """A Job's S3 settings: the service's endpoint and region as values, the credentials as
+    references to the Secret's two keys (never the values themselves in the Job object)."""
+    env: list[dict[str, Any]] = [
+        {"name": f"TUNELOOP_S3_{name}", "value": value}
+        for name, value in (("ENDPOINT_URL", settings.s3_endpoint_url),
+                            ("REGION", settings.s3_region)) if value]
+    if settings.k8s_s3_secret:
+        env += [{"name": key, "valueFrom": {"secretKeyRef": {
+            "name": settings.k8s_s3_secret, "key": key, "optional": True}}}
+            for key in ("TUNELOOP_S3_ACCESS_KEY_ID", "TUNELOOP_S3_SECRET_ACCESS_KEY")]
+    return env
 
 
 class KubernetesExecutor(Executor):
