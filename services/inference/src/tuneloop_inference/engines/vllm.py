@@ -23,9 +23,10 @@ attribute 'finalize_loading'`` and compiled again (~130 s on 2 cores); vLLM had 
 compile off on CPU once for a similar reload crash (vllm-project/vllm#32033, #32037) and 0.32
 turns it on again. The engine therefore starts compiled CPU engines with ``VLLM_USE_AOT_COMPILE=0``
 and inductor's own cache under the data dir (``TORCHINDUCTOR_CACHE_DIR``), so the failing reload
-is never attempted: a restart on that cache took 57.6 s against 141.7 s cold and 40.7 s eager
-(bench/results/cpu_compile_cache.json). Eager stays the CPU default: compiled decoding was no
-faster (0.98 of eager at 16 clients) for the longer start-up.
+is never attempted: a restart on that cache took 54.6 s against 115.9 s cold and 48.9 s eager,
+while vLLM's default (AOT on) failed the reload and compiled again (115.7 s;
+bench/results/cpu_compile_cache.json). Eager stays the CPU default: compiled decoding was 0.98x
+to 1.16x of eager at 16 clients in two runs, not worth a cold compile in a demo.
 
 With LoRA on (``vllm_enable_lora``; by default on CPU for the base deployment, where the gateway
 attaches candidates: LoRA slows every request of an engine that has it) the engine starts with ``--enable-lora``
