@@ -75,9 +75,7 @@ class CanaryStore:
                **fields: Any) -> dict[str, Any]:
         """End a running canary with ``status`` (a no-op on one already ended)."""
         with self.db.session() as s:
-            row = s.get(Canary, cid)
-            if row is None:
-                raise NotFound(f"canary '{cid[:80]}' not found", code="canary_not_found")
+            row = _row(s, cid)
             if row.status == "running":
                 row.status, row.finished_at = status, int(time.time())
                 row.events = [*row.events, event(status, reason)]
@@ -95,9 +93,7 @@ class CanaryStore:
 
     def get(self, cid: str) -> Canary:
         with self.db.session() as s:
-            row = s.get(Canary, cid)
-            if row is None:
-                raise NotFound(f"canary '{cid[:80]}' not found", code="canary_not_found")
+            row = _row(s, cid)
             s.expunge(row)
             return row
 
@@ -133,10 +129,15 @@ class CanaryStore:
         return out
 
 
-def _running(s: Any, cid: str) -> Canary:
+def _row(s: Any, cid: str) -> Canary:
     row = s.get(Canary, cid)
     if row is None:
         raise NotFound(f"canary '{cid[:80]}' not found", code="canary_not_found")
+    return row
+
+
+def _running(s: Any, cid: str) -> Canary:
+    row = _row(s, cid)
     if row.status != "running":
         raise Conflict(f"canary {cid} is {row.status}", code="canary_not_running")
     return row
