@@ -41,7 +41,7 @@ def _start(svc: CanaryService, db: Database, weight: float, **limits) -> Live:
         s.add(Canary(id=cid, alias="bot", stable="mv-old", candidate="mv-new", model_id=None,
                      mode="weighted", weight=weight, status="running", limits=LIMITS | limits,
                      stats={}, events=[], created_at=int(time.time())))
-    svc._sync()
+    asyncio.run(svc.refresh())
     live = svc.live["bot"]
     live.rng = random.Random(7)
     return live
@@ -135,8 +135,8 @@ def test_latency_limit_against_the_stable_model():
 def test_per_key_token_metering(tmp_path):
     metrics = GatewayMetrics(ServiceMetrics("gateway"))
     keys = KeyStore(_service(tmp_path)[2])
-    key, view = keys.create("tenant-a", ["inference"], models=["bot"])
-    principal = keys.verify(key)
+    key, view = asyncio.run(keys.create("tenant-a", ["inference"], models=["bot"]))
+    principal = asyncio.run(keys.verify(key))
     assert principal.may_call("bot") and not principal.may_call("other")
     assert view["models"] == ["bot"]
     body = {"id": "x", "choices": [{"message": {"content": '"prompt_tokens": 999'}}],
@@ -163,7 +163,7 @@ def test_the_usage_chunk_we_asked_for_is_metered_then_taken_out(tmp_path):
     the client gets every other event intact, however the upstream cut the bytes."""
     metrics = GatewayMetrics(ServiceMetrics("gateway"))
     keys = KeyStore(_service(tmp_path)[2])
-    key, view = keys.create("tenant-b", ["inference"])
+    key, view = asyncio.run(keys.create("tenant-b", ["inference"]))
     events = [b'data: {"choices":[{"delta":{"content":"hi"}}]}\n\n',
               b'data: {"choices":[{"delta":{},"finish_reason":"stop"}]}\n\n',
               b'data: {"id":"c","choices": [ ],"usage":{"prompt_tokens":7,"completion_tokens":4}}'
@@ -178,7 +178,7 @@ def test_the_usage_chunk_we_asked_for_is_metered_then_taken_out(tmp_path):
         return b"".join([c async for c in resp.body_iterator])
     asked = SimpleNamespace(state=SimpleNamespace(usage_added=True))
     got = asyncio.run(drain(without_added_usage(asked, meter(
-        metrics, keys.verify(key), StreamingResponse(chunks())))))
+        metrics, asyncio.run(keys.verify(key)), StreamingResponse(chunks())))))
     assert got == events[0] + events[1] + events[3]
     assert metrics.key_tokens.labels(view["id"], "completion")._value.get() == 4
     not_asked = SimpleNamespace(state=SimpleNamespace())   # the client asked: it gets the usage
@@ -190,7 +190,7 @@ def test_stats_survive_a_restart(tmp_path):
     live = _start(svc, db, 1.0, max_latency_ratio=None)
     send, _ = _engine()
     asyncio.run(_traffic(svc, live, send, 5))
-    svc._save_stats(svc._dirty())
+    asyncio.run(svc.refresh())   # the sync loop's round: the counts stored, the database followed
     again, _, _ = _service(tmp_path)
-    again._sync()
+    asyncio.run(again.refresh())
     assert again.live["bot"].arms["candidate"].requests == 5

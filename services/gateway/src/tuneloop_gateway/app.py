@@ -52,7 +52,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.db = db
         app.state.keys = KeyStore(db, ttl=s.key_cache_ttl_s, size=s.key_cache_size)
         app.state.limiter = RateLimiter()
-        app.state.bootstrap_key = await offload(bootstrap_admin_key, app.state.keys, s)
+        app.state.bootstrap_key = await bootstrap_admin_key(app.state.keys, s)
         c, t = s.connect_timeout_s, s.http_timeout_s
         token = s.outgoing_service_token()  # internal calls are authenticated
         app.state.upstreams = {
@@ -72,8 +72,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         inference = InferenceClient(s.inference_url, timeout=t, api_key=s.inference_admin_key,
                                     deploy_timeout=s.deploy_timeout_s)
         app.state.inference = inference
-        app.state.evals = EvalService(s, db, app.state.store, dataset, gw_metrics, inference)
-        await offload(app.state.evals.recover)
+        # reads the general suite's file: built off the event loop
+        app.state.evals = await offload(EvalService, s, db, app.state.store, dataset, gw_metrics,
+                                        inference)
+        await app.state.evals.recover()
         app.state.promotions = PromotionService(s, db, trainer, inference, app.state.evals, gw_metrics)
         await app.state.promotions.start()
         app.state.captures = CaptureRecorder(s, db, gw_metrics)
@@ -81,7 +83,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.curate = CurateService(s, db, app.state.captures, dataset, trainer)
         app.state.canaries = CanaryService(db, gw_metrics, inference, app.state.promotions,
                                            app.state.captures, app.state.upstreams["inference"])
-        app.state.canaries.start()
+        await app.state.canaries.start()
         try:
             yield
         finally:

@@ -20,14 +20,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fastapi import Request
-from sqlalchemy import select
 
 from tuneloop.db import Database
-from tuneloop.errors import Forbidden, InvalidRequest, NotFound, RateLimited, Unauthorized
+from tuneloop.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
 from tuneloop.ids import new_id
 from tuneloop.offload import offload
 
 from .db import ApiKey
+from .repository.keys import KeyRepository
 from .settings import GatewaySettings
 
 log = logging.getLogger("tuneloop.gateway.auth")
@@ -71,29 +71,29 @@ def key_view(row: ApiKey) -> dict:
 
 
 class KeyStore:
-    """Create, list, revoke and verify keys.
+    """Create, list, revoke and verify keys (stored through :class:`.repository.KeyRepository`).
 
     Valid keys are cached for ``ttl`` seconds in a bounded LRU (``size`` entries: the least
     recently used valid key leaves first, never all at once). Unknown keys are remembered
     apart, in a small LRU of their own (``miss_size``), so a flood of made-up keys cycles
     through that one and cannot push a single valid key out of the other; creating a key
-    forgets its miss, revoking one forgets its entry (not the whole cache)."""
+    forgets its miss, revoking one forgets its entry (not the whole cache). The caches live on
+    the event loop (only the database look-up leaves it), so they need no lock."""
 
     def __init__(self, db: Database, ttl: float = 30.0, size: int = 10_000,
                  miss_size: int = 1024) -> None:
-        self.db = db
+        self.repo = KeyRepository(db)
         self.ttl = ttl
         self.size = max(1, size)
         self.miss_size = max(0, miss_size)
         self._cache: OrderedDict[str, tuple[float, Principal]] = OrderedDict()
         self._misses: OrderedDict[str, float] = OrderedDict()
-        self._lock = threading.Lock()
-        #: digest -> the one database look-up in flight for it (used on the event loop only)
+        #: digest -> the one database look-up in flight for it
         self._inflight: dict[str, asyncio.Future[Principal | None]] = {}
 
-    def create(self, name: str, scopes: list[str], rate_limit_rpm: int | None = None,
-               key: str | None = None, capture: bool = False,
-               models: list[str] | None = None) -> tuple[str, dict]:
+    async def create(self, name: str, scopes: list[str], rate_limit_rpm: int | None = None,
+                     key: str | None = None, capture: bool = False,
+                     models: list[str] | None = None) -> tuple[str, dict]:
         """Store a new key (generated unless given) and return ``(key, view)``."""
         bad = [s for s in scopes if s not in SCOPES]
         if not scopes or bad:
@@ -104,121 +104,85 @@ class KeyStore:
         key = key or generate_key()
         if len(key) < 20:
             raise InvalidRequest("keys must be at least 20 characters", code="key_too_short")
-        row = ApiKey(id=new_id("key"), name=name[:200], prefix=key[:12], key_hash=hash_key(key),
-                     scopes=sorted(set(scopes)), rate_limit_rpm=rate_limit_rpm,
-                     created_at=int(time.time()), revoked_at=None, capture=capture,
-                     models=sorted(set(models)) if models is not None else None)
-        with self.db.session() as s:
-            if s.scalar(select(ApiKey).where(ApiKey.key_hash == row.key_hash)) is not None:
-                raise InvalidRequest("this key already exists", code="key_exists")
-            s.add(row)
-        with self._lock:
-            self._misses.pop(row.key_hash, None)
+        row = await self.repo.add(ApiKey(
+            id=new_id("key"), name=name[:200], prefix=key[:12], key_hash=hash_key(key),
+            scopes=sorted(set(scopes)), rate_limit_rpm=rate_limit_rpm, created_at=int(time.time()),
+            revoked_at=None, capture=capture,
+            models=sorted(set(models)) if models is not None else None))
+        self._misses.pop(row.key_hash, None)
         return key, key_view(row)
 
-    def list(self, include_revoked: bool = False) -> list[dict]:
-        with self.db.session() as s:
-            q = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)
-            if not include_revoked:
-                q = q.where(ApiKey.revoked_at.is_(None))
-            return [key_view(r) for r in s.scalars(q)]
+    async def list(self, include_revoked: bool = False) -> list[dict]:
+        return [key_view(r) for r in await self.repo.list(include_revoked)]
 
-    def revoke(self, key_id: str) -> dict:
-        with self.db.session() as s:
-            row = s.get(ApiKey, key_id)
-            if row is None:
-                raise NotFound(f"api key '{key_id[:80]}' not found", code="api_key_not_found")
-            if row.revoked_at is None:
-                row.revoked_at = int(time.time())
-            view = key_view(row)
-            digest = row.key_hash
-        with self._lock:
-            self._cache.pop(digest, None)
-        return view
+    async def revoke(self, key_id: str) -> dict:
+        row = await self.repo.revoke(key_id)
+        self._cache.pop(row.key_hash, None)
+        return key_view(row)
 
-    def set_capture(self, key_id: str, capture: bool | None = None,
-                    models: builtins.list[str] | None = None, unbind: bool = False) -> dict:
+    async def set_capture(self, key_id: str, capture: bool | None = None,
+                          models: builtins.list[str] | None = None, unbind: bool = False) -> dict:
         """Opt a key in to (or out of) traffic capture, bind it to ``models`` (or ``unbind`` it:
         any model again); its cached entry is forgotten."""
-        with self.db.session() as s:
-            row = s.get(ApiKey, key_id)
-            if row is None or row.revoked_at is not None:
-                raise NotFound(f"api key '{key_id[:80]}' not found", code="api_key_not_found")
-            if capture is not None:
-                row.capture = capture
-            if models is not None or unbind:
-                row.models = None if unbind else sorted(set(models or []))
-            view = key_view(row)
-            digest = row.key_hash
-        with self._lock:
-            self._cache.pop(digest, None)
-        return view
+        row = await self.repo.update(key_id, capture, models, unbind)
+        self._cache.pop(row.key_hash, None)
+        return key_view(row)
 
-    def has_active_admin(self) -> bool:
-        return any("admin" in k["scopes"] for k in self.list())
-
-    def count(self) -> int:
-        with self.db.session() as s:
-            return len(list(s.scalars(select(ApiKey.id))))
+    async def count(self) -> int:
+        return await self.repo.count()
 
     def cached(self, key: str) -> tuple[bool, Principal | None]:
         """``(hit, principal)`` from the caches only (no I/O: safe on the event loop)."""
         digest = hash_key(key)
         now = time.monotonic()
-        with self._lock:
-            hit = self._cache.get(digest)
-            if hit and hit[0] > now:
-                self._cache.move_to_end(digest)
-                return True, hit[1]
-            miss = self._misses.get(digest)
-            if miss and miss > now:
-                return True, None
+        hit = self._cache.get(digest)
+        if hit and hit[0] > now:
+            self._cache.move_to_end(digest)
+            return True, hit[1]
+        miss = self._misses.get(digest)
+        if miss and miss > now:
+            return True, None
         return False, None
 
-    async def verify_async(self, key: str) -> Principal | None:
-        """:meth:`verify` from the event loop: from memory when cached, else one database
-        look-up in a worker thread per key however many requests wait for it. A burst of
-        requests with a key that is not cached (the first after start-up, or after its entry
-        expired) sent every one of them to the database: 2,692 look-ups for 2,834 requests
-        in a 1,024-concurrent round of bench/serve_load.py."""
+    async def verify(self, key: str) -> Principal | None:
+        """The principal for ``key``, or None if unknown or revoked: from memory when cached
+        (no thread hop, no database), else one database look-up per key however many requests
+        wait for it. A burst of requests with a key that is not cached (the first after
+        start-up, or after its entry expired) sent every one of them to the database: 2,692
+        look-ups for 2,834 requests in a 1,024-concurrent round of bench/serve_load.py."""
         hit, principal = self.cached(key)
         if hit:
             return principal
         digest = hash_key(key)
         flight = self._inflight.get(digest)
         if flight is None:
-            flight = asyncio.ensure_future(offload(self.verify, key))
+            flight = asyncio.ensure_future(self._look_up(digest))
             self._inflight[digest] = flight
             flight.add_done_callback(lambda _f: self._inflight.pop(digest, None))
         # shielded: a waiter that goes away (client disconnect) does not cancel the others'
         return await asyncio.shield(flight)
 
-    def verify(self, key: str) -> Principal | None:
-        """The principal for ``key``, or None if unknown or revoked."""
-        hit, principal = self.cached(key)
-        if hit:
-            return principal
-        digest = hash_key(key)
-        with self.db.session() as s:
-            row = s.scalar(select(ApiKey).where(ApiKey.key_hash == digest))
-            principal = None
-            if row is not None and row.revoked_at is None:
-                principal = Principal(row.id, row.name, tuple(row.scopes), row.rate_limit_rpm,
-                                      bool(row.capture),
-                                      frozenset(row.models) if row.models is not None else None)
-        expires = time.monotonic() + self.ttl
-        with self._lock:
-            if principal is None:
-                if self.miss_size:  # briefly: a key created on another replica works soon
-                    self._misses[digest] = time.monotonic() + min(self.ttl, 5.0)
-                    self._misses.move_to_end(digest)
-                    while len(self._misses) > self.miss_size:
-                        self._misses.popitem(last=False)
-            else:
-                self._cache[digest] = (expires, principal)
-                self._cache.move_to_end(digest)
-                while len(self._cache) > self.size:
-                    self._cache.popitem(last=False)
+    async def _look_up(self, digest: str) -> Principal | None:
+        """The database's answer for ``digest``, remembered (a valid key for ``ttl``, a miss
+        briefly: a key created on another replica works soon)."""
+        row = await self.repo.by_hash(digest)
+        principal = None
+        if row is not None and row.revoked_at is None:
+            principal = Principal(row.id, row.name, tuple(row.scopes), row.rate_limit_rpm,
+                                  bool(row.capture),
+                                  frozenset(row.models) if row.models is not None else None)
+        now = time.monotonic()
+        if principal is None:
+            if self.miss_size:
+                self._misses[digest] = now + min(self.ttl, 5.0)
+                self._misses.move_to_end(digest)
+                while len(self._misses) > self.miss_size:
+                    self._misses.popitem(last=False)
+        else:
+            self._cache[digest] = (now + self.ttl, principal)
+            self._cache.move_to_end(digest)
+            while len(self._cache) > self.size:
+                self._cache.popitem(last=False)
         return principal
 
 
@@ -243,28 +207,33 @@ class RateLimiter:
             return (1.0 - tokens) / rate
 
 
-def bootstrap_admin_key(keys: KeyStore, settings: GatewaySettings) -> str | None:
+async def bootstrap_admin_key(keys: KeyStore, settings: GatewaySettings) -> str | None:
     """On first start (no key at all) install an admin key instead of running open.
 
     Uses ``GATEWAY_BOOTSTRAP_ADMIN_KEY`` when set; otherwise generates one, prints it once and
     writes it (mode 0600) to ``admin_key_file``. Returns the generated key, if any.
     """
-    if keys.count() > 0:
+    if await keys.count() > 0:
         return None
     if settings.bootstrap_admin_key:
-        keys.create("bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key)
+        await keys.create("bootstrap-admin", ["admin"], key=settings.bootstrap_admin_key)
         log.info("installed the admin key from GATEWAY_BOOTSTRAP_ADMIN_KEY")
         return None
-    key, view = keys.create("bootstrap-admin", ["admin"])
+    key, view = await keys.create("bootstrap-admin", ["admin"])
+    path = await offload(_write_key_file, settings, key)
+    print(f"tuneloop gateway: generated the first admin API key (shown once): {key}\n"
+          f"  also written to {path}", flush=True)
+    log.warning("generated first admin key", extra={"key_id": view["id"], "file": str(path)})
+    return key
+
+
+def _write_key_file(settings: GatewaySettings, key: str) -> Path:
     path = admin_key_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
         fh.write(key + "\n")
-    print(f"tuneloop gateway: generated the first admin API key (shown once): {key}\n"
-          f"  also written to {path}", flush=True)
-    log.warning("generated first admin key", extra={"key_id": view["id"], "file": str(path)})
-    return key
+    return path
 
 
 def admin_key_path(settings: GatewaySettings) -> Path:
@@ -290,7 +259,7 @@ async def authenticate(request: Request, scope: str) -> Principal:
         state.gw_metrics.auth_failures.labels("missing").inc()
         raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
                            code="missing_api_key")
-    principal = await state.keys.verify_async(token)
+    principal = await state.keys.verify(token)
     if principal is None:
         state.gw_metrics.auth_failures.labels("invalid").inc()
         raise Unauthorized("invalid or revoked API key", code="invalid_api_key")

@@ -10,6 +10,7 @@ Settings come from the environment like the service (``GATEWAY_*`` / ``TUNELOOP_
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 
@@ -37,16 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = GatewaySettings()
     db = Database(settings.resolved_database_url())
     db.migrate(MIGRATIONS, version_table=VERSION_TABLE)
-    keys = KeyStore(db)
     try:
-        if args.cmd == "create":
-            key, view = keys.create(args.name, args.scope or ["inference"], args.rate_limit_rpm)
-            print(json.dumps({**view, "key": key}))
-        elif args.cmd == "list":
-            for k in keys.list(include_revoked=args.all):
-                print(json.dumps(k))
-        else:
-            print(json.dumps(keys.revoke(args.key_id)))
+        for line in asyncio.run(_run(args, KeyStore(db))):
+            print(line)
     except TuneloopError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         return 2
@@ -54,6 +48,15 @@ def main(argv: list[str] | None = None) -> int:
         db.dispose()
     return 0
 
+
+async def _run(args: argparse.Namespace, keys: KeyStore) -> list[str]:
+    """The command's output lines (JSON objects)."""
+    if args.cmd == "create":
+        key, view = await keys.create(args.name, args.scope or ["inference"], args.rate_limit_rpm)
+        return [json.dumps({**view, "key": key})]
+    if args.cmd == "list":
+        return [json.dumps(k) for k in await keys.list(include_revoked=args.all)]
+    return [json.dumps(await keys.revoke(args.key_id))]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,8 +28,6 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import select
-
 from tuneloop.clients.base import ServiceError
 from tuneloop.clients.inference import InferenceClient
 from tuneloop.clients.trainer import TrainerClient
@@ -37,11 +35,11 @@ from tuneloop.contracts import Deployment
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, InvalidRequest, NotFound, TuneloopError
 from tuneloop.ids import is_valid_id, new_id
-from tuneloop.offload import offload
 
 from .db import Promotion
 from .evals.service import EvalService
 from .gate import GateConfig, apply_gate
+from .repository.promotions import PromotionRepository
 from .schemas import EvalCreate, PromoteRequest, RollbackRequest, TargetSpec
 from .settings import GatewaySettings
 
@@ -69,7 +67,7 @@ class PromotionService:
     def __init__(self, settings: GatewaySettings, db: Database, trainer: TrainerClient,
                  inference: InferenceClient, evals: EvalService, metrics: Any) -> None:
         self.settings = settings
-        self.db = db
+        self.repo = PromotionRepository(db)
         self.trainer = trainer
         self.inference = inference
         self.evals = evals
@@ -82,20 +80,13 @@ class PromotionService:
         self._gating: set[str] = set()  # jobs whose gate runs in this process right now
 
     # -- background --------------------------------------------------------------------
-    def recover(self) -> int:
+    async def recover(self) -> int:
         """Gates cut off by a restart: job gates are re-run by the reconcile loop; gates of a
         stored model version (no job) are marked failed (interrupted) - re-run them by hand."""
-        with self.db.session() as s:
-            rows = list(s.scalars(select(Promotion).where(
-                Promotion.status == "evaluating", Promotion.job_id.is_(None))))
-            for r in rows:
-                r.status, r.finished_at = "failed", int(time.time())
-                r.error = {"code": "interrupted", "message": "the gateway stopped during the gate"}
-                r.reasons = ["gate could not run: the gateway stopped during the gate"]
-        return len(rows)
+        return await self.repo.recover()
 
     async def start(self) -> None:
-        await offload(self.recover)
+        await self.recover()
         self._tasks.append(asyncio.create_task(self._worker(), name="promotion-worker"))
         if self.settings.reconcile_interval_s > 0 and self.settings.auto_promote:
             self._tasks.append(asyncio.create_task(self._reconcile_loop(), name="reconcile"))
@@ -136,24 +127,19 @@ class PromotionService:
     async def reconcile_once(self) -> list[str]:
         """Queue every succeeded job that has no final decision yet."""
         jobs = (await self.trainer.list_jobs(status="succeeded", limit=100)).data
-        decided = await offload(self._decided_jobs)
+        decided = await self.repo.jobs_in(TERMINAL)
         queued = []
         for job in jobs:
             if job.model_id and job.id not in decided and self.notify(job.id):
                 queued.append(job.id)
         return queued
 
-    def _decided_jobs(self) -> set[str]:
-        with self.db.session() as s:
-            return set(s.scalars(select(Promotion.job_id).where(
-                Promotion.job_id.is_not(None), Promotion.status.in_(TERMINAL))))
-
     # -- the gate ----------------------------------------------------------------------
     async def gate_job(self, job_id: str, *, rerun: bool = False,
                        alias: str | None = None) -> dict[str, Any] | None:
         """Evaluate a succeeded job's model and promote or refuse it (once per job; a gate that
         was inconclusive or failed runs again when ``rerun``)."""
-        existing = await offload(self._by_job, job_id)
+        existing = await self.repo.by_job(job_id)
         if existing is not None and existing.status in TERMINAL and not (
                 rerun and existing.status in RERUNNABLE):
             return promotion_view(existing)
@@ -184,7 +170,7 @@ class PromotionService:
             evidence["earlier_attempts"] = (existing.evidence or {}).get("earlier_attempts", []) + [
                 {"status": existing.status, "eval_id": existing.eval_id,
                  "reasons": (existing.reasons or [])[:3], "finished_at": existing.finished_at}]
-        await offload(self._upsert, Promotion(
+        await self.repo.upsert(Promotion(
             id=pid, kind="gate", status="evaluating", job_id=job["id"], model_id=job["model_id"],
             alias=alias, reasons=[], evidence=evidence, created_at=int(time.time())))
         try:
@@ -194,8 +180,8 @@ class PromotionService:
                      "message": getattr(exc, "message", None) or f"{exc.__class__.__name__}: {exc}"}
             log.warning("gate could not decide", extra={"model_id": job["model_id"],
                                                          "error": error["message"]})
-            return await offload(self._finish, pid, "failed", error=error,
-                                 reasons=[f"gate could not run: {error['message']}"])
+            return await self._finish(pid, "failed", error=error,
+                                      reasons=[f"gate could not run: {error['message']}"])
 
     async def _evaluate_and_decide(self, pid: str, job: dict[str, Any], alias: str,
                                    evidence: dict[str, Any]) -> dict[str, Any]:
@@ -215,8 +201,8 @@ class PromotionService:
                           targets=targets, baseline="base", general_suite=True)
         eval_id = await self.evals.create(spec, source={
             "dataset_id": job["dataset_id"], "job_id": job["id"], "model_id": job["model_id"]})
-        await offload(self._set, pid, eval_id=eval_id, candidate=candidate,
-                      previous=production)  # visible while the eval runs
+        await self.repo.update(pid, eval_id=eval_id, candidate=candidate,
+                               previous=production)  # visible while the eval runs
         run = await self.evals.wait(eval_id)
         if run["status"] not in ("succeeded", "incomplete"):
             raise TuneloopError(f"evaluation {run['id']} failed: {(run['error'] or {}).get('message')}",
@@ -243,25 +229,22 @@ class PromotionService:
             if serve != candidate:
                 await self._drop(dep, evidence)
                 candidate = serve
-                await offload(self._set, pid, candidate=serve)
+                await self.repo.update(pid, candidate=serve)
             reasons.insert(0, f"promoted: '{alias}' now serves {candidate} "
                               f"(before: {_alias_state(production)})")
-            return await offload(self._finish, pid, "promoted", reasons=reasons,
-                                 evidence=evidence)
+            return await self._finish(pid, "promoted", reasons=reasons, evidence=evidence)
         if decision == "inconclusive":
             where = (f"'{alias}' stays on {production}" if production
                      else f"'{alias}' had no target before and still has none")
             reasons.insert(0, f"inconclusive: neither promoted nor rejected; {where}. Run the gate "
                               "again (POST /v1/promotions/gate) once the cause is fixed; it generates "
                               "only what is missing. The candidate stays deployed for that.")
-            return await offload(self._finish, pid, "inconclusive", reasons=reasons,
-                                 evidence=evidence)
+            return await self._finish(pid, "inconclusive", reasons=reasons, evidence=evidence)
         reasons.insert(0, f"refused: '{alias}' stays on {production}" if production
                        else f"refused: '{alias}' had no target before and still has none")
         if candidate not in (production, base):
             await self._drop(dep, evidence)  # a refused candidate should not hold an engine
-        return await offload(self._finish, pid, "rejected", reasons=reasons,
-                             evidence=evidence)
+        return await self._finish(pid, "rejected", reasons=reasons, evidence=evidence)
 
     async def _deploy_candidate(self, model_id: str, base: str) -> tuple[Deployment, dict[str, Any]]:
         """The candidate for its evaluation: attached as a runtime LoRA adapter to the served base
@@ -346,7 +329,7 @@ class PromotionService:
                         reasons=[f"manual promotion: '{alias}' {_alias_state(previous)} -> {model}"],
                         evidence={"deployment": dep_id}, note=req.note,
                         created_at=int(time.time()), finished_at=int(time.time()))
-        await offload(self._upsert, row)
+        await self.repo.upsert(row)
         self.metrics.promotions.labels("manual", "promoted").inc()
         return promotion_view(row)
 
@@ -366,62 +349,36 @@ class PromotionService:
                         model_id=None, alias=alias, candidate=after, previous=before,
                         reasons=[f"rollback: '{alias}' {before} -> {after}"], evidence={},
                         note=req.note, created_at=int(time.time()), finished_at=int(time.time()))
-        await offload(self._upsert, row)
+        await self.repo.upsert(row)
         self.metrics.promotions.labels("rollback", "done").inc()
         return promotion_view(row)
 
-    # -- storage -----------------------------------------------------------------------
-    def _by_job(self, job_id: str) -> Promotion | None:
-        with self.db.session() as s:
-            return s.scalar(select(Promotion).where(Promotion.job_id == job_id))
-
-    def _upsert(self, row: Promotion) -> None:
-        with self.db.session() as s:
-            s.merge(row)
-
-    def _set(self, pid: str, **fields: Any) -> None:
-        with self.db.session() as s:
-            row = s.get(Promotion, pid)
-            for k, v in fields.items():
-                setattr(row, k, v)
-
-    def _finish(self, pid: str, status: str, *, reasons: list[str], evidence: dict | None = None,
-                error: dict | None = None) -> dict[str, Any]:
-        with self.db.session() as s:
-            row = s.get(Promotion, pid)
-            if row is None:
-                raise NotFound(f"promotion '{pid[:80]}' not found", code="promotion_not_found")
-            row.status, row.reasons, row.error = status, reasons, error
-            if evidence is not None:
-                row.evidence = evidence
-            row.finished_at = int(time.time())
-            view = promotion_view(row)
+    # -- decisions -------------------------------------------------------------------
+    async def _finish(self, pid: str, status: str, *, reasons: list[str],
+                      evidence: dict | None = None, error: dict | None = None) -> dict[str, Any]:
+        view = promotion_view(await self.repo.finish(pid, status, reasons=reasons,
+                                                     evidence=evidence, error=error))
         self.metrics.promotions.labels("gate", status).inc()
         log.info("promotion decision", extra={"promotion_id": pid, "status": status,
                                                "job_id": view["job_id"]})
         return view
 
-    def get(self, pid: str) -> dict[str, Any]:
-        with self.db.session() as s:
-            row = s.get(Promotion, pid)
-            if row is None:
-                raise NotFound(f"promotion '{pid[:80]}' not found", code="promotion_not_found")
-            return promotion_view(row)
+    async def amend(self, pid: str, **fields: Any) -> dict[str, Any]:
+        """Set ``fields`` on a decision (a canary's promotion adds its comparison)."""
+        return promotion_view(await self.repo.update(pid, **fields))
 
-    def list(self, *, model_id: str | None = None, job_id: str | None = None,
-             limit: int = 50) -> list[dict[str, Any]]:
-        with self.db.session() as s:
-            q = select(Promotion).order_by(Promotion.created_at.desc(), Promotion.id).limit(limit)
-            if model_id:
-                q = q.where(Promotion.model_id == model_id)
-            if job_id:
-                q = q.where(Promotion.job_id == job_id)
-            return [promotion_view(p) for p in s.scalars(q)]
+    async def get(self, pid: str) -> dict[str, Any]:
+        return promotion_view(await self.repo.get(pid))
+
+    async def list(self, *, model_id: str | None = None, job_id: str | None = None,
+                   limit: int = 50) -> list[dict[str, Any]]:
+        rows = await self.repo.list(model_id=model_id, job_id=job_id, limit=limit)
+        return [promotion_view(p) for p in rows]
 
     def for_model(self, model_id: str) -> builtins.list[dict[str, Any]]:
-        """Decisions about a model version (what its lineage shows)."""
-        return self.list(model_id=model_id)
-
+        """Decisions about a model version (what its lineage shows). Blocking: the lineage
+        route (``api/proxy.py``) runs it through ``offload``."""
+        return [promotion_view(p) for p in self.repo.list_blocking(model_id=model_id)]
 
 def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "dataset_id", "base_model", "backend", "model_id", "finished_at", "gate_alias")

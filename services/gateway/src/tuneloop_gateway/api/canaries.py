@@ -18,7 +18,6 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneloop.ids import require_id
-from tuneloop.offload import offload
 
 from ..auth import require_admin
 from ..schemas import NAME
@@ -92,7 +91,7 @@ async def list_canaries(svc: Canaries,
                         status: Literal["running", "rolled_back", "promoted", "stopped"] | None = None,
                         alias: str | None = Query(None, pattern=NAME),
                         limit: int = Query(50, ge=1, le=200)) -> dict:
-    data = await offload(svc.list, status=status, alias=alias, limit=limit + 1)
+    data = await svc.list(status=status, alias=alias, limit=limit + 1)
     return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
 
 
@@ -100,7 +99,7 @@ async def list_canaries(svc: Canaries,
             "and events")
 async def get_canary(canary_id: str, svc: Canaries) -> dict:
     require_id(canary_id, "cny", "canary")
-    return await offload(svc.get, canary_id)
+    return await svc.get(canary_id)
 
 
 @router.patch("/{canary_id}", summary="Change a running canary's weight or mode")

@@ -21,7 +21,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneloop.contracts import Capture, Page
 from tuneloop.errors import InvalidRequest
-from tuneloop.offload import offload
 
 from ..auth import require_admin, require_inference
 from ..flywheel.curate import CurateService, capture_view
@@ -147,10 +146,10 @@ async def list_captures(
         raise InvalidRequest("min_similarity/max_similarity need similar_to=<dataset id>",
                              code="similar_to_required", param="similar_to")
     if similar_to is None and json_valid is None:
-        rows, total = await offload(svc.list, filters, offset, limit + 1)
+        rows, total = await svc.list(filters, offset, limit + 1)
         return _page([capture_view(r) for r in rows[:limit]], len(rows) > limit, total)
     # these filters apply after the query: up to 5,000 rows of the other filters are scanned
-    rows, _ = await offload(svc.list, filters, 0, 5000)
+    rows, _ = await svc.list(filters, 0, 5000)
     views = [capture_view(r) for r in rows]
     if json_valid is not None:
         views = [v for v in views if v["metrics"]["json_valid"] is json_valid]
@@ -181,8 +180,7 @@ async def drift(svc: Curate, dataset_id: str = Query(..., pattern=DS_ID),
 
 @admin.post("/review", summary="Accept, edit (= accept with a new answer) or reject captures")
 async def review(svc: Curate, body: Review) -> dict:
-    counts = await offload(svc.review, body.accept, body.reject,
-                                     [e.model_dump() for e in body.edit])
+    counts = await svc.review(body.accept, body.reject, [e.model_dump() for e in body.edit])
     return {"object": "capture.review", **counts}
 
 
@@ -205,4 +203,4 @@ async def retrain(svc: Curate, body: Retrain) -> JSONResponse:
 @admin.get("/{capture_id}", summary="One captured row", response_model=Capture,
            response_model_exclude_unset=True)
 async def get_capture(svc: Curate, capture_id: str) -> dict:
-    return capture_view(await offload(svc.get, capture_id))
+    return capture_view(await svc.get(capture_id))

@@ -8,8 +8,6 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel, Field, StringConstraints, model_validator
 
-from tuneloop.offload import offload
-
 from ..auth import require_admin
 from .deps import KeysDep
 
@@ -49,22 +47,22 @@ class KeyUpdate(BaseModel):
 
 @router.post("", status_code=201, summary="Create an API key (returned once)")
 async def create_key(body: KeyCreate, keys: KeysDep) -> dict:
-    key, view = await offload(keys.create, body.name, list(body.scopes), body.rate_limit_rpm, None,
-                              body.capture, body.models)
+    key, view = await keys.create(body.name, list(body.scopes), body.rate_limit_rpm, None,
+                                  body.capture, body.models)
     return {**view, "key": key}
 
 
 @router.get("", summary="List API keys (hashes never leave the gateway)")
 async def list_keys(keys: KeysDep, include_revoked: bool = False) -> dict:
-    data = await offload(keys.list, include_revoked)
+    data = await keys.list(include_revoked)
     return {"object": "list", "data": data, "has_more": False}
 
 
 @router.patch("/{key_id}", summary="Change a key's capture opt-in or the aliases it is bound to")
 async def update_key(key_id: str, body: KeyUpdate, keys: KeysDep) -> dict:
-    return await offload(keys.set_capture, key_id, body.capture, body.models, body.unbind)
+    return await keys.set_capture(key_id, body.capture, body.models, body.unbind)
 
 
 @router.delete("/{key_id}", summary="Revoke an API key")
 async def revoke_key(key_id: str, keys: KeysDep) -> dict:
-    return await offload(keys.revoke, key_id)
+    return await keys.revoke(key_id)

@@ -10,7 +10,6 @@ from pydantic import BaseModel
 from tuneloop.contracts import Page, Promotion
 from tuneloop.errors import Conflict
 from tuneloop.ids import require_id
-from tuneloop.offload import offload
 
 from ..auth import require_admin
 from ..schemas import GateRequest, PromoteRequest, RollbackRequest
@@ -25,7 +24,7 @@ callbacks = APIRouter(tags=["internal"])
 async def list_promotions(service: PromotionsDep, model_id: str | None = None,
                           job_id: str | None = None, limit: int = Query(50, ge=1, le=200)) -> dict:
     """``has_more`` is known: one decision more than the page is read."""
-    data = await offload(service.list, model_id=model_id, job_id=job_id, limit=limit + 1)
+    data = await service.list(model_id=model_id, job_id=job_id, limit=limit + 1)
     return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
 
 
@@ -69,7 +68,7 @@ async def rollback(body: RollbackRequest, service: PromotionsDep) -> dict:
 @router.get("/{promotion_id}", summary="One decision with its evidence", response_model=Promotion,
             response_model_exclude_unset=True)
 async def get_promotion(promotion_id: str, service: PromotionsDep) -> dict:
-    return await offload(service.get, promotion_id)
+    return await service.get(promotion_id)
 
 
 class TrainingEvent(BaseModel):

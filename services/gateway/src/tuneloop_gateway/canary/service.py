@@ -32,13 +32,13 @@ from tuneloop.clients.base import ServiceError
 from tuneloop.db import Database
 from tuneloop.errors import Conflict, InvalidRequest, NotFound
 from tuneloop.ids import is_valid_id, new_id
-from tuneloop.offload import offload
 
 from ..db import Canary
 from ..flywheel.capture import CaptureRecorder
+from ..repository.canaries import CanaryRepository, event
 from ..schemas import PromoteRequest
 from .live import CANARY_SYNC_S, Arm, Live, alias_gone
-from .store import CanaryStore, canary_view, event
+from .store import CanaryStore, canary_view
 from .traffic import CanaryTraffic
 
 log = logging.getLogger("tuneloop.gateway.canary")
@@ -50,14 +50,15 @@ class CanaryService(CanaryTraffic):
 
     def __init__(self, db: Database, metrics: Any, inference: Any, promotions: Any,
                  recorder: CaptureRecorder | None, upstream: Any) -> None:
-        super().__init__(CanaryStore(db), metrics, recorder, upstream)
+        self.repo = CanaryRepository(db)
+        super().__init__(CanaryStore(self.repo), metrics, recorder, upstream)
         self.inference = inference
         self.promotions = promotions
         self._task: asyncio.Task | None = None
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self) -> None:
-        self._sync()
+    async def start(self) -> None:
+        await self.refresh()
         self._task = asyncio.create_task(self._sync_loop(), name="canary-sync")
 
     async def aclose(self) -> None:
@@ -68,7 +69,7 @@ class CanaryService(CanaryTraffic):
             if t is not None:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
-        await offload(self.store.save_stats, self._dirty())
+        await self.repo.save_stats(self._dirty())
 
     async def _sync_loop(self) -> None:
         while True:
@@ -79,16 +80,9 @@ class CanaryService(CanaryTraffic):
                 log.warning("canary sync failed", extra={"error": repr(exc)})
 
     async def refresh(self) -> None:
-        """Store the counts, then follow the database (read in a thread, applied on the loop:
-        the request path reads ``live`` without a lock)."""
-        await offload(self.store.save_stats, self._dirty())
-        self._apply(await offload(self.store.running_rows))
-
-    def _sync(self) -> None:
-        self._apply(self.store.running_rows())
-
-    def _save_stats(self, dirty: list[tuple[str, dict[str, Any]]]) -> None:
-        self.store.save_stats(dirty)
+        """Store the counts, then follow the database (one unit of work in a thread, applied
+        on the loop: the request path reads ``live`` without a lock)."""
+        self._apply(await self.repo.sync(self._dirty()))
 
     def _apply(self, rows: list[Canary]) -> None:
         """Follow the database: running canaries are routed, ended ones no longer."""
@@ -132,7 +126,7 @@ class CanaryService(CanaryTraffic):
                      limits=limits, stats={}, events=[event("started", f"{mode} canary of "
                      f"{candidate} on '{alias}' (stable: {stable}), weight {weight}")],
                      note=note, created_at=int(time.time()))
-        view = await offload(self.store.insert, row)
+        view = canary_view(await self.repo.insert(row))
         await self.refresh()
         return view
 
@@ -155,29 +149,31 @@ class CanaryService(CanaryTraffic):
         return dep.model
 
     async def update(self, cid: str, *, weight: float | None, mode: str | None) -> dict[str, Any]:
-        view = await offload(self.store.update, cid, weight, mode)
+        view = canary_view(await self.repo.update(cid, weight, mode))
         await self.refresh()
         return view
 
     async def rollback(self, cid: str, reason: str | None) -> dict[str, Any]:
-        """End the canary by hand: the candidate gets no more traffic; the alias is unchanged."""
-        await offload(self.store.get_running, cid)
+        """End the canary by hand: the candidate gets no more traffic; the alias is unchanged.
+        Refused (``canary_not_running``) when it has ended (then this process stops routing
+        it too, which its next sync would have done)."""
         live = self._live_by_id(cid)
         if live is not None:
             self.live.pop(live.alias, None)
         stats = {k: a.summary() for k, a in live.arms.items()} if live else None
+        row = await self.repo.finish(cid, "rolled_back",
+                                     f"rolled back by hand: {reason or 'no reason given'}", stats,
+                                     running_only=True)
         self.metrics.canary_decisions.labels("rolled_back", "manual").inc()
-        return await offload(self.store.finish, cid, "rolled_back",
-                                       f"rolled back by hand: {reason or 'no reason given'}", stats)
+        return canary_view(row)
 
     async def promote(self, cid: str, *, gate: bool, dataset_id: str | None,
                       note: str | None) -> dict[str, Any]:
         """Promote the candidate through the normal path: the alias flip (a promotion decision
         whose evidence is this comparison), or the gate (which flips only on a pass)."""
-        row = await offload(self.store.get_running, cid)
+        row, quality = await self.repo.get(cid, running_only=True)
         live = self._live_by_id(cid)
         stats = {k: a.summary() for k, a in live.arms.items()} if live else dict(row.stats)
-        quality = await offload(self.store.quality, cid)
         evidence = {"canary": {"id": cid, "mode": row.mode, "weight": row.weight,
                                "comparison": {**stats, "quality": quality}}}
         if gate:
@@ -189,28 +185,29 @@ class CanaryService(CanaryTraffic):
             decision = await self.promotions.promote(PromoteRequest(
                 alias=row.alias, model=row.candidate,
                 note=note or f"promoted from canary {cid}"))
-        await offload(self.promotions._set, decision["id"], model_id=row.model_id,
-                                evidence={**decision["evidence"], **evidence})
-        decision = await offload(self.promotions.get, decision["id"])
+        decision = await self.promotions.amend(decision["id"], model_id=row.model_id,
+                                               evidence={**decision["evidence"], **evidence})
         if live is not None:
             self.live.pop(live.alias, None)
         status = "promoted" if decision["status"] == "promoted" else "stopped"
         self.metrics.canary_decisions.labels(status, "gate" if gate else "manual").inc()
         reason = (f"promoted: '{row.alias}' now serves {row.candidate}" if status == "promoted"
                   else f"the gate decided '{decision['status']}': the alias stays on {row.stable}")
-        view = await offload(self.store.finish, cid, status, reason, stats,
-                                       promotion_id=decision["id"])
+        view = canary_view(await self.repo.finish(cid, status, reason, stats,
+                                                  promotion_id=decision["id"]))
         return {**view, "promotion": decision}
 
     # -- reads -------------------------------------------------------------------------
     def _live_by_id(self, cid: str) -> Live | None:
         return next((lv for lv in self.live.values() if lv.id == cid), None)
 
-    def get(self, cid: str) -> dict[str, Any]:
-        row = self.store.get(cid)
+    async def get(self, cid: str) -> dict[str, Any]:
+        row, quality = await self.repo.get(cid)
         live = self._live_by_id(cid) if row.status == "running" else None
-        return canary_view(row, live, self.store.quality(cid))
+        return canary_view(row, live, quality)
 
-    def list(self, *, status: str | None, alias: str | None, limit: int) -> list[dict[str, Any]]:
+    async def list(self, *, status: str | None, alias: str | None,
+                   limit: int) -> list[dict[str, Any]]:
+        rows = await self.repo.list(status=status, alias=alias, limit=limit)
         return [canary_view(r, self._live_by_id(r.id) if r.status == "running" else None)
-                for r in self.store.list(status=status, alias=alias, limit=limit)]
+                for r in rows]

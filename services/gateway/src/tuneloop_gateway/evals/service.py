@@ -18,8 +18,6 @@ import logging
 import time
 from typing import Any
 
-from sqlalchemy import select
-
 from tuneloop.clients.base import ServiceError
 from tuneloop.clients.dataset import DatasetClient
 from tuneloop.clients.inference import InferenceClient
@@ -31,6 +29,7 @@ from tuneloop.offload import offload
 from tuneloop.storage import ArtifactStore
 
 from ..db import EvalRun
+from ..repository.evals import EvalRepository
 from ..schemas import EvalCreate
 from ..settings import GatewaySettings
 from .kshot import choose_shots
@@ -65,7 +64,7 @@ class EvalService:
     def __init__(self, settings: GatewaySettings, db: Database, store: ArtifactStore,
                  dataset: DatasetClient, metrics: Any, inference: InferenceClient | None = None) -> None:
         self.settings = settings
-        self.db = db
+        self.repo = EvalRepository(db)
         self.store = store
         self.dataset = dataset
         self.inference = inference
@@ -81,15 +80,9 @@ class EvalService:
             give_up_after=settings.eval_give_up_after, give_up_after_s=settings.eval_give_up_after_s)
 
     # -- lifecycle ---------------------------------------------------------------------
-    def recover(self) -> int:
+    async def recover(self) -> int:
         """Mark runs left 'running' by a previous process as failed (interrupted)."""
-        with self.db.session() as s:
-            rows = list(s.scalars(select(EvalRun).where(EvalRun.status == "running")))
-            for r in rows:
-                r.status = "failed"
-                r.error = {"code": "interrupted", "message": "the gateway stopped during the run"}
-                r.finished_at = int(time.time())
-        return len(rows)
+        return await self.repo.recover()
 
     async def aclose(self) -> None:
         for t in list(self._tasks.values()):
@@ -213,7 +206,7 @@ class EvalService:
         run_id = new_id("eval")
         row = EvalRun(id=run_id, status="running", name=spec.name, config=config,
                       created_at=int(time.time()))
-        await offload(self._save, row)
+        await self.repo.add(row)
         task_ = asyncio.create_task(self._execute(run_id, spec, targets, examples, task, config),
                                     name=run_id)
         self._tasks[run_id] = task_
@@ -245,7 +238,7 @@ class EvalService:
             progress[name]["failed"] += 0 if ok else 1
 
         try:
-            reused = (await offload(self._reusable, run_id, targets, examples, general, config)
+            reused = (await self._reusable(run_id, targets, examples, general, config)
                       if config.get("reuse_generations") else {})
             for name, (_, prior) in reused.items():
                 progress[name]["done"] += sum(1 for g in prior.task + prior.general if not g.error)
@@ -265,18 +258,18 @@ class EvalService:
             report["regenerated"] = {r.target.name: len(r.task) + len(r.general) - r.reused
                                      for r in runs if r.target.name in reused}
             status = "succeeded" if report["complete"] else "incomplete"
-            await offload(self._finish, run_id, status, report, samples, None,
-                          time.perf_counter() - start)
+            await self._finish(run_id, status, report, samples, None,
+                               time.perf_counter() - start)
         except asyncio.CancelledError:
-            await offload(self._finish, run_id, "failed", None, None,
-                          {"code": "interrupted", "message": "the gateway stopped"},
-                          time.perf_counter() - start)
+            await self._finish(run_id, "failed", None, None,
+                               {"code": "interrupted", "message": "the gateway stopped"},
+                               time.perf_counter() - start)
             raise
         except Exception as exc:  # a run must end with a stored status, never vanish
             log.exception("eval run failed", extra={"eval_id": run_id})
-            await offload(self._finish, run_id, "failed", None, None,
-                          {"code": "eval_failed", "message": f"{exc.__class__.__name__}: {exc}"},
-                          time.perf_counter() - start)
+            await self._finish(run_id, "failed", None, None,
+                               {"code": "eval_failed", "message": f"{exc.__class__.__name__}: {exc}"},
+                               time.perf_counter() - start)
         finally:
             self._progress.pop(run_id, None)
 
@@ -323,78 +316,59 @@ class EvalService:
                     out[t.name] += f"#shots:{shots_fingerprint(t.shots)}"
         return out
 
-    def _reusable(self, run_id: str, targets: list[Target], examples: list[Example],
-                  general: list[dict], config: dict[str, Any]) -> dict[str, tuple[str, TargetRun]]:
+    async def _reusable(self, run_id: str, targets: list[Target], examples: list[Example],
+                        general: list[dict], config: dict[str, Any]) -> dict[str, tuple[str, TargetRun]]:
         """Earlier runs' generations for targets with the same weights (and few-shot prompt), on
         the same eval set (same source, prompts and general suite) with the same max_tokens.
         Greedy decoding makes them the same answers. From a succeeded or an incomplete run: the
         answers are kept, the failed ones are generated again; the prior with the most answers
         (then the newest) wins."""
-        want = {t["name"]: t["weights"] for t in config["targets"] if t.get("weights")}
-        if not want:
+        if not any(t.get("weights") for t in config["targets"]):
             return {}
-        same = ("max_tokens", "general_suite", "n_examples")
-        eval_set = _eval_set(config)
-        with self.db.session() as s:
-            rows = list(s.scalars(select(EvalRun).where(EvalRun.status.in_(("succeeded", "incomplete")),
-                                                        EvalRun.id != run_id)
-                                  .order_by(EvalRun.finished_at.desc()).limit(50)))
-            found: dict[str, tuple[str, TargetRun]] = {}
-            for row in rows:
-                if (any(row.config.get(k) != config.get(k) for k in same) or not row.samples
-                        or _eval_set(row.config) != eval_set):
-                    continue
-                for prior in row.config.get("targets", []):
-                    for t in targets:
-                        if not (prior.get("weights") and prior["weights"] == want.get(t.name)):
-                            continue
-                        run = _target_run_from_samples(t, prior["name"], row.samples, examples, general)
-                        if run is not None and (t.name not in found or _answered(run) > _answered(found[t.name][1])):
-                            found[t.name] = (row.id, run)
-            return found
+        rows = await self.repo.finished(other_than=run_id)
+        return await offload(_reusable_from, rows, targets, examples, general, config)
 
     # -- storage -----------------------------------------------------------------------
-    def _save(self, row: EvalRun) -> None:
-        with self.db.session() as s:
-            s.add(row)
-
-    def _finish(self, run_id: str, status: str, report: dict | None, samples: list | None,
-                error: dict | None, duration: float) -> None:
-        with self.db.session() as s:
-            row = s.get(EvalRun, run_id)
-            if row is None:
-                return
-            row.status, row.report, row.samples, row.error = status, report, samples, error
-            row.finished_at = int(time.time())
-            row.duration_s = round(duration, 3)
-        self.metrics.eval_runs.labels(status).inc()
-
-    def _row(self, run_id: str) -> EvalRun:
-        with self.db.session() as s:
-            row = s.get(EvalRun, run_id)
-        if row is None:
-            raise NotFound(f"eval '{run_id[:80]}' not found", code="eval_not_found", param="id")
-        return row
+    async def _finish(self, run_id: str, status: str, report: dict | None, samples: list | None,
+                      error: dict | None, duration: float) -> None:
+        if await self.repo.finish(run_id, status, report, samples, error, duration):
+            self.metrics.eval_runs.labels(status).inc()
 
     async def get(self, run_id: str) -> dict[str, Any]:
-        return run_view(await offload(self._row, run_id), progress=self._progress.get(run_id))
+        return run_view(await self.repo.get(run_id), progress=self._progress.get(run_id))
 
     async def samples(self, run_id: str, suite: str | None, offset: int, limit: int) -> dict[str, Any]:
-        row = await offload(self._row, run_id)
+        row = await self.repo.get(run_id)
         items = [s for s in row.samples or [] if suite is None or s["suite"] == suite]
         page = items[offset:offset + limit]
         return {"object": "list", "data": page, "has_more": offset + limit < len(items),
                 "total": len(items)}
 
-    def _list(self, limit: int, offset: int) -> list[dict[str, Any]]:
-        with self.db.session() as s:
-            q = select(EvalRun).order_by(EvalRun.created_at.desc(), EvalRun.id).offset(offset).limit(limit + 1)
-            return [run_view(r, full=False) for r in s.scalars(q)]
-
     async def list(self, limit: int, offset: int) -> dict[str, Any]:
-        data = await offload(self._list, limit, offset)
+        data = [run_view(r, full=False) for r in await self.repo.page(limit + 1, offset)]
         return {"object": "list", "data": data[:limit], "has_more": len(data) > limit}
 
+
+def _reusable_from(rows: list[EvalRun], targets: list[Target], examples: list[Example],
+                   general: list[dict], config: dict[str, Any]) -> dict[str, tuple[str, TargetRun]]:
+    """:meth:`EvalService._reusable` over the earlier runs ``rows`` (newest first); blocking
+    (every prior sample is compared)."""
+    want = {t["name"]: t["weights"] for t in config["targets"] if t.get("weights")}
+    same = ("max_tokens", "general_suite", "n_examples")
+    eval_set = _eval_set(config)
+    found: dict[str, tuple[str, TargetRun]] = {}
+    for row in rows:
+        if (any(row.config.get(k) != config.get(k) for k in same) or not row.samples
+                or _eval_set(row.config) != eval_set):
+            continue
+        for prior in row.config.get("targets", []):
+            for t in targets:
+                if not (prior.get("weights") and prior["weights"] == want.get(t.name)):
+                    continue
+                run = _target_run_from_samples(t, prior["name"], row.samples, examples, general)
+                if run is not None and (t.name not in found or _answered(run) > _answered(found[t.name][1])):
+                    found[t.name] = (row.id, run)
+    return found
 
 def _target_run_from_samples(target: Target, name: str, samples: list[dict], examples: list[Example],
                              general: list[dict]) -> TargetRun | None:

@@ -25,15 +25,13 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.engine import CursorResult
-
 from tuneloop.db import Database
 from tuneloop.ids import new_id
 from tuneloop.offload import offload
 
 from ..auth import Principal
 from ..db import Capture
+from ..repository.captures import CaptureRepository
 from ..settings import GatewaySettings
 from .prepare import prepare_batch
 
@@ -66,7 +64,7 @@ class CaptureRecorder:
 
     def __init__(self, settings: GatewaySettings, db: Database, metrics: Any) -> None:
         self.settings = settings
-        self.db = db
+        self.repo = CaptureRepository(db)
         self.metrics = metrics
         self.queue: asyncio.Queue[Pending] = asyncio.Queue(maxsize=settings.capture_queue_size)
         self.models = frozenset(settings.capture_models)
@@ -146,11 +144,11 @@ class CaptureRecorder:
                 batch.append(self.queue.get_nowait())
             try:
                 results = await self._prepare(batch)
-                outcomes = await offload(self._write, batch, results)
+                outcomes = await self._write(batch, results)
                 for outcome, n in outcomes.items():
                     self.metrics.captures.labels(outcome).inc(n)
                 if time.monotonic() - self._last_prune > PRUNE_EVERY_S:
-                    await offload(self.prune)
+                    await self.prune()
             except asyncio.CancelledError:
                 raise
             except Exception:  # counted and logged, never the user's error
@@ -177,7 +175,10 @@ class CaptureRecorder:
                 raise
         return await offload(prepare_batch, items, limit)
 
-    def _write(self, batch: list[Pending], results: list[tuple[str, Any]]) -> Counter[str]:
+    async def _write(self, batch: list[Pending],
+                     results: list[tuple[str, Any]]) -> Counter[str]:
+        """Store the batch's prepared rows (retention runs with them when the table is over its
+        row limit); what became of each item, counted."""
         outcomes: Counter[str] = Counter()
         rows = []
         for item, (outcome, fields) in zip(batch, results, strict=True):
@@ -190,39 +191,25 @@ class CaptureRecorder:
                 id=new_id("cap"), key_id=item.key_id, endpoint=item.endpoint, stream=item.stream,
                 latency_s=round(item.finished - item.started, 6), created_at=item.created_at,
                 status="pending", canary_id=item.canary_id, canary_arm=item.canary_arm, **fields))
+        gone = await self.repo.add(rows, **self._retention())
         if rows:
-            with self.db.session() as s:
-                s.add_all(rows)
             outcomes["recorded"] += len(rows)
-        over = self._count() - self.settings.capture_max_rows
-        if over > 0:
-            self.prune()
+        if gone is not None:
+            self._pruned(gone)
         return outcomes
 
-    def _count(self) -> int:
-        with self.db.session() as s:
-            return s.scalar(select(func.count()).select_from(Capture)) or 0
-
-    def prune(self) -> int:
+    async def prune(self) -> int:
         """Apply retention: rows older than the limit in days, then the oldest over the row
         limit. Returns how many rows went."""
-        self._last_prune = time.monotonic()
-        cutoff = int(time.time() - self.settings.capture_retention_days * 86400)
-        gone = 0
-        with self.db.session() as s:
-            gone += _deleted(s, delete(Capture).where(Capture.created_at < cutoff))
-            total = s.scalar(select(func.count()).select_from(Capture)) or 0
-            over = total - self.settings.capture_max_rows
-            if over > 0:
-                oldest = select(Capture.id).order_by(Capture.created_at, Capture.id).limit(over)
-                ids = list(s.scalars(oldest))
-                gone += _deleted(s, delete(Capture).where(Capture.id.in_(ids)))
-        if gone:
-            self.metrics.captures.labels("expired").inc(gone)
+        gone = await self.repo.prune(**self._retention())
+        self._pruned(gone)
         return gone
 
+    def _retention(self) -> dict[str, int]:
+        return {"cutoff": int(time.time() - self.settings.capture_retention_days * 86400),
+                "max_rows": self.settings.capture_max_rows}
 
-def _deleted(s: Any, statement: Any) -> int:
-    """Rows a DELETE removed (its cursor's row count)."""
-    result: CursorResult = s.execute(statement)
-    return result.rowcount or 0
+    def _pruned(self, gone: int) -> None:
+        self._last_prune = time.monotonic()
+        if gone:
+            self.metrics.captures.labels("expired").inc(gone)

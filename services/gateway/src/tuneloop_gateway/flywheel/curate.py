@@ -10,21 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import time
 from typing import Any, Literal
-
-from sqlalchemy import func, select
 
 from tuneloop.clients.dataset import DatasetClient
 from tuneloop.clients.trainer import TrainerClient
 from tuneloop.db import Database
-from tuneloop.errors import Conflict, NotFound, Unprocessable
+from tuneloop.errors import NotFound, Unprocessable
 from tuneloop.textmetrics import parse_json, rouge_l, tokens
 from tuneloop.offload import offload
 
 from ..auth import Principal
 from ..db import Capture
+from ..repository.captures import CaptureRepository
 from ..settings import GatewaySettings
+from .answers import training_answer
 from .capture import CaptureRecorder
 from .drift import IndexCache, TrainingIndex, drift_report, prompt_text, shingles, text_of
 from .masking import mask
@@ -59,14 +58,6 @@ def answer_metrics(row: Capture) -> dict[str, Any]:
             if row.correction is not None else None}
 
 
-def training_answer(row: Capture) -> str | None:
-    if row.edited_output is not None:
-        return row.edited_output
-    if row.correction is not None:
-        return row.correction
-    return None if row.rating == "down" else row.output
-
-
 def training_row(row: Capture) -> dict[str, Any]:
     """The captured conversation as a chat training row (text content only)."""
     msgs = [{"role": m.get("role", "user"), "content": text_of(m.get("content"))}
@@ -78,7 +69,7 @@ class CurateService:
     def __init__(self, settings: GatewaySettings, db: Database, recorder: CaptureRecorder,
                  dataset: DatasetClient, trainer: TrainerClient) -> None:
         self.settings = settings
-        self.db = db
+        self.repo = CaptureRepository(db)
         self.recorder = recorder
         self.dataset = dataset
         self.trainer = trainer
@@ -88,98 +79,40 @@ class CurateService:
     # -- feedback (any key, on its own answers) ----------------------------------------------
     async def feedback(self, principal: Principal, response_id: str, rating: str | None,
                        correction: str | None, comment: str | None) -> dict[str, Any]:
-        found = await offload(self._feedback, principal, response_id, rating,
-                                        correction, comment)
-        if found is None:  # the answer may still be on its way to the table (queued or
+        """Feedback on a captured answer of this key (an admin key: of any key), masked
+        before it is stored."""
+        correction, comment = await offload(_masked, correction, comment)
+        key_id = None if principal.allows("admin") else principal.key_id
+        row = await self.repo.feedback(response_id, key_id, rating, correction, comment)
+        if row is None:  # the answer may still be on its way to the table (queued or
             await self.recorder.flush()  # being written): wait for the writer, at most 5 s
-            found = await offload(self._feedback, principal, response_id, rating,
-                                            correction, comment)
-        if found is None:
+            row = await self.repo.feedback(response_id, key_id, rating, correction, comment)
+        if row is None:
             raise NotFound(f"no captured response '{response_id[:100]}' for this key (capture is "
                            "opt-in per key and model; see docs/flywheel.md)",
                            code="response_not_found", param="response_id")
-        return found
-
-    def _feedback(self, principal: Principal, response_id: str, rating: str | None,
-                  correction: str | None, comment: str | None) -> dict[str, Any] | None:
-        with self.db.session() as s:
-            q = select(Capture).where(Capture.response_id == response_id)
-            if not principal.allows("admin"):
-                q = q.where(Capture.key_id == principal.key_id)
-            row = s.scalars(q.order_by(Capture.created_at.desc()).limit(1)).first()
-            if row is None:
-                return None
-            row.rating = rating
-            row.correction = mask(correction)[0] if correction is not None else None
-            row.comment = mask(comment)[0] if comment is not None else None
-            row.feedback_at = int(time.time())
-            return {"object": "response.feedback", "response_id": response_id,
-                    "capture_id": row.id, "rating": row.rating,
-                    "correction": row.correction, "comment": row.comment,
-                    "created_at": row.feedback_at}
+        return {"object": "response.feedback", "response_id": response_id, "capture_id": row.id,
+                "rating": row.rating, "correction": row.correction, "comment": row.comment,
+                "created_at": row.feedback_at}
 
     # -- the review queue (admin) --------------------------------------------------------------
-    def list(self, filters: dict[str, Any], offset: int, limit: int) -> tuple[list[Capture], int]:
-        with self.db.session() as s:
-            q = select(Capture)
-            for col in ("status", "model", "served_model", "key_id", "dataset_id"):
-                if filters.get(col) is not None:
-                    q = q.where(getattr(Capture, col) == filters[col])
-            rating = filters.get("rating")
-            if rating == "none":
-                q = q.where(Capture.rating.is_(None))
-            elif rating is not None:
-                q = q.where(Capture.rating == rating)
-            if filters.get("corrected") is not None:
-                q = q.where(Capture.correction.is_not(None) if filters["corrected"]
-                            else Capture.correction.is_(None))
-            if filters.get("since") is not None:
-                q = q.where(Capture.created_at >= filters["since"])
-            total = s.scalar(select(func.count()).select_from(q.subquery())) or 0
-            rows = list(s.scalars(q.order_by(Capture.created_at.desc(), Capture.id)
-                                  .offset(offset).limit(limit)))
-            s.expunge_all()
-        return rows, total
+    async def list(self, filters: dict[str, Any], offset: int,
+                   limit: int) -> tuple[list[Capture], int]:
+        """Captures matching ``filters``, newest first, and how many match in all."""
+        return await self.repo.page(filters, offset, limit)
 
-    def get(self, capture_id: str) -> Capture:
-        with self.db.session() as s:
-            row = s.get(Capture, capture_id)
-            if row is None:
-                raise NotFound(f"capture '{capture_id[:80]}' not found", code="capture_not_found",
-                               param="id")
-            s.expunge(row)
-            return row
+    async def get(self, capture_id: str) -> Capture:
+        return await self.repo.get(capture_id)
 
-    def review(self, accept: builtins.list[str], reject: builtins.list[str],
-               edit: builtins.list[dict[str, str]]) -> dict[str, int]:
-        """Accept, reject or edit (= accept with this answer) rows, all or nothing."""
+    async def review(self, accept: builtins.list[str], reject: builtins.list[str],
+                     edit: builtins.list[dict[str, str]]) -> dict[str, int]:
+        """Accept, reject or edit (= accept with this answer, masked) rows, all or nothing."""
         ids = accept + reject + [e["id"] for e in edit]
         if len(set(ids)) != len(ids):
             raise Unprocessable("a capture id appears more than once in one review",
                                 code="duplicate_capture_id")
-        now = int(time.time())
-        with self.db.session() as s:
-            rows = {r.id: r for r in s.scalars(select(Capture).where(Capture.id.in_(ids)))}
-            missing = [i for i in ids if i not in rows]
-            if missing:
-                raise NotFound(f"captures not found: {', '.join(missing[:10])}",
-                               code="capture_not_found", details={"ids": missing[:100]})
-            published = [i for i in ids if rows[i].dataset_id]
-            if published:
-                raise Conflict(f"captures already published: {', '.join(published[:10])}",
-                               code="capture_published", details={"ids": published[:100]})
-            for e in edit:
-                rows[e["id"]].edited_output = mask(e["output"])[0]
-            unanswered = [i for i in accept if training_answer(rows[i]) is None]
-            if unanswered:
-                raise Unprocessable(
-                    "a thumbs-down answer without a correction cannot be accepted as is: edit it "
-                    f"(edit: [{{id, output}}]) or reject it: {', '.join(unanswered[:10])}",
-                    code="capture_needs_answer", details={"ids": unanswered[:100]})
-            for i in accept + [e["id"] for e in edit]:
-                rows[i].status, rows[i].reviewed_at = "accepted", now
-            for i in reject:
-                rows[i].status, rows[i].reviewed_at = "rejected", now
+        masked = await offload(_masked_edits, edit) if edit else []
+        await self.repo.review(accept, reject, masked)
         return {"accepted": len(accept), "edited": len(edit), "rejected": len(reject)}
 
     # -- similarity to a training set ------------------------------------------------------
@@ -205,7 +138,7 @@ class CurateService:
     async def drift(self, dataset_id: str, filters: dict[str, Any], limit: int,
                     **limits: float) -> dict[str, Any]:
         idx = await self.index(dataset_id)
-        rows, _ = await offload(self.list, filters, 0, limit)
+        rows, _ = await self.repo.page(filters, 0, limit)
         prompts = [prompt_text(r.messages) for r in rows]
         report = await offload(drift_report, idx, prompts, **limits)
         return {**report, "dataset_id": dataset_id, "filters": {k: v for k, v in filters.items()
@@ -217,7 +150,7 @@ class CurateService:
         """Accepted, unpublished captures (all, or ``ids``) + the base version's rows -> a new
         dataset version. The base's eval split is kept as the eval split, so the new version's
         gate compares on the same held-out rows."""
-        rows = await offload(self._publishable, ids)
+        rows = await self._publishable(ids)
         train = [training_row(r) for r in rows]
         eval_rows = None
         if base_dataset_id:
@@ -229,18 +162,13 @@ class CurateService:
                    "responses": [r.response_id for r in rows if r.response_id]}
         ds = await self.dataset.create_from_rows(
             train, eval_rows=eval_rows or None, name=name or "captured", lineage=lineage)
-        await offload(self._mark_published, [r.id for r in rows], ds.id)
+        await self.repo.mark_published([r.id for r in rows], ds.id)
         return {"object": "capture.publication", "dataset": ds.to_dict(),
                 "parent_dataset_id": base_dataset_id, "captures": len(rows),
                 "capture_ids": lineage["captures"]}
 
-    def _publishable(self, ids: builtins.list[str] | None) -> builtins.list[Capture]:
-        with self.db.session() as s:
-            q = select(Capture).where(Capture.status == "accepted", Capture.dataset_id.is_(None))
-            if ids is not None:
-                q = q.where(Capture.id.in_(ids))
-            rows = list(s.scalars(q.order_by(Capture.created_at, Capture.id)))
-            s.expunge_all()
+    async def _publishable(self, ids: builtins.list[str] | None) -> builtins.list[Capture]:
+        rows = await self.repo.publishable(ids)
         if ids is not None and len(rows) != len(set(ids)):
             got = {r.id for r in rows}
             bad = [i for i in ids if i not in got]
@@ -250,11 +178,6 @@ class CurateService:
             raise Unprocessable("no accepted captures to publish; review first",
                                 code="no_accepted_captures")
         return rows
-
-    def _mark_published(self, ids: builtins.list[str], dataset_id: str) -> None:
-        with self.db.session() as s:
-            for row in s.scalars(select(Capture).where(Capture.id.in_(ids))):
-                row.dataset_id = dataset_id
 
     async def retrain(self, base_dataset_id: str, base_model: str, *, name: str | None,
                       ids: builtins.list[str] | None,
@@ -268,3 +191,13 @@ class CurateService:
             pub["dataset"]["id"], base_model, backend=backend, hyperparameters=hyperparameters,
             callback_url=self.settings.callback_url(), gate_alias=gate_alias)
         return {**pub, "object": "capture.retrain", "job": job.to_dict()}
+
+
+def _masked(*texts: str | None) -> tuple[str | None, ...]:
+    """Each text masked (None stays None): what users write is stored masked, like what they
+    sent."""
+    return tuple(mask(t)[0] if t is not None else None for t in texts)
+
+
+def _masked_edits(edit: list[dict[str, str]]) -> list[dict[str, str]]:
+    return [{"id": e["id"], "output": mask(e["output"])[0]} for e in edit]

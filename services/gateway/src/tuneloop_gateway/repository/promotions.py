@@ -1,0 +1,104 @@
+"""Promotion decisions in the database (``gateway_promotions``): gates (one per job), manual
+promotions and rollbacks, with their evidence."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Collection
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from tuneloop.db import Database
+from tuneloop.errors import NotFound
+from tuneloop.offload import offloaded
+
+from ..db import Promotion
+
+class PromotionRepository:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    @offloaded
+    def recover(self) -> int:
+        """Gates of a stored model version (no job) left ``evaluating`` by a stopped process
+        are marked failed (interrupted); returns how many."""
+        with self.db.session() as s:
+            rows = list(s.scalars(select(Promotion).where(
+                Promotion.status == "evaluating", Promotion.job_id.is_(None))))
+            for r in rows:
+                r.status, r.finished_at = "failed", int(time.time())
+                r.error = {"code": "interrupted", "message": "the gateway stopped during the gate"}
+                r.reasons = ["gate could not run: the gateway stopped during the gate"]
+        return len(rows)
+
+    @offloaded
+    def jobs_in(self, statuses: Collection[str]) -> set[str]:
+        """Jobs whose gate is in one of ``statuses``."""
+        with self.db.session() as s:
+            return set(s.scalars(select(Promotion.job_id).where(
+                Promotion.job_id.is_not(None), Promotion.status.in_(statuses))))
+
+    @offloaded
+    def by_job(self, job_id: str) -> Promotion | None:
+        with self.db.session() as s:
+            return s.scalar(select(Promotion).where(Promotion.job_id == job_id))
+
+    @offloaded
+    def upsert(self, row: Promotion) -> None:
+        """Store ``row`` (a new decision, or a re-run gate over its earlier attempt)."""
+        with self.db.session() as s:
+            s.merge(row)
+
+    @offloaded
+    def update(self, pid: str, **fields: Any) -> Promotion:
+        """Set ``fields`` on a decision."""
+        with self.db.session() as s:
+            row = _row(s, pid)
+            for k, v in fields.items():
+                setattr(row, k, v)
+            return row
+
+    @offloaded
+    def finish(self, pid: str, status: str, *, reasons: builtins.list[str],
+               evidence: dict | None = None, error: dict | None = None) -> Promotion:
+        """Record a gate's decision (``evidence`` replaces the stored one when given)."""
+        with self.db.session() as s:
+            row = _row(s, pid)
+            row.status, row.reasons, row.error = status, reasons, error
+            if evidence is not None:
+                row.evidence = evidence
+            row.finished_at = int(time.time())
+            return row
+
+    @offloaded
+    def get(self, pid: str) -> Promotion:
+        with self.db.session() as s:
+            return _row(s, pid)
+
+    @offloaded
+    def list(self, *, model_id: str | None = None, job_id: str | None = None,
+             limit: int = 50) -> builtins.list[Promotion]:
+        """Decisions, newest first, about a model version and/or a job."""
+        return self.list_blocking(model_id=model_id, job_id=job_id, limit=limit)
+
+    def list_blocking(self, *, model_id: str | None = None, job_id: str | None = None,
+                      limit: int = 50) -> builtins.list[Promotion]:
+        """:meth:`list` for a caller already in a worker thread: a model version's lineage
+        route hands ``PromotionService.for_model`` to ``offload`` (``api/proxy.py``)."""
+        with self.db.session() as s:
+            q = select(Promotion).order_by(Promotion.created_at.desc(), Promotion.id).limit(limit)
+            if model_id:
+                q = q.where(Promotion.model_id == model_id)
+            if job_id:
+                q = q.where(Promotion.job_id == job_id)
+            return list(s.scalars(q))
+
+
+def _row(s: Session, pid: str) -> Promotion:
+    row = s.get(Promotion, pid)
+    if row is None:
+        raise NotFound(f"promotion '{pid[:80]}' not found", code="promotion_not_found")
+    return row
