@@ -60,3 +60,17 @@ def test_the_checks_see_the_files() -> None:
     """A moved package must not silently empty the lists above."""
     assert sum(p.parent.name == "api" for p in CHECKED) >= 20
     assert len(CHECKED) >= 150
+
+
+# the gateway's data access: SQL (a session, a query, SQLAlchemy itself) only in its
+# repository package, its tables (db.py) and its migrations
+GATEWAY_DATA = (GATEWAY / "repository", GATEWAY / "migrations", GATEWAY / "db.py")
+SQL = re.compile(r"\.session\(\)|\bselect\(|\bsqlalchemy\b")
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(GATEWAY.rglob("*.py"))
+                                  if not any(p == d or d in p.parents for d in GATEWAY_DATA)],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_gateway_sql_only_in_its_repository(path: Path) -> None:
+    found = [f"{n}: {line.strip()}" for n, line in _code(path) if SQL.search(line)]
+    assert not found, "move it to tuneloop_gateway/repository/:\n" + "\n".join(found)
