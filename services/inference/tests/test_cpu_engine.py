@@ -105,3 +105,23 @@ def test_fallback_engine_refuses_an_untested_transformers(monkeypatch) -> None:
         transformers_serve.main(["--model-dir", "/m", "--served-model-name", "x",
                                  "--port", "1"])
     assert "5.99.0" in str(stop.value)
+
+
+def test_pools_keep_connections_for_less_than_each_engine(tmp_path: Path) -> None:
+    """The idle race (issue 15) stays closed while pooled connections live long: a vLLM engine
+    is told to keep idle connections as long as our servers do (65 s), so the pool keeps them
+    60 s and a burst after a pause reuses them; ``transformers serve`` keeps uvicorn's 5 s, so
+    its pool keeps 2 s."""
+    settings = InferenceSettings(data_dir=tmp_path, vllm_python="/opt/vllm/bin/python",
+                                 vllm_device="cpu")
+    vllm = make_engine("vllm", name="mv-1", model_dir="/m", settings=settings,
+                       log_path=tmp_path / "l")
+    assert vllm.env()["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "65"
+    assert vllm.server_keepalive_s() == 65 and vllm.pool_keepalive_s() == 60
+    fallback = make_engine("transformers", name="mv-2", model_dir="/m", settings=settings,
+                           log_path=tmp_path / "l")
+    assert fallback.server_keepalive_s() == 5 and fallback.pool_keepalive_s() == 2
+    short = settings.model_copy(update={"keepalive_timeout_s": 10.0, "engine_keepalive_s": 30.0})
+    told = make_engine("vllm", name="mv-3", model_dir="/m", settings=short,
+                       log_path=tmp_path / "l")
+    assert told.env()["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] == "10" and told.pool_keepalive_s() == 7

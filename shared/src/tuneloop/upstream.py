@@ -7,8 +7,10 @@ moment: the request fails with "server disconnected" before any byte of an answe
 that does not retry turns it into a 502 (issue 15: the first request of a load round, a few
 seconds after the proxy's last use). Two fixes, both here:
 
-- pools keep idle connections for less than the upstream does (:data:`KEEPALIVE_S`, 2 s, a
-  setting per service), so the client closes first;
+- pools keep idle connections for less than the upstream does, so the client closes first:
+  our services keep theirs 65 s (``TUNELOOP_KEEPALIVE_TIMEOUT_S``) and vLLM engines are
+  started with the same, so the gateway's and inference's pools keep 60 s (a setting per
+  service); :data:`KEEPALIVE_S` (2 s) is the default for a server that keeps uvicorn's 5 s;
 - a request whose connection was closed before any response byte arrived is sent again on
   another connection (:func:`send`): the server never read it, or read it and answered
   nothing, so a retry cannot duplicate an answer the client has seen. Only bodies that can be
@@ -30,7 +32,7 @@ from starlette.responses import Response
 
 log = logging.getLogger("tuneloop.upstream")
 
-#: idle keep-alive of our pools: below uvicorn's and vLLM's 5 s
+#: idle keep-alive for a pool to a server with uvicorn's (and vLLM's) default 5 s
 KEEPALIVE_S = 2.0
 #: attempts for a request whose connection closed before any response byte
 ATTEMPTS = 3

@@ -7,8 +7,8 @@ CPU per request (measured: bench/gateway_overhead.py notes). Request bodies are 
 byte for byte as they arrive; upstream failures become 502/503/504 in the error envelope
 instead of hangs.
 
-Idle pooled connections live ``upstream_keepalive_s`` (2 s), less than the upstreams' own
-5 s, and a request whose connection closed before any response byte is sent again when that
+Idle pooled connections live ``upstream_keepalive_s`` (60 s), less than the upstreams' own
+65 s, and a request whose connection closed before any response byte is sent again when that
 is safe (a replayable body and a read or a generation: :mod:`tuneloop.upstream`). A stream
 the upstream breaks, or ends without ``data: [DONE]`` or a finish_reason, ends with an error event, so OpenAI
 clients raise instead of returning a cut answer as complete.

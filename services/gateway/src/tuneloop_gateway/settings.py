@@ -38,9 +38,10 @@ class GatewaySettings(ServiceSettings):
         "evaluations). Default: the service token (TUNELOOP_SERVICE_TOKEN).")
     connect_timeout_s: float = Field(5.0, description="TCP connect timeout to any peer.")
     upstream_keepalive_s: float = Field(
-        2.0, gt=0, le=4.5, description="Idle keep-alive of the pooled connections to the peers: "
-        "below theirs (uvicorn closes idle connections after 5 s), so the gateway never sends "
-        "a request on a connection a peer is closing.")
+        60.0, gt=0, description="Idle keep-alive of the pooled connections to the peers: "
+        "below theirs (the services keep idle connections TUNELOOP_KEEPALIVE_TIMEOUT_S, 65 s), "
+        "so the gateway never sends a request on a connection a peer is closing, and reuses "
+        "its connections across pauses in the traffic instead of reconnecting.")
     inference_max_connections: int = Field(
         4096, ge=0, description="Connections to the inference service at once (0 = no limit). "
         "Above the inference replicas' capacity (engine_max_num_seqs + engine_queue_size per "

@@ -78,9 +78,12 @@ class InferenceSettings(ServiceSettings):
     engine_queue_timeout_s: float = Field(
         60.0, gt=0, description="Longest wait in an engine's queue before a 429.")
     engine_keepalive_s: float = Field(
-        2.0, gt=0, le=4.5, description="Idle keep-alive of the pooled connections to an engine: "
-        "below the engine's own (uvicorn and vLLM close idle connections after 5 s), so the "
-        "service never sends a request on a connection the engine is closing.")
+        60.0, gt=0, description="Idle keep-alive of the pooled connections to an engine, "
+        "capped 3 s below the engine's own so the service never sends a request on a "
+        "connection the engine is closing: vLLM engines are started with "
+        "VLLM_HTTP_TIMEOUT_KEEP_ALIVE = keepalive_timeout_s (65 s), so 60 s; `transformers "
+        "serve` (uvicorn, 5 s) gets 2 s. Long-lived pooled connections spare a reconnect per "
+        "request after every pause in the traffic.")
     health_interval_s: float = Field(1.0, description="Engine health-check period.")
     health_failures: int = Field(3, description="Consecutive failed checks before a restart.")
     max_restarts: int = Field(5, description="Restarts of a crashed engine before it is failed.")

@@ -107,6 +107,17 @@ class Engine(ABC):
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
+    def server_keepalive_s(self) -> float:
+        """How long the engine's own server keeps an idle connection: uvicorn's default 5 s
+        (``transformers serve``); an engine that is told to keep them longer says so."""
+        return 5.0
+
+    def pool_keepalive_s(self) -> float:
+        """Idle keep-alive of this service's pool to the engine: ``engine_keepalive_s``, but at
+        least 3 s below the engine's own, so the service never sends a request on a connection
+        the engine is closing (the idle race of issue 15)."""
+        return max(0.5, min(self.settings.engine_keepalive_s, self.server_keepalive_s() - 3.0))
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -119,7 +130,7 @@ class Engine(ABC):
             self.proc = subprocess.Popen(self.command(), env=self.env(), stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         self.state = "starting"
-        keepalive = self.settings.engine_keepalive_s  # below the engine's 5 s (issue 15)
+        keepalive = self.pool_keepalive_s()
         if self.client is None:
             limits = httpx.Limits(max_connections=16, max_keepalive_connections=16,
                                   keepalive_expiry=keepalive)

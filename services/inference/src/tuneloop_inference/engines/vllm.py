@@ -37,6 +37,7 @@ adapters (``/v1/load_lora_adapter``) under their immutable model-version id; ``-
 
 from __future__ import annotations
 
+import math
 import shlex
 import shutil
 import sys
@@ -98,9 +99,17 @@ class VllmEngine(Engine):
         cap = self.settings.vllm_max_model_len
         return min(x for x in (own, cap) if x) if (own or cap) else None
 
+    def server_keepalive_s(self) -> float:
+        """``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` (set in :meth:`env`): the services' own
+        ``keepalive_timeout_s`` (65 s), whole seconds."""
+        return float(math.ceil(self.settings.keepalive_timeout_s))
+
     def env(self) -> dict[str, str]:
         env = super().env()
         env["VLLM_NO_USAGE_STATS"] = "1"
+        # idle client connections kept as long as our own servers keep theirs (not vLLM's 5 s):
+        # the service's pool then reuses them across bursts instead of reconnecting
+        env["VLLM_HTTP_TIMEOUT_KEEP_ALIVE"] = str(int(self.server_keepalive_s()))
         env.setdefault("VLLM_CACHE_ROOT", str(self.settings.data_dir / "cache" / "vllm"))
         if self.device == "cpu":  # the controller's core placement, else the setting
             env["VLLM_CPU_OMP_THREADS_BIND"] = self.cpus or self.settings.vllm_cpu_threads_bind
