@@ -112,7 +112,7 @@ async def main() -> dict:
                      limits={"max_error_rate": 0.05, "max_latency_ratio": None,
                              "max_p95_latency_s": None, "min_requests": 20},
                      stats={}, events=[], created_at=int(time.time())))
-    canaries._sync()
+    await canaries.refresh()
     canary = await _time(lambda: send_generation(free, BODY, None, upstream), N)
     canaries.live.clear()
     n_stream = N // 10

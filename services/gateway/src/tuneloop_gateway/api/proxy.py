@@ -38,13 +38,13 @@ def _ups(request: Request, name: str) -> Upstream:
     return request.app.state.upstreams[name]
 
 
-@router.post("/v1/chat/completions", dependencies=[Depends(require_inference)])
+@router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Response:
     """OpenAI chat completions (streaming passes through untouched)."""
     return await _generate(request, "/v1/chat/completions")
 
 
-@router.post("/v1/completions", dependencies=[Depends(require_inference)])
+@router.post("/v1/completions")
 async def completions(request: Request) -> Response:
     """OpenAI legacy completions."""
     return await _generate(request, "/v1/completions")
@@ -52,7 +52,10 @@ async def completions(request: Request) -> Response:
 
 async def _generate(request: Request, path: str) -> Response:
     """A generation: safe to send again if the connection closed before any answer byte (no
-    side effect); cancelled upstream if the client goes away before the answer."""
+    side effect); cancelled upstream if the client goes away before the answer. The key check
+    is called here, not declared as a route dependency: FastAPI solves declared dependencies
+    per request, a cost on the hot path (``bench/serve_load.py --profile``)."""
+    await require_inference(request)
     s = request.app.state.settings
     body = await read_body(request, s.max_request_bytes)
     recorder = request.app.state.captures

@@ -58,18 +58,18 @@ def authorize_openai(request: Request, settings: InferenceSettings) -> None:
 
 @dataclass(frozen=True, slots=True)
 class Generation:
-    """What a generation route needs, resolved by one dependency after the key check: each
-    ``Depends`` costs the hot path FastAPI's dependency solving (four of them were ~35% of a
-    proxied generation's CPU, bench/serve_load.py --profile)."""
+    """What a generation route needs, after the key check. The routes call
+    :func:`generation` themselves rather than declaring it a dependency: each declared
+    ``Depends`` costs the hot path FastAPI's dependency solving per request (four of them were
+    ~35% of a proxied generation's CPU, bench/serve_load.py --profile)."""
 
     routing: RoutingTable
     metrics: InferenceMetrics
 
 
-async def _generation(request: Request) -> Generation:
+def generation(request: Request) -> Generation:
+    """The key check, then the routing table and metrics (the one place the generation routes
+    read the app state)."""
     state = request.app.state
     authorize_openai(request, state.settings)
     return Generation(state.controller.routing, state.metrics)
-
-
-GenerationDep = Annotated[Generation, Depends(_generation)]

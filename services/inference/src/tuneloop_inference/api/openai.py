@@ -26,7 +26,7 @@ from ..engines import Engine
 from ..metrics import InferenceMetrics
 from ..protocol import validate
 from ..routing import RoutingTable
-from .deps import GenerationDep, RoutingDep, SettingsDep, authorize_openai
+from .deps import RoutingDep, SettingsDep, authorize_openai, generation
 
 router = APIRouter(tags=["openai"])
 
@@ -54,13 +54,18 @@ async def get_model(model: str, routing: RoutingDep) -> dict[str, Any]:
                    param="model")
 
 
+# The generation routes call the key check and read their services themselves (``generation``)
+# instead of declaring a dependency: FastAPI solves declared dependencies per request, a cost on
+# the hot path (bench/serve_load.py --profile).
 @router.post("/v1/chat/completions")
-async def chat_completions(request: Request, gen: GenerationDep) -> Response:
+async def chat_completions(request: Request) -> Response:
+    gen = generation(request)
     return await _proxy(request, gen.routing, gen.metrics, "chat")
 
 
 @router.post("/v1/completions")
-async def completions(request: Request, gen: GenerationDep) -> Response:
+async def completions(request: Request) -> Response:
+    gen = generation(request)
     return await _proxy(request, gen.routing, gen.metrics, "completions")
 
 
