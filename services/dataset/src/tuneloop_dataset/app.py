@@ -32,10 +32,10 @@ def create_app(settings: DatasetSettings | None = None) -> FastAPI:
         db, store = await offload(open_service_state, settings, MIGRATIONS)
         svc = await offload(DatasetService, settings, db, store, metrics)
         await offload(svc.cleanup_tmp)
-        await offload(svc.refresh_gauge)
+        await svc.refresh_gauge()
         await offload(settings.resolved_import_root().mkdir, parents=True, exist_ok=True)
         synth = SynthService(settings, db, metrics, svc)
-        await offload(synth.recover)
+        await synth.recover()
         app.state.db, app.state.store = db, store
         app.state.datasets, app.state.synth = svc, synth
         app.state.ingest_limiter = anyio.CapacityLimiter(settings.max_concurrent_ingests)

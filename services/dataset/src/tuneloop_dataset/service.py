@@ -1,12 +1,17 @@
 """Dataset domain logic: ingest (validate, split, report, store, version), read, lease, delete.
 
-Never imports FastAPI. Everything here is synchronous and CPU/IO bound; the API runs it in a
-worker thread.
+Never imports FastAPI. What the API calls is ``async``: the database is reached through
+:class:`.repository.DatasetRepository` (its methods run in a worker thread), and the blocking
+rest (parsing and building an upload, files, the artifact store, tokenizers) is awaited through
+:func:`tuneloop.offload.offload`, so nothing here blocks the event loop. The synchronous helpers
+(``parse``, ``_parse``, ``_version``, ``_report``, ...) are only ever run that way.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
+import functools
 from array import array
 import hashlib
 import json
@@ -15,31 +20,35 @@ import shutil
 import tempfile
 import threading
 from collections import Counter
+from collections.abc import AsyncIterator
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+import anyio
 import numpy as np
-from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from tuneloop import layout
 from tuneloop.db import Database
-from tuneloop.errors import Conflict, InvalidRequest, NotFound, TuneloopError, Unprocessable
+from tuneloop.errors import InvalidRequest, TuneloopError, Unprocessable
 from tuneloop.ids import content_id, require_id
+from tuneloop.offload import offload
 from tuneloop.storage import ArtifactStore
 
-from .db import DatasetRow, LeaseRow
+from .db import DatasetRow
 from .metrics import DatasetMetrics
 from .parsing import ParseResult, StreamValidator, UploadRejected, row_digest, canonical
 from .quality import ReportBuilder, text_summary
+from .repository import DatasetRepository
 from .schemas import UploadOptions
 from .settings import DatasetSettings
 from .storage_io import SplitWriter, artifact_keys, iter_jsonl, iter_stored, read_rows, write_hf
 
 log = logging.getLogger("tuneloop.dataset")
+
+Input = IO[bytes] | Path  # an open upload, or a file the worker thread opens
 
 
 class DatasetInvalid(Unprocessable):
@@ -79,11 +88,27 @@ class Ingested:
     created: bool
 
 
+@dataclass
+class Parsed:
+    """An upload's validated files (in the work folder) and how its eval split is sized."""
+
+    main: ParseResult
+    ev: ParseResult | None
+    rp: ParseResult | None
+    eval_n: int
+    method: str
+    digest: str  # of the rows and the split options: the version's id
+
+    @property
+    def id(self) -> str:
+        return content_id("ds", self.digest)
+
+
 class DatasetService:
     def __init__(self, settings: DatasetSettings, db: Database, store: ArtifactStore,
                  metrics: DatasetMetrics) -> None:
         self.settings = settings
-        self.db = db
+        self.repo = DatasetRepository(db)
         self.store = store
         self.metrics = metrics
         self.tmp_root = (settings.data_dir / "tmp" / "dataset").resolve()
@@ -92,8 +117,16 @@ class DatasetService:
         self._tok_lock = threading.Lock()
 
     # -- helpers -----------------------------------------------------------------------
-    def work_dir(self) -> Path:
-        return Path(tempfile.mkdtemp(prefix="ingest-", dir=self.tmp_root))
+    @contextlib.asynccontextmanager
+    async def tmp_dir(self, prefix: str | None = None) -> AsyncIterator[Path]:
+        """A fresh folder under ``tmp_root`` (an upload can be large), made and removed off
+        the loop; removed even when the request is cancelled."""
+        tmp = Path(await offload(tempfile.mkdtemp, prefix=prefix, dir=self.tmp_root))
+        try:
+            yield tmp
+        finally:
+            with anyio.CancelScope(shield=True):
+                await offload(shutil.rmtree, tmp, True)
 
     def validator(self) -> StreamValidator:
         s = self.settings
@@ -138,72 +171,79 @@ class DatasetService:
                 e["file"] = which
         return res
 
-    def ingest(self, src: IO[bytes], opts: UploadOptions, source: dict[str, Any],
-               eval_src: IO[bytes] | None = None, replay_src: IO[bytes] | None = None) -> Ingested:
+    async def ingest(self, src: Input, opts: UploadOptions, source: dict[str, Any],
+                     eval_src: Input | None = None, replay_src: Input | None = None) -> Ingested:
         """Validate, split, report and store one upload; return the (new or existing) version.
 
         ``replay_src``: replay rows against forgetting (general prompts answered by the base
         model, e.g. from the gateway's ``POST /v1/replay-rows``). They go to the train split
         only, spread evenly through it; one whose prompt is an eval prompt is dropped (it would
         leak); they are part of the version's content hash."""
-        work = self.work_dir()
-        try:
-            return self._ingest(work, src, opts, source, eval_src, replay_src)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
+        async with self.tmp_dir("ingest-") as work:
+            parsed = await offload(self._parse, work, src, opts, eval_src, replay_src)
+            found = await self.repo.find(parsed.id)
+            if found is not None:
+                self.metrics.uploads.labels("existing").inc()
+                return Ingested(self._to_api(*found), False)
+            stage = await offload(self.store.staging_dir, layout.dataset(parsed.id))
+            try:
+                row = await offload(self._version, work, stage, parsed, opts, source)
+                created = await self.repo.add(row, functools.partial(self._place, stage, row.id))
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await offload(shutil.rmtree, stage, True)
+        if not created:
+            self.metrics.uploads.labels("existing").inc()
+            return Ingested(self._to_api(*await self.repo.get(row.id)), False)
+        self.metrics.uploads.labels("created").inc()
+        await self.refresh_gauge()
+        log.info("dataset stored", extra={"dataset_id": row.id, "rows": parsed.main.valid})
+        return Ingested(self._to_api(row, []), True)  # no lease can predate the version
 
-    def _ingest(self, work: Path, src: IO[bytes], opts: UploadOptions, source: dict[str, Any],
-                eval_src: IO[bytes] | None, replay_src: IO[bytes] | None = None) -> Ingested:
-        main = self.parse(src, work / "rows.jsonl", "file")
-        ev = self.parse(eval_src, work / "eval.jsonl", "eval_file") if eval_src else None
-        rp = self.parse(replay_src, work / "replay.jsonl", "replay_rows") if replay_src else None
+    def _parse(self, work: Path, src: Input, opts: UploadOptions, eval_src: Input | None,
+               replay_src: Input | None) -> Parsed:
+        """Validate the upload's files into ``work``, check them, size the eval split."""
+        with contextlib.ExitStack() as stack:
+            def opened(f: Input) -> IO[bytes]:
+                return stack.enter_context(open(f, "rb")) if isinstance(f, Path) else f
+
+            main = self.parse(opened(src), work / "rows.jsonl", "file")
+            ev = (self.parse(opened(eval_src), work / "eval.jsonl", "eval_file")
+                  if eval_src is not None else None)
+            rp = (self.parse(opened(replay_src), work / "replay.jsonl", "replay_rows")
+                  if replay_src is not None else None)
         self._check_parse(main, ev, opts)
         if rp is not None and (rp.invalid or not rp.valid):
             first: dict[str, Any] = rp.errors[0] if rp.errors else {"line": 0, "message": "no rows"}
             raise DatasetInvalid(f"replay_rows: {rp.invalid} invalid rows (first: row {first['line']}: "
                                  f"{first['message'][:200]})" if rp.invalid else "replay_rows is empty",
                                  param="replay_rows", details={"errors": rp.errors[:20]})
-        n = main.valid
         if ev is not None:
             eval_n, method = ev.valid, "eval_file"
         else:
-            eval_n, method = resolve_eval_size(n, opts)
+            eval_n, method = resolve_eval_size(main.valid, opts)
         split_opts = {"seed": opts.seed, "eval_size": opts.eval_size,
                       "eval_fraction": opts.eval_fraction, "eval_file": ev is not None}
         digest = hashlib.sha256(
             ("tuneloop-dataset-v1\n" + main.sha256 + "\n" + (ev.sha256 if ev else "-") + "\n"
              + json.dumps(split_opts, sort_keys=True)
              + (f"\nreplay:{rp.sha256}" if rp else "")).encode()).hexdigest()
-        ds_id = content_id("ds", digest)
-        existing = self._get_row(ds_id)
-        if existing is not None:
-            self.metrics.uploads.labels("existing").inc()
-            return Ingested(self._to_api(existing), False)
+        return Parsed(main, ev, rp, eval_n, method, digest)
 
+    def _version(self, work: Path, stage: Path, p: Parsed, opts: UploadOptions,
+                 source: dict[str, Any]) -> DatasetRow:
+        """Split, report and write the version's artifacts into ``stage``; its row."""
         tokenizer_name = opts.tokenizer or self.settings.default_tokenizer
         tok, note = self.load_tokenizer(tokenizer_name, explicit=bool(opts.tokenizer))
-        eval_lines = self._choose_eval(work / "rows.jsonl", eval_n, opts.seed) if ev is None else None
-        stage = self.store.staging_dir(layout.dataset(ds_id))
-        try:
-            report = self._build(work, stage, main, ev, eval_lines, opts, tok, tokenizer_name, note,
-                                 {"method": method, "seed": opts.seed}, rp)
-            row = DatasetRow(
-                id=ds_id, name=opts.name or source.get("filename") or "dataset", status="ready",
-                format=self._format(main, ev), created_at=int(time.time()),
-                counts=self._counts(main, ev, report), warnings=report["warnings"],
-                options=opts.model_dump(exclude={"name"}), source=source,
-                content_sha256=digest, bytes=main.bytes_read + (ev.bytes_read if ev else 0))
-            created = self._publish(row, stage)
-        finally:
-            if stage.exists():
-                shutil.rmtree(stage, ignore_errors=True)
-        if not created:
-            self.metrics.uploads.labels("existing").inc()
-            return Ingested(self._to_api(self._require(ds_id)), False)
-        self.metrics.uploads.labels("created").inc()
-        self.refresh_gauge()
-        log.info("dataset stored", extra={"dataset_id": ds_id, "rows": n})
-        return Ingested(self._to_api(row), True)
+        eval_lines = self._choose_eval(work / "rows.jsonl", p.eval_n, opts.seed) if p.ev is None else None
+        report = self._build(work, stage, p.main, p.ev, eval_lines, opts, tok, tokenizer_name, note,
+                             {"method": p.method, "seed": opts.seed}, p.rp)
+        return DatasetRow(
+            id=p.id, name=opts.name or source.get("filename") or "dataset", status="ready",
+            format=self._format(p.main, p.ev), created_at=int(time.time()),
+            counts=self._counts(p.main, p.ev, report), warnings=report["warnings"],
+            options=opts.model_dump(exclude={"name"}), source=source,
+            content_sha256=p.digest, bytes=p.main.bytes_read + (p.ev.bytes_read if p.ev else 0))
 
     def _check_parse(self, main: ParseResult, ev: ParseResult | None, opts: UploadOptions) -> None:
         parts = [main] + ([ev] if ev else [])
@@ -318,20 +358,13 @@ class DatasetService:
         kept = [m for m in rows if row_digest(canonical(m[:-1])) not in eval_prompts]
         return kept, len(rows) - len(kept)
 
-    def _publish(self, row: DatasetRow, stage: Path) -> bool:
-        """Insert the row and move the artifacts into place in one unit: the unique id makes
-        the loser of a race for identical content fall back to the winner's version."""
-        key = layout.dataset(row.id)
-        try:
-            with self.db.session() as s:
-                s.add(row)
-                s.flush()  # takes the write lock / unique index: losers fail here
-                if self.store.exists(key):  # left by a crash between rename and commit
-                    self.store.delete(key)
-                self.store.put_dir(stage, key, move=True)
-        except IntegrityError:
-            return False
-        return True
+    def _place(self, stage: Path, ds_id: str) -> None:
+        """Move a staged version into the store: run by :meth:`DatasetRepository.add` inside
+        the transaction that inserts its row."""
+        key = layout.dataset(ds_id)
+        if self.store.exists(key):  # left by a crash between rename and commit
+            self.store.delete(key)
+        self.store.put_dir(stage, key, move=True)
 
     @staticmethod
     def _format(main: ParseResult, ev: ParseResult | None) -> str | None:
@@ -347,53 +380,43 @@ class DatasetService:
                 **({"replay": report["split"]["replay"]["rows"]} if "replay" in report["split"] else {})}
 
     # -- reads -------------------------------------------------------------------------
-    def _get_row(self, ds_id: str) -> DatasetRow | None:
-        with self.db.session() as s:
-            return s.get(DatasetRow, ds_id)
-
-    def _require(self, ds_id: str) -> DatasetRow:
-        require_id(ds_id, "ds", "dataset")
-        row = self._get_row(ds_id)
-        if row is None:
-            raise NotFound(f"dataset '{ds_id}' not found", code="dataset_not_found", param="id")
-        return row
-
-    def _holders(self, ds_id: str) -> list[str]:
-        with self.db.session() as s:
-            return list(s.scalars(select(LeaseRow.holder).where(LeaseRow.dataset_id == ds_id)
-                                  .order_by(LeaseRow.created_at, LeaseRow.holder)))
-
-    def _to_api(self, row: DatasetRow) -> dict[str, Any]:
+    def _to_api(self, row: DatasetRow, holders: builtins.list[str]) -> dict[str, Any]:
         return {"id": row.id, "object": "dataset", "name": row.name, "status": row.status,
                 "created_at": row.created_at, "counts": row.counts, "format": row.format,
                 "warnings": row.warnings, "options": row.options, "source": row.source,
                 "bytes": row.bytes, "artifacts": artifact_keys(row.id),
                 "artifact_url": self.store.uri(layout.dataset(row.id)),
-                "in_use_by": self._holders(row.id)}
+                "in_use_by": holders}
 
-    def get(self, ds_id: str) -> dict[str, Any]:
-        return self._to_api(self._require(ds_id))
+    async def get(self, ds_id: str) -> dict[str, Any]:
+        require_id(ds_id, "ds", "dataset")
+        return self._to_api(*await self.repo.get(ds_id))
 
-    def list(self, limit: int, offset: int) -> dict[str, Any]:
-        with self.db.session() as s:
-            rows = list(s.scalars(select(DatasetRow).order_by(DatasetRow.created_at.desc(),
-                                                              DatasetRow.id)
-                                  .offset(offset).limit(limit + 1)))
-        return {"object": "list", "data": [self._to_api(r) for r in rows[:limit]],
+    async def list(self, limit: int, offset: int) -> dict[str, Any]:
+        rows = await self.repo.page(limit + 1, offset)
+        return {"object": "list", "data": [self._to_api(*r) for r in rows[:limit]],
                 "has_more": len(rows) > limit}
 
-    def rows(self, ds_id: str, split: str, offset: int, limit: int) -> dict[str, Any]:
-        self._require(ds_id)
-        data, total = read_rows(self.store, artifact_keys(ds_id)[f"{split}_parquet"], offset, limit)
+    async def rows(self, ds_id: str, split: str, offset: int, limit: int) -> dict[str, Any]:
+        require_id(ds_id, "ds", "dataset")
+        await self.repo.get(ds_id)
+        data, total = await offload(read_rows, self.store,
+                                    artifact_keys(ds_id)[f"{split}_parquet"], offset, limit)
         return {"object": "list", "data": data, "has_more": offset + len(data) < total,
                 "total": total, "split": split, "offset": offset, "limit": limit}
 
-    def report(self, ds_id: str, tokenizer: str | None = None,
-               max_seq_length: int | None = None) -> dict[str, Any]:
+    async def report(self, ds_id: str, tokenizer: str | None = None,
+                     max_seq_length: int | None = None) -> dict[str, Any]:
         """The stored report; with ``tokenizer``/``max_seq_length`` its token section is
         recomputed from the stored rows (e.g. the trainer checking truncation for its base
         model before a job), the rest is as stored."""
-        row = self._require(ds_id)
+        require_id(ds_id, "ds", "dataset")
+        row, _ = await self.repo.get(ds_id)
+        return await offload(self._report, row, tokenizer, max_seq_length)
+
+    def _report(self, row: DatasetRow, tokenizer: str | None,
+                max_seq_length: int | None) -> dict[str, Any]:
+        ds_id = row.id
         keys = artifact_keys(ds_id)
         report = json.loads(self.store.read_bytes(keys["report"]))
         report["dataset_id"] = ds_id
@@ -420,61 +443,46 @@ class DatasetService:
                                        f"max_seq_length={limit} tokens and would be truncated"})
         return report
 
-    def report_text(self, ds_id: str, tokenizer: str | None = None,
-                    max_seq_length: int | None = None) -> str:
-        return text_summary(self.get(ds_id), self.report(ds_id, tokenizer, max_seq_length))
+    async def report_text(self, ds_id: str, tokenizer: str | None = None,
+                          max_seq_length: int | None = None) -> str:
+        return text_summary(await self.get(ds_id),
+                            await self.report(ds_id, tokenizer, max_seq_length))
 
     # -- leases and delete -------------------------------------------------------------
-    def lease(self, ds_id: str, holder: str) -> dict[str, Any]:
-        self._require(ds_id)
-        try:
-            with self.db.session() as s:
-                if s.get(LeaseRow, (ds_id, holder)) is None:
-                    s.add(LeaseRow(dataset_id=ds_id, holder=holder, created_at=int(time.time())))
-        except IntegrityError:
-            # concurrent PUT of the same lease (idempotent) or the dataset vanished meanwhile
-            self._require(ds_id)
+    async def lease(self, ds_id: str, holder: str) -> dict[str, Any]:
+        require_id(ds_id, "ds", "dataset")
+        holders = await self.repo.lease(ds_id, holder)
         return {"object": "dataset.lease", "dataset_id": ds_id, "holder": holder,
-                "in_use_by": self._holders(ds_id)}
+                "in_use_by": holders}
 
-    def unlease(self, ds_id: str, holder: str) -> dict[str, Any]:
-        self._require(ds_id)
-        with self.db.session() as s:
-            lease = s.get(LeaseRow, (ds_id, holder))
-            if lease is None:
-                raise NotFound(f"dataset '{ds_id}' has no lease held by '{holder}'",
-                               code="lease_not_found", param="holder")
-            s.delete(lease)
+    async def unlease(self, ds_id: str, holder: str) -> dict[str, Any]:
+        require_id(ds_id, "ds", "dataset")
+        holders = await self.repo.unlease(ds_id, holder)
         return {"object": "dataset.lease", "dataset_id": ds_id, "holder": holder,
-                "deleted": True, "in_use_by": self._holders(ds_id)}
+                "deleted": True, "in_use_by": holders}
 
-    def delete(self, ds_id: str) -> dict[str, Any]:
-        self._require(ds_id)
-        key = layout.dataset(ds_id)
+    async def delete(self, ds_id: str) -> dict[str, Any]:
+        """Delete a version that no lease holds: its row and, in the same transaction, its
+        artifacts moved aside to ``trash/``, emptied after the commit."""
+        require_id(ds_id, "ds", "dataset")
         trash = f"trash/{ds_id}-{uuid.uuid4().hex[:8]}"
-        with self.db.session() as s:
-            # row lock on PostgreSQL: a lease being inserted (its FK check locks the row) either
-            # commits first and is seen below, or waits and then fails (SQLite: one writer)
-            row = s.get(DatasetRow, ds_id, with_for_update=True)
-            if row is None:
-                raise NotFound(f"dataset '{ds_id}' not found", code="dataset_not_found", param="id")
-            holders = list(s.scalars(select(LeaseRow.holder).where(LeaseRow.dataset_id == ds_id)))
-            if holders:
-                raise Conflict(f"dataset '{ds_id}' is in use by {', '.join(sorted(holders))}",
-                               code="dataset_in_use", param="id", details={"in_use_by": sorted(holders)})
-            s.delete(row)
-            s.flush()
-            if self.store.exists(key):
-                self.store.fs.makedirs(self.store.path("trash"), exist_ok=True)
-                self.store.fs.mv(self.store.path(key), self.store.path(trash), recursive=True)
-        with contextlib.suppress(Exception):
-            self.store.delete(trash)
-        self.refresh_gauge()
+        await self.repo.delete(ds_id, functools.partial(self._to_trash, ds_id, trash))
+        await offload(self._empty_trash, trash)
+        await self.refresh_gauge()
         return {"id": ds_id, "object": "dataset.deleted", "deleted": True}
 
-    def refresh_gauge(self) -> None:
-        with self.db.session() as s:
-            self.metrics.datasets_stored.set(s.scalar(select(func.count()).select_from(DatasetRow)) or 0)
+    def _to_trash(self, ds_id: str, trash: str) -> None:
+        key = layout.dataset(ds_id)
+        if self.store.exists(key):
+            self.store.fs.makedirs(self.store.path("trash"), exist_ok=True)
+            self.store.fs.mv(self.store.path(key), self.store.path(trash), recursive=True)
+
+    def _empty_trash(self, trash: str) -> None:
+        with contextlib.suppress(Exception):
+            self.store.delete(trash)
+
+    async def refresh_gauge(self) -> None:
+        self.metrics.datasets_stored.set(await self.repo.count())
 
     def cleanup_tmp(self) -> None:
         """Remove work folders left by a crash (called at startup)."""

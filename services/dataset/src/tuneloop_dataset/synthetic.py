@@ -5,7 +5,8 @@ completions, then review and curate the best. A job runs in the background of th
 its state (progress, parse failures, generated rows, review decisions) is in the database,
 so a restart loses nothing: a job that was running when the service stopped is marked
 ``failed`` with code ``interrupted`` and the rows it already generated stay reviewable.
-The teacher's API key is kept in memory only, never stored.
+The teacher's API key is kept in memory only, never stored. The jobs' SQL is in
+:class:`.repository.SynthRepository`.
 """
 
 from __future__ import annotations
@@ -15,28 +16,27 @@ import asyncio
 import json
 import logging
 import random
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
 import httpx
-from sqlalchemy import func, select
 
 from tuneloop.db import Database
-from tuneloop.errors import Conflict, InvalidRequest, NotFound, Unprocessable
+from tuneloop.errors import InvalidRequest
 from tuneloop.ids import new_id, require_id
 from tuneloop.offload import offload
 
-from .db import SynthJobRow, SynthRowRow
+from .db import SynthJobRow
 from .metrics import DatasetMetrics
 from .parsing import RowError, canonical, normalize_row, row_digest
 from .minhash import Signer, new_index
 from .quality import json_parses
+from .repository import SynthRepository
 from .schemas import PublishRequest, ReviewRequest, SynthRequest
 from .service import DatasetService, Ingested
 from .settings import DatasetSettings
+from .sources import write_rows
 
 log = logging.getLogger("tuneloop.dataset.synthetic")
 
@@ -44,7 +44,6 @@ SYSTEM_EXAMPLES = (
     "You write new training examples for fine-tuning a model on one task. Reply with exactly "
     "one JSON object with the string keys \"instruction\", \"input\" and \"output\", and nothing "
     "else. The example must be new: different from the examples shown.")
-FINISHED = ("succeeded", "failed", "cancelled")
 _FAILURE_CAP = 100
 
 
@@ -100,7 +99,7 @@ class SynthService:
     def __init__(self, settings: DatasetSettings, db: Database, metrics: DatasetMetrics,
                  datasets: DatasetService) -> None:
         self.settings = settings
-        self.db = db
+        self.repo = SynthRepository(db)
         self.metrics = metrics
         self.datasets = datasets
         self._keys: dict[str, str | None] = {}
@@ -108,17 +107,9 @@ class SynthService:
         self._cancel: set[str] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
-    def recover(self) -> int:
+    async def recover(self) -> int:
         """At startup: jobs left queued/running by a stopped process are marked failed."""
-        now = int(time.time())
-        with self.db.session() as s:
-            rows = list(s.scalars(select(SynthJobRow).where(SynthJobRow.status.in_(("queued", "running")))))
-            for job in rows:
-                job.status, job.finished_at = "failed", now
-                job.error = {"code": "interrupted", "message":
-                             "the dataset service stopped while this job was running; the rows "
-                             "generated before are kept in the draft and can be reviewed"}
-        return len(rows)
+        return await self.repo.recover()
 
     async def shutdown(self) -> None:
         for task in list(self._tasks.values()):
@@ -144,154 +135,75 @@ class SynthService:
         spec["expect_json_output"] = expect_json
         job_id = new_id("syn")
         now = int(time.time())
-        await offload(self._insert, SynthJobRow(id=job_id, status="queued", created_at=now,
-                                                spec=spec, progress=_progress(), failures=[],
-                                                error=None))
+        await self.repo.add(SynthJobRow(id=job_id, status="queued", created_at=now, spec=spec,
+                                        progress=_progress(), failures=[], error=None))
         self._keys[job_id] = req.teacher.api_key
         self._tasks[job_id] = asyncio.get_running_loop().create_task(self._run(job_id))
-        return await offload(self.get, job_id)
+        return await self.get(job_id)
 
-    def _insert(self, row: SynthJobRow) -> None:
-        with self.db.session() as s:
-            s.add(row)
-
-    def _require(self, job_id: str) -> SynthJobRow:
+    async def get(self, job_id: str) -> dict[str, Any]:
         require_id(job_id, "syn", "synthetic_job")
-        with self.db.session() as s:
-            job = s.get(SynthJobRow, job_id)
-        if job is None:
-            raise NotFound(f"synthetic job '{job_id}' not found", code="synthetic_job_not_found",
-                           param="id")
-        return job
+        return _to_api(*await self.repo.get(job_id))
 
-    def _to_api(self, job: SynthJobRow) -> dict[str, Any]:
-        with self.db.session() as s:
-            counts = dict(s.execute(select(SynthRowRow.status, func.count())
-                                    .where(SynthRowRow.job_id == job.id)
-                                    .group_by(SynthRowRow.status)).all())
-        return {"id": job.id, "object": "synthetic_job", "status": job.status,
-                "created_at": job.created_at, "started_at": job.started_at,
-                "finished_at": job.finished_at, "spec": job.spec, "progress": job.progress,
-                "failures": job.failures, "error": job.error, "dataset_id": job.dataset_id,
-                "rows": {k: counts.get(k, 0) for k in ("pending", "accepted", "rejected")}}
-
-    def get(self, job_id: str) -> dict[str, Any]:
-        return self._to_api(self._require(job_id))
-
-    def list(self, limit: int, offset: int) -> dict[str, Any]:
-        with self.db.session() as s:
-            jobs = list(s.scalars(select(SynthJobRow).order_by(SynthJobRow.created_at.desc(),
-                                                               SynthJobRow.id)
-                                  .offset(offset).limit(limit + 1)))
-        return {"object": "list", "data": [self._to_api(j) for j in jobs[:limit]],
+    async def list(self, limit: int, offset: int) -> dict[str, Any]:
+        jobs = await self.repo.page(limit + 1, offset)
+        return {"object": "list", "data": [_to_api(*j) for j in jobs[:limit]],
                 "has_more": len(jobs) > limit}
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        job = self._require(job_id)
-        if job.status in FINISHED:
-            raise Conflict(f"synthetic job '{job_id}' is already {job.status}",
-                           code="job_finished", param="id")
-        self._cancel.add(job_id)
-        task = self._tasks.get(job_id)
-        if task is None:  # not running in this process: finish it here
-            self._finish(job_id, "cancelled", None)
-        return self.get(job_id)
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Stop a job (409 ``job_finished`` once it ended): one running here stops before its
+        next teacher request; one no task of this process runs is marked cancelled now."""
+        require_id(job_id, "syn", "synthetic_job")
+        await self.repo.cancel(job_id, finish=job_id not in self._tasks)
+        if job_id in self._tasks:
+            self._cancel.add(job_id)
+        return await self.get(job_id)
 
-    def rows(self, job_id: str, status: str | None, offset: int, limit: int) -> dict[str, Any]:
-        self._require(job_id)
-        with self.db.session() as s:
-            q = select(SynthRowRow).where(SynthRowRow.job_id == job_id)
-            if status:
-                q = q.where(SynthRowRow.status == status)
-            rows = list(s.scalars(q.order_by(SynthRowRow.idx).offset(offset).limit(limit + 1)))
+    async def rows(self, job_id: str, status: str | None, offset: int, limit: int) -> dict[str, Any]:
+        require_id(job_id, "syn", "synthetic_job")
+        rows = await self.repo.rows(job_id, status, offset, limit + 1)
         return {"object": "list", "has_more": len(rows) > limit,
                 "data": [{"id": r.id, "index": r.idx, "messages": r.messages, "status": r.status}
                          for r in rows[:limit]]}
 
-    def review(self, job_id: str, req: ReviewRequest) -> dict[str, Any]:
-        self._require(job_id)
-        both = set(req.accept) & set(req.reject)
-        if both:
-            raise InvalidRequest(f"rows both accepted and rejected: {sorted(both)[:20]}",
-                                 code="conflicting_review", param="accept")
-        with self.db.session() as s:
-            rows = {r.id: r for r in s.scalars(select(SynthRowRow).where(SynthRowRow.job_id == job_id))}
-            unknown = sorted((set(req.accept) | set(req.reject)) - set(rows))
-            if unknown:
-                raise InvalidRequest(f"unknown row ids for job {job_id}: {unknown[:20]}",
-                                     code="unknown_rows", param="accept",
-                                     details={"unknown": unknown[:100]})
-            for rid in req.accept:
-                rows[rid].status = "accepted"
-            for rid in req.reject:
-                rows[rid].status = "rejected"
-            if req.accept_all_pending:
-                for r in rows.values():
-                    if r.status == "pending":
-                        r.status = "accepted"
-        return self.get(job_id)
+    async def review(self, job_id: str, req: ReviewRequest) -> dict[str, Any]:
+        require_id(job_id, "syn", "synthetic_job")
+        await self.repo.review(job_id, req.accept, req.reject, req.accept_all_pending)
+        return await self.get(job_id)
 
-    def publish_rows(self, job_id: str) -> builtins.list[builtins.list[dict[str, str]]]:
-        job = self._require(job_id)
-        if job.status not in FINISHED:
-            raise Conflict(f"synthetic job '{job_id}' is still {job.status}; publish after it ends",
-                           code="job_running", param="id")
-        with self.db.session() as s:
-            rows = [r.messages for r in s.scalars(
-                select(SynthRowRow).where(SynthRowRow.job_id == job_id,
-                                          SynthRowRow.status == "accepted").order_by(SynthRowRow.idx))]
-        if not rows:
-            raise Unprocessable(f"synthetic job '{job_id}' has no accepted rows; review first",
-                                code="no_accepted_rows", param="id")
-        return rows
-
-    def publish(self, job_id: str, opts: PublishRequest) -> Ingested:
+    async def publish(self, job_id: str, opts: PublishRequest) -> Ingested:
         """Accepted rows -> a new dataset version (through the normal validator)."""
-        rows = self.publish_rows(job_id)
-        with tempfile.TemporaryDirectory(dir=self.datasets.tmp_root) as tmp:
-            path = Path(tmp) / "accepted.jsonl"
-            with open(path, "w", encoding="utf-8") as fh:
-                for msgs in rows:
-                    fh.write(json.dumps({"messages": msgs}, ensure_ascii=False) + "\n")
-            if opts.name is None:
-                opts.name = f"synthetic-{job_id}"
-            with open(path, "rb") as src:
-                result = self.datasets.ingest(src, opts, {"kind": "synthetic", "job_id": job_id})
-        with self.db.session() as s:
-            job = s.get(SynthJobRow, job_id)
-            if job is not None:
-                job.dataset_id = result.dataset["id"]
+        require_id(job_id, "syn", "synthetic_job")
+        rows = await self.repo.accepted(job_id)
+        if opts.name is None:
+            opts.name = f"synthetic-{job_id}"
+        async with self.datasets.tmp_dir() as tmp:
+            path = tmp / "accepted.jsonl"
+            await offload(write_rows, [{"messages": msgs} for msgs in rows], path)
+            result = await self.datasets.ingest(path, opts, {"kind": "synthetic", "job_id": job_id})
+        await self.repo.set_dataset(job_id, result.dataset["id"])
         return result
 
     # -- the job -----------------------------------------------------------------------
-    def _update(self, job_id: str, **fields: Any) -> None:
-        with self.db.session() as s:
-            job = s.get(SynthJobRow, job_id)
-            for k, v in fields.items():
-                setattr(job, k, v)
-
-    def _finish(self, job_id: str, status: str, error: dict[str, Any] | None) -> None:
-        self._update(job_id, status=status, error=error, finished_at=int(time.time()))
-
     async def _run(self, job_id: str) -> None:
         try:
             await self._generate(job_id)
         except asyncio.CancelledError:
-            await offload(self._finish, job_id, "failed", {
+            await self.repo.finish(job_id, "failed", {
                 "code": "interrupted", "message": "the dataset service stopped during the job; "
                 "rows generated before are kept in the draft"})
             raise
         except Exception as exc:  # a job failure is recorded, never lost
             log.exception("synthetic job failed", extra={"job_id": job_id})
-            await offload(self._finish, job_id, "failed",
-                          {"code": "internal_error", "message": str(exc)[:500]})
+            await self.repo.finish(job_id, "failed",
+                                   {"code": "internal_error", "message": str(exc)[:500]})
         finally:
             self._tasks.pop(job_id, None)
             self._keys.pop(job_id, None)
             self._cancel.discard(job_id)
 
     async def _generate(self, job_id: str) -> None:
-        job = await offload(self._require, job_id)
+        job, _ = await self.repo.get(job_id)
         spec = job.spec
         seeds = _seed_rows(spec["seed_examples"])
         teacher = spec["teacher"]
@@ -310,7 +222,7 @@ class SynthService:
         seen = {row_digest(canonical(m)) for m in seeds}
         lsh = new_index(self.settings.near_dup_threshold, self.settings.near_dup_num_perm)
         kept_mh: dict[int, Any] = {}
-        await offload(self._update, job_id, status="running", started_at=int(time.time()))
+        await self.repo.update(job_id, status="running", started_at=int(time.time()))
         consecutive_errors = 0
         timeout = httpx.Timeout(self.settings.synth_request_timeout_s, connect=10)
         async with httpx.AsyncClient(timeout=timeout, headers=headers) as http:
@@ -329,7 +241,7 @@ class SynthService:
                     _fail(failures, progress, i, "teacher_unreachable", f"{type(exc).__name__}: {exc}")
                     if consecutive_errors >= 3:
                         await self._save(job_id, progress, failures)
-                        await offload(self._finish, job_id, "failed", {
+                        await self.repo.finish(job_id, "failed", {
                             "code": "teacher_unreachable",
                             "message": f"3 teacher requests in a row failed: {str(exc)[:300]}"})
                         return
@@ -337,7 +249,7 @@ class SynthService:
                 if resp.status_code >= 400:
                     self.metrics.synth_requests.labels("http_error").inc()
                     await self._save(job_id, progress, failures)
-                    await offload(self._finish, job_id, "failed", {
+                    await self.repo.finish(job_id, "failed", {
                         "code": "teacher_error",
                         "message": f"teacher answered {resp.status_code}: {resp.text[:300]}"})
                     return
@@ -347,7 +259,7 @@ class SynthService:
                 outcome = self._accept(spec, text, inp, seen, lsh, kept_mh, progress, failures, i)
                 if outcome is not None:
                     msgs, digest = outcome
-                    await offload(self._store_row, job_id, progress["kept"], msgs, digest)
+                    await self.repo.add_row(job_id, progress["kept"], msgs, digest)
                     progress["kept"] += 1
                     self.metrics.synth_rows.labels("kept").inc()
                 await self._save(job_id, progress, failures)
@@ -355,7 +267,7 @@ class SynthService:
         if progress["kept"] < n and status == "succeeded":
             progress["shortfall"] = n - progress["kept"]
             await self._save(job_id, progress, failures)
-        await offload(self._finish, job_id, status, None)
+        await self.repo.finish(job_id, status, None)
 
     async def _ask_teacher(self, http: httpx.AsyncClient, url: str, body: dict[str, Any],
                            job_id: str) -> httpx.Response:
@@ -445,13 +357,16 @@ class SynthService:
         lsh.insert(key, mh)
         return msgs, digest
 
-    def _store_row(self, job_id: str, idx: int, msgs: builtins.list[dict[str, str]], digest: bytes) -> None:
-        with self.db.session() as s:
-            s.add(SynthRowRow(job_id=job_id, idx=idx, messages=msgs, digest=digest.hex(),
-                              status="pending", created_at=int(time.time())))
-
     async def _save(self, job_id: str, progress: dict[str, Any], failures: builtins.list[dict[str, Any]]) -> None:
-        await offload(self._update, job_id, progress=dict(progress), failures=list(failures))
+        await self.repo.update(job_id, progress=dict(progress), failures=list(failures))
+
+
+def _to_api(job: SynthJobRow, counts: dict[str, int]) -> dict[str, Any]:
+    return {"id": job.id, "object": "synthetic_job", "status": job.status,
+            "created_at": job.created_at, "started_at": job.started_at,
+            "finished_at": job.finished_at, "spec": job.spec, "progress": job.progress,
+            "failures": job.failures, "error": job.error, "dataset_id": job.dataset_id,
+            "rows": counts}
 
 
 def _progress(requested: int = 0) -> dict[str, Any]:

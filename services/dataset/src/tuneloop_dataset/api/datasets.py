@@ -1,16 +1,14 @@
-"""``/v1/datasets``: thin routes. Bodies are streamed to disk; the work runs in a thread
-(:func:`tuneloop.offload.offload`: nothing that touches a file, the DB or the store runs on the
-loop). The service, settings and limits come in as dependencies (:mod:`.deps`)."""
+"""``/v1/datasets``: thin routes. Bodies are streamed to disk; the service's methods are awaited
+directly (they reach the DB through the repository and offload their blocking work), and the
+routes' own file work runs in a thread (:func:`tuneloop.offload.offload`): nothing that touches a
+file, the DB or the store runs on the loop. The service, settings and limits come in as
+dependencies (:mod:`.deps`)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
-import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import IO, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 import anyio
 from fastapi import APIRouter, Depends, Query, Request
@@ -25,7 +23,7 @@ from tuneloop.examples.support_tickets import write_jsonl
 from tuneloop.offload import offload
 
 from ..schemas import ExampleRequest, JsonUpload, PushRequest, UploadOptions, check_holder, parse_model
-from ..service import DatasetService, Ingested
+from ..service import DatasetService, Ingested, Input
 from ..settings import DatasetSettings
 from ..sources import hub_to_jsonl, name_from_filename, push_to_hub, resolve_import_path, write_rows
 from .deps import DatasetsDep, IngestLimiterDep, MetricsDep, SettingsDep
@@ -47,20 +45,17 @@ def _respond(result: Ingested) -> JSONResponse:
     return JSONResponse(body, status_code=201 if result.created else 200)
 
 
-Input = IO[bytes] | Path | None  # an open upload, or a file the thread opens
-
-
 class Ingestion:
-    """Runs ingests: in a worker thread, at most DATASET_MAX_CONCURRENT_INGESTS at once."""
+    """Runs ingests: at most DATASET_MAX_CONCURRENT_INGESTS at once."""
 
     def __init__(self, svc: DatasetService, settings: DatasetSettings,
                  limiter: anyio.CapacityLimiter) -> None:
         self.svc, self.settings, self.limiter = svc, settings, limiter
 
-    async def run(self, src: IO[bytes] | Path, opts: UploadOptions, source: dict[str, Any],
-                  eval_src: Input = None, replay_src: Input = None) -> Ingested:
+    async def run(self, src: Input, opts: UploadOptions, source: dict[str, Any],
+                  eval_src: Input | None = None, replay_src: Input | None = None) -> Ingested:
         async with self.limiter:
-            return await offload(_ingest, self.svc, src, opts, source, eval_src, replay_src)
+            return await self.svc.ingest(src, opts, source, eval_src, replay_src)
 
 
 async def _ingestion(svc: DatasetsDep, settings: SettingsDep,
@@ -69,26 +64,6 @@ async def _ingestion(svc: DatasetsDep, settings: SettingsDep,
 
 
 IngestionDep = Annotated[Ingestion, Depends(_ingestion)]
-
-
-def _ingest(svc: DatasetService, src: IO[bytes] | Path, opts: UploadOptions,
-            source: dict[str, Any], eval_src: Input, replay_src: Input) -> Ingested:
-    with contextlib.ExitStack() as stack:
-        def opened(f: IO[bytes] | Path) -> IO[bytes]:
-            return stack.enter_context(open(f, "rb")) if isinstance(f, Path) else f
-
-        return svc.ingest(opened(src), opts, source, opened(eval_src) if eval_src else None,
-                          opened(replay_src) if replay_src else None)
-
-
-@contextlib.asynccontextmanager
-async def _tmp_dir(root: Path) -> AsyncIterator[Path]:
-    """A temporary folder under ``root``, made and removed (an upload can be large) off the loop."""
-    tmp = Path(await offload(tempfile.mkdtemp, dir=root))
-    try:
-        yield tmp
-    finally:
-        await offload(shutil.rmtree, tmp, True)
 
 
 def _check_length(request: Request, limit: int) -> None:
@@ -170,7 +145,7 @@ async def _raw(request: Request, ingestion: Ingestion) -> JSONResponse:
     """Raw JSONL body (curl --data-binary @file.jsonl); options as query parameters."""
     settings = ingestion.settings
     opts = parse_model(UploadOptions, dict(request.query_params))
-    async with _tmp_dir(ingestion.svc.tmp_root) as tmp:
+    async with ingestion.svc.tmp_dir() as tmp:
         path = Path(tmp) / "body.jsonl"
         size = 0
         async with await anyio.open_file(path, "wb") as fh:
@@ -199,7 +174,7 @@ async def _json(request: Request, ingestion: Ingestion) -> JSONResponse:
     settings = ingestion.settings
     body = parse_model(JsonUpload, await _read_json(request, settings.max_json_body_bytes))
     opts = body.options()
-    async with _tmp_dir(ingestion.svc.tmp_root) as tmp:
+    async with ingestion.svc.tmp_dir() as tmp:
         eval_path = replay_path = None
         if body.eval_rows is not None:
             eval_path = Path(tmp) / "eval.jsonl"
@@ -244,7 +219,7 @@ async def create_example(request: Request, ingestion: IngestionDep) -> JSONRespo
     body = parse_model(ExampleRequest, raw)
     opts = body.options()
     opts.name = opts.name or f"support-tickets-{body.n}-seed{body.example_seed}"
-    async with _tmp_dir(ingestion.svc.tmp_root) as tmp:
+    async with ingestion.svc.tmp_dir() as tmp:
         path = Path(tmp) / "tickets.jsonl"
         await offload(write_jsonl, str(path), body.n, body.example_seed)
         source = {"kind": "example", "example": "support-tickets", "n": body.n,
@@ -256,13 +231,13 @@ async def create_example(request: Request, ingestion: IngestionDep) -> JSONRespo
             response_model_exclude_unset=True)
 async def list_datasets(svc: DatasetsDep, limit: int = Query(20, ge=1, le=100),
                         offset: int = Query(0, ge=0)) -> dict:
-    return await offload(svc.list, limit, offset)
+    return await svc.list(limit, offset)
 
 
 @router.get("/{dataset_id}", summary="One dataset version", response_model=Dataset,
             response_model_exclude_unset=True)
 async def get_dataset(svc: DatasetsDep, dataset_id: str) -> dict:
-    return await offload(svc.get, dataset_id)
+    return await svc.get(dataset_id)
 
 
 @router.get("/{dataset_id}/rows", summary="A page of a split's rows", response_model=RowsPage,
@@ -270,7 +245,7 @@ async def get_dataset(svc: DatasetsDep, dataset_id: str) -> dict:
 async def get_rows(svc: DatasetsDep, dataset_id: str,
                    split: Literal["train", "eval"] = Query("train"),
                    offset: int = Query(0, ge=0), limit: int = Query(100, ge=1, le=1000)) -> dict:
-    return await offload(svc.rows, dataset_id, split, offset, limit)
+    return await svc.rows(dataset_id, split, offset, limit)
 
 
 @router.get("/{dataset_id}/report", summary="The quality report (?format=text: readable summary)",
@@ -281,37 +256,37 @@ async def get_report(svc: DatasetsDep, limiter: IngestLimiterDep, dataset_id: st
                      max_seq_length: int | None = Query(None, ge=8, le=1 << 20)) -> Any:
     """``tokenizer``/``max_seq_length`` recompute the token section for another base model."""
     if format == "text":
-        return PlainTextResponse(await offload(svc.report_text, dataset_id, tokenizer,
-                                               max_seq_length))
+        return PlainTextResponse(await svc.report_text(dataset_id, tokenizer,
+                                                   max_seq_length))
     async with limiter if tokenizer or max_seq_length else _anull():
-        return await offload(svc.report, dataset_id, tokenizer, max_seq_length)
+        return await svc.report(dataset_id, tokenizer, max_seq_length)
 
 
 @router.delete("/{dataset_id}", summary="Delete a version (409 dataset_in_use while leased)",
                response_model=Deleted,
                response_model_exclude_unset=True)
 async def delete_dataset(svc: DatasetsDep, dataset_id: str) -> dict:
-    return await offload(svc.delete, dataset_id)
+    return await svc.delete(dataset_id)
 
 
 @router.put("/{dataset_id}/leases/{holder}", summary="Mark a version as used by a job",
             response_model=Lease,
             response_model_exclude_unset=True)
 async def put_lease(svc: DatasetsDep, dataset_id: str, holder: str) -> dict:
-    return await offload(svc.lease, dataset_id, check_holder(holder))
+    return await svc.lease(dataset_id, check_holder(holder))
 
 
 @router.delete("/{dataset_id}/leases/{holder}", summary="Release a lease", response_model=Lease,
                response_model_exclude_unset=True)
 async def delete_lease(svc: DatasetsDep, dataset_id: str, holder: str) -> dict:
-    return await offload(svc.unlease, dataset_id, check_holder(holder))
+    return await svc.unlease(dataset_id, check_holder(holder))
 
 
 @router.post("/{dataset_id}/push", summary="Push a version to the Hugging Face Hub (optional)")
 async def push(request: Request, svc: DatasetsDep, settings: SettingsDep,
                dataset_id: str) -> dict:
     body = parse_model(PushRequest, await _read_json(request, 1 << 16))
-    await offload(svc.get, dataset_id)  # 404 before anything is fetched
+    await svc.get(dataset_id)  # 404 before anything is fetched
     hf_dir = await offload(svc.store.get_dir, layout.dataset_hf(dataset_id),
                            svc.tmp_root / f"push-{dataset_id}")
     url = await offload(push_to_hub, settings, hf_dir, body.repo_id, body.private)
