@@ -74,3 +74,17 @@ SQL = re.compile(r"\.session\(\)|\bselect\(|\bsqlalchemy\b")
 def test_gateway_sql_only_in_its_repository(path: Path) -> None:
     found = [f"{n}: {line.strip()}" for n, line in _code(path) if SQL.search(line)]
     assert not found, "move it to tuneloop_gateway/repository/:\n" + "\n".join(found)
+
+
+# the dataset service's data access, the same way: only its repository.py, its tables (db.py)
+# and its migrations
+DATASET = ROOT / "services/dataset/src/tuneloop_dataset"
+DATASET_DATA = tuple(DATASET / n for n in ("repository.py", "db.py", "migrations"))
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(DATASET.rglob("*.py"))
+                                  if not any(p == d or d in p.parents for d in DATASET_DATA)],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_dataset_sql_only_in_its_repository(path: Path) -> None:
+    found = [f"{n}: {line.strip()}" for n, line in _code(path) if SQL.search(line)]
+    assert not found, "move it to tuneloop_dataset/repository.py:\n" + "\n".join(found)
