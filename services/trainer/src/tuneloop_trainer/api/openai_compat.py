@@ -70,12 +70,15 @@ async def create_file(request: Request, svc: TrainerDep) -> JSONResponse:
     async with _tmp_dir() as tmp:
         path = tmp / "upload.jsonl"
         size = 0
-        with await offload(open, path, "wb") as fh:
+        fh = await offload(open, path, "wb")
+        try:
             while chunk := await upload.read(1 << 20):
                 size += len(chunk)
                 if size > MAX_UPLOAD:
                     raise PayloadTooLarge(f"file is larger than {MAX_UPLOAD} bytes")
                 await offload(fh.write, chunk)
+        finally:
+            await offload(fh.close)  # (flushes: a write)
         if size == 0:
             raise InvalidRequest("the uploaded file is empty", code="file_empty", param="file")
         ds = await svc.datasets.upload_file(path, name=Path(filename).stem[:80] or "upload")
