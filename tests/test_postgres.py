@@ -4,6 +4,7 @@ concurrent migrations of replicas, and the trainer queue's exclusive claim under
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import threading
 from pathlib import Path
@@ -124,7 +125,7 @@ def test_queue_claim_is_exclusive_under_concurrency(postgres_url: str, tmp_path:
                          _Executor(), TrainerMetrics())
         barrier.wait()
         try:
-            while (got := sup._next_queued(10_000)) is not None:
+            while (got := asyncio.run(sup.queue.claim_next(10_000))) is not None:
                 claimed[who].append(got[0] if isinstance(got, tuple) else got)
         finally:
             db.dispose()

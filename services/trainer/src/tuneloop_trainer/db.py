@@ -9,6 +9,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from tuneloop.db import NAMING
 
+TERMINAL = ("succeeded", "failed", "cancelled")  # a job in one of these never changes again
+ACTIVE = ("validating", "queued", "running")
+
 
 class Base(DeclarativeBase):
     """The trainer service's tables: a metadata of their own (no other service's tables)."""

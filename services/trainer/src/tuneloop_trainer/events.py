@@ -103,3 +103,26 @@ def parse_events(chunk: bytes, offset: int) -> tuple[list[dict[str, Any]], int]:
             events.append({"type": "warning", "ts": time.time(),
                            "data": {"code": "bad_event_line", "message": raw[:200].decode("utf-8", "replace")}})
     return events, offset + end + 1
+
+
+_PROGRESS_KEYS = ("step", "total_steps", "epoch", "loss", "learning_rate", "tokens_per_s", "eta_s",
+                  "step_time_s", "peak_gpu_bytes", "peak_rss_bytes", "num_tokens")
+
+
+def fold_progress(progress: dict[str, Any], events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A job's ``progress`` after ``events`` (a new dict): the last metrics, eval loss, backend,
+    resolved hyperparameters, and the job's own error (``_error``, kept until it ends)."""
+    out = dict(progress)
+    for ev in events:
+        type_, data = ev.get("type", "info"), ev.get("data") or {}
+        if type_ in ("metrics", "train_begin"):
+            out.update({k: data[k] for k in _PROGRESS_KEYS if data.get(k) is not None})
+        elif type_ == "eval":
+            out["eval_loss"] = data.get("eval_loss")
+        elif type_ == "info" and data.get("backend"):
+            out["backend"] = data["backend"]
+        elif type_ == "plan":  # the hyperparameters the job really uses (defaults resolved)
+            out["resolved_hyperparameters"] = data.get("hyperparameters")
+        elif type_ == "error":
+            out["_error"] = {"code": data.get("code"), "message": data.get("message")}
+    return out

@@ -1,8 +1,11 @@
-"""Trainer domain logic: validation, the persistent queue, events, model versions, files.
+"""Trainer domain logic: validation, creating jobs, cancelling and deleting them, model
+versions, files.
 
-Never imports FastAPI. Blocking work (DB, store, loading a tokenizer) runs in a thread
-(:func:`tuneloop.offload.offload`): the async methods here offload it themselves, the sync ones are called
-from the routes through one; the supervisor (``supervisor.py``) drives jobs through their states.
+Never imports FastAPI. Its database work goes through the repository (:mod:`.repository`, the
+service's one data-access boundary, every method ``async``); other blocking work (the artifact
+store, loading a config and tokenizer: the sync ``validate_base_model`` and ``_estimate``) is
+awaited through :func:`tuneloop.offload.offload`. The supervisor (``supervisor.py``) drives jobs
+through their states.
 """
 
 from __future__ import annotations
@@ -14,31 +17,22 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
 
 from tuneloop.clients.base import ServiceError
 from tuneloop.clients.dataset import DatasetClient
 from tuneloop import layout
 from tuneloop.db import Database
-from tuneloop.errors import Conflict, NotFound, ServiceUnavailable, TuneloopError, Unprocessable
-from tuneloop.ids import is_valid_id, new_id, require_id
+from tuneloop.errors import NotFound, ServiceUnavailable, TuneloopError, Unprocessable
+from tuneloop.ids import is_valid_id, new_id
 from tuneloop.storage import ArtifactStore
 from tuneloop.offload import offload
 
-from .db import File, Job, JobEvent, ModelVersion
+from .db import File, Job
 from .hparams import ExportOptions, Hyperparameters
+from .repository import TrainerRepository, now
 from .settings import TrainerSettings
 
 log = logging.getLogger("tuneloop.trainer")
-
-TERMINAL = ("succeeded", "failed", "cancelled")
-ACTIVE = ("validating", "queued", "running")
-
-
-def now() -> int:
-    return int(time.time())
-
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -48,6 +42,7 @@ class TrainerService:
                  datasets: DatasetClient) -> None:
         self.settings = settings
         self.db = db
+        self.repo = TrainerRepository(db)
         self.store = store
         self.datasets = datasets
 
@@ -187,223 +182,68 @@ class TrainerService:
                   callback_url=callback_url or self.settings.callback_url, suffix=suffix,
                   gate_alias=gate_alias, model_id=mv_id, progress={}, created_at=now(), queued_at=time.time(),
                   source=source, training_file=training_file, validation_file=validation_file)
-        return await offload(self._enqueue, job)
-
-    def _enqueue(self, job: Job) -> dict[str, Any]:
-        job_id = job.id  # read before the session commits (and expires) the row
-        with self.db.session() as s:
-            s.add(job)
-            s.flush()
-            self._add_event(s, job, "state", {"status": "queued", "message": "job validated and queued"})
-        return self.get_job(job_id)
+        return await self.repo.enqueue(job)
 
     # ------------------------------------------------------------------ reads
-    def get_row(self, s: Session, job_id: str) -> Job:
-        require_id(job_id, "job", "job")
-        job = s.get(Job, job_id)
-        if job is None:
-            raise NotFound(f"job '{job_id}' not found", code="job_not_found", param="job_id")
-        return job
+    async def get_job(self, job_id: str) -> dict[str, Any]:
+        return await self.repo.get_job(job_id)
 
-    def get_job(self, job_id: str) -> dict[str, Any]:
-        with self.db.session() as s:
-            return job_view(self.get_row(s, job_id))
+    async def job_row(self, job_id: str) -> Job:
+        return await self.repo.job_row(job_id)
 
-    def list_jobs(self, *, status: str | None = None, limit: int = 20,
-                  after: str | None = None) -> dict[str, Any]:
+    async def list_jobs(self, *, status: str | None = None, limit: int = 20,
+                        after: str | None = None) -> dict[str, Any]:
         """Newest first; ``after`` is a job id (cursor)."""
-        with self.db.session() as s:
-            q = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
-            if status:
-                q = q.where(Job.status == status)
-            if after:
-                cur = self.get_row(s, after)
-                q = q.where((Job.created_at < cur.created_at) |
-                            ((Job.created_at == cur.created_at) & (Job.id < cur.id)))
-            rows = list(s.scalars(q.limit(limit + 1)))
-            return {"object": "list", "data": [job_view(j) for j in rows[:limit]],
-                    "has_more": len(rows) > limit}
+        return await self.repo.list_jobs(status=status, limit=limit, after=after)
 
-    def list_rows(self, *, limit: int, after: str | None) -> tuple[list[Job], bool]:
-        with self.db.session() as s:
-            q = select(Job).order_by(Job.created_at.desc(), Job.id.desc())
-            if after:
-                cur = self.get_row(s, after)
-                q = q.where((Job.created_at < cur.created_at) |
-                            ((Job.created_at == cur.created_at) & (Job.id < cur.id)))
-            rows = list(s.scalars(q.limit(limit + 1)))
-            return rows[:limit], len(rows) > limit
+    async def list_rows(self, *, limit: int, after: str | None) -> tuple[list[Job], bool]:
+        return await self.repo.list_rows(limit=limit, after=after)
 
-    def job_row(self, job_id: str) -> Job:
-        with self.db.session() as s:
-            return self.get_row(s, job_id)
+    async def events(self, job_id: str, after: int = 0, limit: int = 100,
+                     newest_first: bool = False) -> dict[str, Any]:
+        return await self.repo.events(job_id, after=after, limit=limit, newest_first=newest_first)
 
-    def events(self, job_id: str, after: int = 0, limit: int = 100,
-               newest_first: bool = False) -> dict[str, Any]:
-        with self.db.session() as s:
-            self.get_row(s, job_id)
-            q = select(JobEvent).where(JobEvent.job_id == job_id)
-            if newest_first:
-                if after:
-                    q = q.where(JobEvent.seq < after)
-                q = q.order_by(JobEvent.seq.desc())
-            else:
-                q = q.where(JobEvent.seq > after).order_by(JobEvent.seq)
-            rows = list(s.scalars(q.limit(limit + 1)))
-            return {"object": "list", "data": [event_view(e) for e in rows[:limit]],
-                    "has_more": len(rows) > limit}
+    async def events_of_type(self, job_id: str, type_: str) -> list[dict[str, Any]]:
+        return await self.repo.events_of_type(job_id, type_)
 
-    def events_of_type(self, job_id: str, type_: str) -> list[dict[str, Any]]:
-        with self.db.session() as s:
-            self.get_row(s, job_id)
-            rows = s.scalars(select(JobEvent).where(JobEvent.job_id == job_id, JobEvent.type == type_)
-                             .order_by(JobEvent.seq))
-            return [event_view(e) for e in rows]
-
-    def counts(self) -> dict[str, int]:
-        with self.db.session() as s:
-            return {st: n for st, n in s.execute(select(Job.status, func.count()).group_by(Job.status))}
+    async def counts(self) -> dict[str, int]:
+        return await self.repo.counts()
 
     # ------------------------------------------------------------------ cancel / delete
-    def request_cancel(self, job_id: str) -> tuple[dict[str, Any], bool]:
+    async def request_cancel(self, job_id: str) -> tuple[dict[str, Any], bool]:
         """Queued -> cancelled now; running -> flagged (the supervisor kills the process).
         Returns (job view, needs_kill)."""
-        with self.db.session() as s:
-            job = self.get_row(s, job_id)
-            if job.status in TERMINAL:
-                raise Conflict(f"job '{job_id}' is already {job.status}", code="job_not_cancellable",
-                               param="job_id")
-            if job.status == "running":
-                job.cancel_requested = True
-                self._add_event(s, job, "state", {"status": "cancelling",
-                                                  "message": "cancel requested; stopping the process"})
-                return job_view(job), True
-            self.finish(s, job, "cancelled", None, "cancelled before it started")
-            return job_view(job), False
+        return await self.repo.request_cancel(job_id)
 
-    def delete_job(self, job_id: str) -> dict[str, Any]:
-        with self.db.session() as s:
-            job = self.get_row(s, job_id)
-            if job.status not in TERMINAL:
-                raise Conflict(f"job '{job_id}' is {job.status}; cancel it first", code="job_active",
-                               param="job_id")
-            s.execute(delete(JobEvent).where(JobEvent.job_id == job_id))
-            s.delete(job)
-        self.store.delete(layout.job(job_id))
+    async def delete_job(self, job_id: str) -> dict[str, Any]:
+        """A finished job's rows, then its folder in the store (its model version stays)."""
+        await self.repo.delete_job(job_id)
+        await offload(self.store.delete, layout.job(job_id))
         return {"id": job_id, "object": "training_job.deleted", "deleted": True}
 
-    # ------------------------------------------------------------------ state changes
-    def _add_event(self, s: Session, job: Job, type_: str, data: dict[str, Any],
-                   ts: float | None = None) -> None:
-        s.add(JobEvent(job_id=job.id, seq=job.next_seq, type=type_, created_at=int(ts or time.time()),
-                       data=data))
-        job.next_seq += 1
-
-    def finish(self, s: Session, job: Job, status: str, error: dict[str, Any] | None,
-               message: str) -> None:
-        job.status = status
-        job.error = error
-        job.finished_at = now()
-        self._add_event(s, job, "state", {"status": status, "message": message,
-                                          **({"error": error} if error else {})})
-
     # ------------------------------------------------------------------ model versions
-    def register_model(self, s: Session, job: Job, result: dict[str, Any]) -> dict[str, Any]:
-        """Lineage record: dataset version, base + revision, full config, metrics, artifacts, checks."""
-        record = {
-            "id": job.model_id, "object": "model_version", "job_id": job.id,
-            "dataset_id": job.dataset_id, "base_model": job.base_model,
-            "base_revision": result.get("base_revision"), "backend": result.get("backend"),
-            "suffix": job.suffix,
-            "config": {"backend": job.backend, "resolved_backend": result.get("backend"),
-                       "gpus": job.gpus,
-                       "hyperparameters": job.hyperparameters, "export": job.export,
-                       "resolved_hyperparameters": result.get("metrics", {}).get("hyperparameters")},
-            "metrics": result.get("metrics", {}), "artifacts": result.get("artifacts", {}),
-            "export_checks": result.get("export_checks", []),
-            "artifact_url": self.store.url, "created_at": now(),
-        }
-        if s.get(ModelVersion, job.model_id) is None:
-            s.add(ModelVersion(id=job.model_id, job_id=job.id, created_at=record["created_at"],
-                               record=record))
-        job.registered = True
-        return record
+    async def get_model(self, model_id: str) -> dict[str, Any]:
+        return await self.repo.get_model(model_id)
 
-    def get_model(self, model_id: str) -> dict[str, Any]:
-        require_id(model_id, "mv", "model")
-        with self.db.session() as s:
-            mv = s.get(ModelVersion, model_id)
-            if mv is None:
-                raise NotFound(f"model version '{model_id}' not found", code="model_not_found",
-                               param="model_id")
-            return mv.record
-
-    def list_models(self, limit: int = 50) -> dict[str, Any]:
-        with self.db.session() as s:
-            rows = list(s.scalars(select(ModelVersion).order_by(ModelVersion.created_at.desc())
-                                  .limit(limit + 1)))
-            return {"object": "list", "data": [r.record for r in rows[:limit]],
-                    "has_more": len(rows) > limit}
+    async def list_models(self, limit: int = 50) -> dict[str, Any]:
+        return await self.repo.list_models(limit)
 
     # ------------------------------------------------------------------ files (OpenAI)
-    def add_file(self, file_id: str, filename: str, size: int, purpose: str, dataset_id: str,
-                 key: str) -> dict[str, Any]:
-        with self.db.session() as s:
-            f = File(id=file_id, filename=filename, bytes=size, purpose=purpose,
-                     dataset_id=dataset_id, key=key, created_at=now())
-            s.add(f)
-            return file_view(f)
+    async def add_file(self, file_id: str, filename: str, size: int, purpose: str, dataset_id: str,
+                       key: str) -> dict[str, Any]:
+        return await self.repo.add_file(file_id, filename, size, purpose, dataset_id, key)
 
-    def get_file_row(self, file_id: str) -> File:
-        require_id(file_id, "file", "file")
-        with self.db.session() as s:
-            f = s.get(File, file_id)
-            if f is None:
-                raise NotFound(f"file '{file_id}' not found", code="file_not_found", param="file_id")
-            return f
+    async def get_file_row(self, file_id: str) -> File:
+        return await self.repo.get_file_row(file_id)
 
-    def list_files(self, purpose: str | None = None) -> dict[str, Any]:
-        with self.db.session() as s:
-            q = select(File).order_by(File.created_at.desc())
-            if purpose:
-                q = q.where(File.purpose == purpose)
-            return {"object": "list", "data": [file_view(f) for f in s.scalars(q)], "has_more": False}
+    async def list_files(self, purpose: str | None = None) -> dict[str, Any]:
+        return await self.repo.list_files(purpose)
 
-    def delete_file(self, file_id: str) -> dict[str, Any]:
-        f = self.get_file_row(file_id)
-        with self.db.session() as s:
-            s.execute(delete(File).where(File.id == file_id))
-        self.store.delete(f.key)
+    async def delete_file(self, file_id: str) -> dict[str, Any]:
+        """The file's row, then its upload in the store (its dataset version stays)."""
+        key = await self.repo.delete_file(file_id)
+        await offload(self.store.delete, key)
         return {"id": file_id, "object": "file", "deleted": True}
-
-
-# ---------------------------------------------------------------------- views
-def job_view(j: Job) -> dict[str, Any]:
-    p = j.progress or {}
-    return {
-        "id": j.id, "object": "training_job", "status": j.status, "dataset_id": j.dataset_id,
-        "base_model": j.base_model, "backend": j.backend, "resolved_backend": p.get("backend"),
-        "gpus": j.gpus,
-        "hyperparameters": j.hyperparameters, "export": j.export,
-        "resolved_hyperparameters": p.get("resolved_hyperparameters"),
-        "model_id": j.model_id if j.registered else None,
-        "progress": {k: p.get(k) for k in ("step", "total_steps", "epoch", "loss", "eval_loss",
-                                           "learning_rate", "tokens_per_s", "eta_s",
-                                           "step_time_s", "peak_gpu_bytes", "peak_rss_bytes")},
-        "error": j.error, "attempts": j.attempts, "executor": j.executor, "suffix": j.suffix,
-        "gate_alias": j.gate_alias, "callback_url": j.callback_url, "cancel_requested": j.cancel_requested,
-        "created_at": j.created_at, "started_at": j.started_at, "finished_at": j.finished_at,
-    }
-
-
-def event_view(e: JobEvent) -> dict[str, Any]:
-    return {"seq": e.seq, "type": e.type, "created_at": e.created_at, "data": e.data}
-
-
-def file_view(f: File) -> dict[str, Any]:
-    return {"id": f.id, "object": "file", "bytes": f.bytes, "created_at": f.created_at,
-            "filename": f.filename, "purpose": f.purpose, "status": "processed",
-            "status_details": None, "expires_at": None, "dataset_id": f.dataset_id}
 
 
 def _model(cls: type[M], value: M | dict[str, Any] | None, param: str) -> M:

@@ -10,10 +10,10 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from tuneloop.contracts import Deleted, Job, JobEvent, Page
-from tuneloop.offload import offload
 
+from ..db import TERMINAL
 from ..schemas import JobCreate
-from ..service import TERMINAL, TrainerService
+from ..service import TrainerService
 from .deps import SettingsDep, SupervisorDep, TrainerDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -44,22 +44,22 @@ async def create_job(body: JobCreate, svc: TrainerDep, settings: SettingsDep,
             response_model_exclude_unset=True)
 async def list_jobs(svc: TrainerDep, status: str | None = Query(None, pattern=STATUSES),
                     limit: int = Query(20, ge=1, le=500), after: str | None = None) -> dict:
-    return await offload(svc.list_jobs, status=status, limit=limit, after=after)
+    return await svc.list_jobs(status=status, limit=limit, after=after)
 
 
 @router.get("/{job_id}", summary="One job with its progress", response_model=Job,
             response_model_exclude_unset=True)
 async def get_job(job_id: str, svc: TrainerDep) -> dict:
-    return await offload(svc.get_job, job_id)
+    return await svc.get_job(job_id)
 
 
 @router.post("/{job_id}/cancel", summary="Cancel a queued or running job", response_model=Job,
              response_model_exclude_unset=True)
 async def cancel_job(job_id: str, svc: TrainerDep, supervisor: SupervisorDep) -> dict:
-    job, kill = await offload(svc.request_cancel, job_id)
+    job, kill = await svc.request_cancel(job_id)
     supervisor.wake.set()
     if not kill:
-        row = await offload(svc.job_row, job_id)
+        row = await svc.job_row(job_id)
         try:
             await svc.datasets.unlease(row.dataset_id, job_id)
         except Exception:  # a stale lease is harmless
@@ -71,8 +71,8 @@ async def cancel_job(job_id: str, svc: TrainerDep, supervisor: SupervisorDep) ->
                response_model=Deleted,
                response_model_exclude_unset=True)
 async def delete_job(job_id: str, svc: TrainerDep) -> dict:
-    row = await offload(svc.job_row, job_id)
-    out = await offload(svc.delete_job, job_id)
+    row = await svc.job_row(job_id)
+    out = await svc.delete_job(job_id)
     try:  # normally released when the job ended; make sure no stale holder remains
         await svc.datasets.unlease(row.dataset_id, job_id)
     except Exception:  # the dataset may be gone or the lease already released
@@ -85,13 +85,13 @@ async def delete_job(job_id: str, svc: TrainerDep) -> dict:
             response_model_exclude_unset=True)
 async def job_events(job_id: str, svc: TrainerDep, after: int = Query(0, ge=0),
                      limit: int = Query(100, ge=1, le=1000)) -> dict:
-    return await offload(svc.events, job_id, after=after, limit=limit)
+    return await svc.events(job_id, after=after, limit=limit)
 
 
 @router.get("/{job_id}/events/stream", summary="Live events (Server-Sent Events)")
 async def job_events_stream(job_id: str, request: Request, svc: TrainerDep,
                             settings: SettingsDep, after: int = Query(0, ge=0)) -> StreamingResponse:
-    await offload(svc.get_job, job_id)  # 404 before the stream starts
+    await svc.get_job(job_id)  # 404 before the stream starts
     last = request.headers.get("last-event-id", "")
     start = int(last) if last.isdigit() else after
     return StreamingResponse(_sse(request, svc, job_id, start, settings.poll_interval_s),
@@ -104,16 +104,16 @@ async def _sse(request: Request, svc: TrainerService, job_id: str, after: int,
     """Each event as ``id/event/data``; ends after the job's final state; heartbeats meanwhile."""
     idle = 0.0
     while True:
-        page = await offload(svc.events, job_id, after=after, limit=500)
+        page = await svc.events(job_id, after=after, limit=500)
         for ev in page["data"]:
             after = ev["seq"]
             yield f"id: {ev['seq']}\nevent: {ev['type']}\ndata: {json.dumps(ev)}\n\n".encode()
             idle = 0.0
         if page["has_more"]:
             continue
-        job = await offload(svc.get_job, job_id)
+        job = await svc.get_job(job_id)
         if job["status"] in TERMINAL:
-            final = await offload(svc.events, job_id, after=after, limit=500)
+            final = await svc.events(job_id, after=after, limit=500)
             if not final["data"]:
                 yield b"event: end\ndata: {\"status\": \"" + job["status"].encode() + b"\"}\n\n"
                 return

@@ -28,7 +28,7 @@ from tuneloop.storage import ArtifactStore
 
 from ..db import Job
 from ..schemas import ALIAS_PATTERN, FineTuningJobCreate, openai_to_native
-from ..service import file_view
+from ..views import file_view
 from .deps import SettingsDep, SupervisorDep, TrainerDep
 
 router = APIRouter(tags=["openai"])
@@ -83,30 +83,30 @@ async def create_file(request: Request, svc: TrainerDep) -> JSONResponse:
             raise InvalidRequest("the uploaded file is empty", code="file_empty", param="file")
         ds = await svc.datasets.upload_file(path, name=Path(filename).stem[:80] or "upload")
         await offload(svc.store.put_file, path, key)
-    view = await offload(svc.add_file, file_id, filename, size, "fine-tune", ds["id"], key)
+    view = await svc.add_file(file_id, filename, size, "fine-tune", ds["id"], key)
     return JSONResponse(view, status_code=200)
 
 
 @router.get("/v1/files", summary="List uploaded files")
 async def list_files(svc: TrainerDep, purpose: str | None = None) -> dict:
-    return await offload(svc.list_files, purpose)
+    return await svc.list_files(purpose)
 
 
 @router.get("/v1/files/{file_id}", summary="One file")
 async def get_file(file_id: str, svc: TrainerDep) -> dict:
-    return file_view(await offload(svc.get_file_row, file_id))
+    return file_view(await svc.get_file_row(file_id))
 
 
 @router.get("/v1/files/{file_id}/content", summary="The uploaded JSONL")
 async def file_content(file_id: str, svc: TrainerDep) -> Response:
-    row = await offload(svc.get_file_row, file_id)
+    row = await svc.get_file_row(file_id)
     data = await offload(svc.store.read_bytes, row.key)
     return Response(data, media_type="application/jsonl")
 
 
 @router.delete("/v1/files/{file_id}", summary="Delete a file (its dataset version stays)")
 async def delete_file(file_id: str, svc: TrainerDep) -> dict:
-    return await offload(svc.delete_file, file_id)
+    return await svc.delete_file(file_id)
 
 
 # ---------------------------------------------------------------------- fine-tuning jobs
@@ -117,10 +117,10 @@ async def create_ft_job(body: FineTuningJobCreate, svc: TrainerDep, settings: Se
         hp, extra = openai_to_native(body)
     except ValueError as exc:
         raise InvalidRequest(str(exc), code="unsupported_method", param="method") from exc
-    train = await offload(svc.get_file_row, body.training_file)
+    train = await svc.get_file_row(body.training_file)
     dataset_id = train.dataset_id
     if body.validation_file:
-        val = await offload(svc.get_file_row, body.validation_file)
+        val = await svc.get_file_row(body.validation_file)
         async with _tmp_dir() as tmp:  # the two files, from the store (local or object store)
             train_path = await offload(_download, svc.store, train.key, tmp / "train.jsonl")
             val_path = await offload(_download, svc.store, val.key, tmp / "eval.jsonl")
@@ -144,33 +144,33 @@ async def create_ft_job(body: FineTuningJobCreate, svc: TrainerDep, settings: Se
                                source="openai", training_file=body.training_file,
                                validation_file=body.validation_file, gate_alias=gate_alias)
     supervisor.wake.set()
-    return ft_view(await offload(svc.job_row, job["id"]))
+    return ft_view(await svc.job_row(job["id"]))
 
 
 @router.get("/v1/fine_tuning/jobs", summary="List fine-tuning jobs")
 async def list_ft_jobs(svc: TrainerDep, after: str | None = None,
                        limit: int = Query(20, ge=1, le=500)) -> dict:
-    rows, more = await offload(svc.list_rows, limit=limit, after=after)
+    rows, more = await svc.list_rows(limit=limit, after=after)
     return {"object": "list", "data": [ft_view(j) for j in rows], "has_more": more}
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}", summary="Retrieve a fine-tuning job")
 async def get_ft_job(job_id: str, svc: TrainerDep) -> dict:
-    return ft_view(await offload(svc.job_row, job_id))
+    return ft_view(await svc.job_row(job_id))
 
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel", summary="Cancel a fine-tuning job")
 async def cancel_ft_job(job_id: str, svc: TrainerDep, supervisor: SupervisorDep) -> dict:
-    await offload(svc.request_cancel, job_id)
+    await svc.request_cancel(job_id)
     supervisor.wake.set()
-    return ft_view(await offload(svc.job_row, job_id))
+    return ft_view(await svc.job_row(job_id))
 
 
 @router.get("/v1/fine_tuning/jobs/{job_id}/events", summary="Job events, newest first")
 async def ft_events(job_id: str, svc: TrainerDep, after: str | None = None,
                     limit: int = Query(20, ge=1, le=1000)) -> dict:
     before = _seq_from_event_id(after, job_id) if after else 0
-    page = await offload(svc.events, job_id, after=before, limit=limit, newest_first=True)
+    page = await svc.events(job_id, after=before, limit=limit, newest_first=True)
     return {"object": "list", "data": [ft_event(job_id, e) for e in page["data"]],
             "has_more": page["has_more"]}
 
@@ -178,7 +178,7 @@ async def ft_events(job_id: str, svc: TrainerDep, after: str | None = None,
 @router.get("/v1/fine_tuning/jobs/{job_id}/checkpoints", summary="Epoch/step checkpoints")
 async def ft_checkpoints(job_id: str, svc: TrainerDep,
                          limit: int = Query(10, ge=1, le=100)) -> dict:
-    events = await offload(svc.events_of_type, job_id, "checkpoint")
+    events = await svc.events_of_type(job_id, "checkpoint")
     data = [{
         "object": "fine_tuning.job.checkpoint", "id": f"ftckpt-{job_id[4:]}-{e['data'].get('step')}",
         "created_at": e["created_at"], "fine_tuning_job_id": job_id,
