@@ -88,3 +88,19 @@ DATASET_DATA = tuple(DATASET / n for n in ("repository.py", "db.py", "migrations
 def test_dataset_sql_only_in_its_repository(path: Path) -> None:
     found = [f"{n}: {line.strip()}" for n, line in _code(path) if SQL.search(line)]
     assert not found, "move it to tuneloop_dataset/repository.py:\n" + "\n".join(found)
+
+
+# the trainer's data access, the same way: only its repository modules (repository.py and the
+# supervisor's jobqueue.py), its tables and its migrations; the job process has no database
+# (an HF ``Dataset.select(`` there is no query, hence the look-behind)
+TRAINER = ROOT / "services/trainer/src/tuneloop_trainer"
+TRAINER_DATA = tuple(TRAINER / n for n in ("repository.py", "jobqueue.py", "db.py", "migrations"))
+TRAINER_SQL = re.compile(r"\.session\(\)|(?<!\.)\bselect\(|\bsqlalchemy\b")
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(TRAINER.rglob("*.py"))
+                                  if not any(p == d or d in p.parents for d in TRAINER_DATA)],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_trainer_sql_only_in_its_repository(path: Path) -> None:
+    found = [f"{n}: {line.strip()}" for n, line in _code(path) if TRAINER_SQL.search(line)]
+    assert not found, "move it to tuneloop_trainer/repository.py or jobqueue.py:\n" + "\n".join(found)
