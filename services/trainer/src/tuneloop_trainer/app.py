@@ -34,7 +34,8 @@ def create_app(settings: TrainerSettings | None = None) -> FastAPI:
         datasets = DatasetClient(settings.dataset_url, timeout=settings.http_timeout_s,
                                  api_key=settings.outgoing_service_token())
         svc = TrainerService(settings, db, store, datasets)
-        supervisor = Supervisor(svc, make_executor(settings, store), metrics)
+        # the Kubernetes executor reads its CA file when built: not on the event loop
+        supervisor = Supervisor(svc, await offload(make_executor, settings, store), metrics)
         app.state.db, app.state.store, app.state.trainer = db, store, svc
         app.state.supervisor = supervisor
         await supervisor.start()
