@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tuneloop.contracts import Capture, Page
 from tuneloop.errors import InvalidRequest
+from tuneloop.offload import offload
 
 from ..auth import require_admin, require_inference
 from ..flywheel.curate import CurateService, capture_view
@@ -150,7 +151,7 @@ async def list_captures(
         return _page([capture_view(r) for r in rows[:limit]], len(rows) > limit, total)
     # these filters apply after the query: up to 5,000 rows of the other filters are scanned
     rows, _ = await svc.list(filters, 0, 5000)
-    views = [capture_view(r) for r in rows]
+    views = await offload(_views, rows)  # thousands of answers parsed: not on the event loop
     if json_valid is not None:
         views = [v for v in views if v["metrics"]["json_valid"] is json_valid]
     if similar_to is not None:
@@ -159,6 +160,10 @@ async def list_captures(
                  if (min_similarity is None or sims[v["id"]] >= min_similarity)
                  and (max_similarity is None or sims[v["id"]] <= max_similarity)]
     return _page(views[offset:offset + limit], offset + limit < len(views), len(views))
+
+
+def _views(rows: list[Any]) -> list[dict]:
+    return [capture_view(r) for r in rows]
 
 
 def _page(data: list[dict], has_more: bool, total: int) -> dict:
