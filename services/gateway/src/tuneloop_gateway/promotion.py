@@ -21,7 +21,6 @@ its gate was inconclusive or failed and is asked to run again.
 
 from __future__ import annotations
 
-import builtins
 import asyncio
 import contextlib
 import logging
@@ -375,10 +374,6 @@ class PromotionService:
         rows = await self.repo.list(model_id=model_id, job_id=job_id, limit=limit)
         return [promotion_view(p) for p in rows]
 
-    def for_model(self, model_id: str) -> builtins.list[dict[str, Any]]:
-        """Decisions about a model version (what its lineage shows). Blocking: the lineage
-        route (``api/proxy.py``) runs it through ``offload``."""
-        return [promotion_view(p) for p in self.repo.list_blocking(model_id=model_id)]
 
 def _job_summary(job: dict[str, Any]) -> dict[str, Any]:
     keys = ("id", "dataset_id", "base_model", "backend", "model_id", "finished_at", "gate_alias")

@@ -20,7 +20,6 @@ from starlette.background import BackgroundTask
 from tuneloop.errors import NotFound
 from tuneloop.ids import is_valid_id
 from tuneloop.upstream import until_disconnect
-from tuneloop.offload import offload
 
 from ..auth import require_admin, require_inference
 from ..flywheel.capture import CaptureRecorder, Pending
@@ -110,7 +109,7 @@ async def get_model(model_id: str, request: Request, s: SettingsDep, upstreams: 
     if resp.status_code != 200:
         return resp
     lineage = json.loads(bytes(resp.body))
-    lineage["promotions"] = await offload(promotions.for_model, model_id)
+    lineage["promotions"] = await promotions.list(model_id=model_id)
     return JSONResponse(lineage)
 
 

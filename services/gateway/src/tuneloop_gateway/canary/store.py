@@ -22,14 +22,13 @@ def canary_view(row: Canary, live: Live | None = None,
 
 
 class CanaryStore:
-    """What the request path (:mod:`.traffic`) ends a canary through when it crosses a limit:
-    it hands :meth:`finish` to ``offload``, so this one is blocking (the repository's body,
-    run in that worker thread)."""
+    """What the request path (:mod:`.traffic`) ends a canary through when it crosses a limit
+    (a task of its own, so the request that crossed it does not wait for the write)."""
 
     def __init__(self, repo: CanaryRepository) -> None:
         self.repo = repo
 
-    def finish(self, cid: str, status: str, reason: str,
-               stats: dict | None = None) -> dict[str, Any]:
+    async def finish(self, cid: str, status: str, reason: str,
+                     stats: dict | None = None) -> dict[str, Any]:
         """End a running canary with ``status`` (a no-op on one already ended)."""
-        return canary_view(self.repo.finish_blocking(cid, status, reason, stats))
+        return canary_view(await self.repo.finish(cid, status, reason, stats))

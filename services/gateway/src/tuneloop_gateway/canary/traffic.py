@@ -14,7 +14,6 @@ from typing import Any
 from fastapi.responses import Response, StreamingResponse
 
 from tuneloop.errors import TuneloopError
-from tuneloop.offload import offload
 
 from ..flywheel.capture import CaptureRecorder, Pending
 from .live import FALLBACK_STATUS, SHADOW_IN_FLIGHT, Live, Send, breach
@@ -162,8 +161,8 @@ class CanaryTraffic:
         log.warning("canary ended", extra={"canary_id": live.id, "status": status,
                                            "reason": reason})
         stats = {k: a.summary() for k, a in live.arms.items()}
-        task = asyncio.get_running_loop().create_task(offload(
-            self.store.finish, live.id, status, reason, stats))
+        task = asyncio.get_running_loop().create_task(
+            self.store.finish(live.id, status, reason, stats))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
 

@@ -72,14 +72,6 @@ class CanaryRepository:
                running_only: bool = False, **fields: Any) -> Canary:
         """End a running canary with ``status``: a no-op on one already ended, or refused
         (``canary_not_running``) when ``running_only``."""
-        return self.finish_blocking(cid, status, reason, stats, running_only=running_only,
-                                    **fields)
-
-    def finish_blocking(self, cid: str, status: str, reason: str, stats: dict | None = None, *,
-                        running_only: bool = False, **fields: Any) -> Canary:
-        """:meth:`finish` for a caller already in a worker thread: the request path ends a
-        canary with ``offload(store.finish, ...)`` (``canary/traffic.py``, through
-        :class:`..canary.store.CanaryStore`)."""
         with self.db.session() as s:
             row = _running(s, cid) if running_only else _row(s, cid)
             if row.status == "running":

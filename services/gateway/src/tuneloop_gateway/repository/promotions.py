@@ -82,12 +82,6 @@ class PromotionRepository:
     def list(self, *, model_id: str | None = None, job_id: str | None = None,
              limit: int = 50) -> builtins.list[Promotion]:
         """Decisions, newest first, about a model version and/or a job."""
-        return self.list_blocking(model_id=model_id, job_id=job_id, limit=limit)
-
-    def list_blocking(self, *, model_id: str | None = None, job_id: str | None = None,
-                      limit: int = 50) -> builtins.list[Promotion]:
-        """:meth:`list` for a caller already in a worker thread: a model version's lineage
-        route hands ``PromotionService.for_model`` to ``offload`` (``api/proxy.py``)."""
         with self.db.session() as s:
             q = select(Promotion).order_by(Promotion.created_at.desc(), Promotion.id).limit(limit)
             if model_id:
