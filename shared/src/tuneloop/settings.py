@@ -68,7 +68,7 @@ class ServiceSettings(BaseSettings):
         "gateway).")
     keepalive_timeout_s: float = Field(
         65.0, gt=0, description="How long this server keeps an idle client connection open. "
-        "Longer than any client pool keeps one idle (ours: 2 s; the OpenAI SDK: 5 s), so a "
+        "Longer than any client pool keeps one idle (ours: 60 s; the OpenAI SDK: 5 s), so a "
         "client never reuses a connection the server is closing.")
     service_token: SecretStr | None = Field(
         None, description="Token of the calls between the services (the same on all four): "
