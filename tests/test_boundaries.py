@@ -62,45 +62,31 @@ def test_the_checks_see_the_files() -> None:
     assert len(CHECKED) >= 150
 
 
-# the gateway's data access: SQL (a session, a query, SQLAlchemy itself) only in its
-# repository package, its tables (db.py) and its migrations
-GATEWAY_DATA = (GATEWAY / "repository", GATEWAY / "migrations", GATEWAY / "db.py")
-SQL = re.compile(r"\.session\(\)|\bselect\(|\bsqlalchemy\b")
-
-
-@pytest.mark.parametrize("path", [p for p in sorted(GATEWAY.rglob("*.py"))
-                                  if not any(p == d or d in p.parents for d in GATEWAY_DATA)],
-                         ids=lambda p: str(p.relative_to(ROOT)))
-def test_gateway_sql_only_in_its_repository(path: Path) -> None:
-    found = [f"{n}: {line.strip()}" for n, line in _code(path) if SQL.search(line)]
-    assert not found, "move it to tuneloop_gateway/repository/:\n" + "\n".join(found)
-
-
-# the dataset service's data access, the same way: only its repository.py, its tables (db.py)
-# and its migrations
+# Each service's data access: SQL (a session, a query, SQLAlchemy itself) only in its
+# repository module(s), its tables (db.py) and its migrations. The trainer's job process has no
+# database; an HF ``Dataset.select(`` there is no query, hence the look-behind.
+SQL = re.compile(r"\.session\(\)|(?<!\.)\bselect\(|\bsqlalchemy\b")
 DATASET = ROOT / "services/dataset/src/tuneloop_dataset"
-DATASET_DATA = tuple(DATASET / n for n in ("repository.py", "db.py", "migrations"))
-
-
-@pytest.mark.parametrize("path", [p for p in sorted(DATASET.rglob("*.py"))
-                                  if not any(p == d or d in p.parents for d in DATASET_DATA)],
-                         ids=lambda p: str(p.relative_to(ROOT)))
-def test_dataset_sql_only_in_its_repository(path: Path) -> None:
-    found = [f"{n}: {line.strip()}" for n, line in _code(path) if SQL.search(line)]
-    assert not found, "move it to tuneloop_dataset/repository.py:\n" + "\n".join(found)
-
-
-# the trainer's data access, the same way: only its repository modules (repository.py and the
-# supervisor's jobqueue.py), its tables and its migrations; the job process has no database
-# (an HF ``Dataset.select(`` there is no query, hence the look-behind)
 TRAINER = ROOT / "services/trainer/src/tuneloop_trainer"
-TRAINER_DATA = tuple(TRAINER / n for n in ("repository.py", "jobqueue.py", "db.py", "migrations"))
-TRAINER_SQL = re.compile(r"\.session\(\)|(?<!\.)\bselect\(|\bsqlalchemy\b")
+DATA_ACCESS = {  # package -> the only places its SQL may live
+    GATEWAY: ("repository", "migrations", "db.py"),
+    DATASET: ("repository.py", "db.py", "migrations"),
+    TRAINER: ("repository.py", "jobqueue.py", "db.py", "migrations"),
+}
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(TRAINER.rglob("*.py"))
-                                  if not any(p == d or d in p.parents for d in TRAINER_DATA)],
-                         ids=lambda p: str(p.relative_to(ROOT)))
-def test_trainer_sql_only_in_its_repository(path: Path) -> None:
-    found = [f"{n}: {line.strip()}" for n, line in _code(path) if TRAINER_SQL.search(line)]
-    assert not found, "move it to tuneloop_trainer/repository.py or jobqueue.py:\n" + "\n".join(found)
+def _outside_data_access() -> list[tuple[Path, Path]]:
+    out = []
+    for package, names in DATA_ACCESS.items():
+        allowed = [package / n for n in names]
+        out += [(package, p) for p in sorted(package.rglob("*.py"))
+                if not any(p == d or d in p.parents for d in allowed)]
+    return out
+
+
+@pytest.mark.parametrize("package,path", _outside_data_access(),
+                         ids=lambda v: str(v.relative_to(ROOT)))
+def test_sql_only_in_the_services_repository(package: Path, path: Path) -> None:
+    found = [f"{n}: {line.strip()}" for n, line in _code(path) if SQL.search(line)]
+    assert not found, (f"move it to {package.name}'s repository ({', '.join(DATA_ACCESS[package])})"
+                       ":\n" + "\n".join(found))
