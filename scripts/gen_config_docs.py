@@ -16,6 +16,8 @@ SERVICES = [("dataset", "DatasetSettings"), ("trainer", "TrainerSettings"),
 def _default(field) -> str:  # noqa: ANN001
     if field.is_required():
         return "(required)"
+    if getattr(field.default_factory, "__name__", "") == "gethostname":
+        return "(this host's name)"  # not this machine's: the docs are the same everywhere
     value = field.get_default(call_default_factory=True)
     text = "" if value is None else str(value)
     return f"`{text}`" if text else "—"

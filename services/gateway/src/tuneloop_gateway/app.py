@@ -28,6 +28,7 @@ from .canary import CanaryService
 from .evals.service import EvalService
 from .flywheel.capture import CaptureRecorder
 from .flywheel.curate import CurateService
+from .leases import LeaseKeeper, WorkLease
 from .metrics import GatewayMetrics
 from .promotion import PromotionService
 from .proxy import Upstream
@@ -73,11 +74,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
                                     deploy_timeout=s.deploy_timeout_s)
         app.state.inference = inference
         # reads the general suite's file: built off the event loop
+        # replicas share the database: work is owned by a process and kept alive by it
+        lease = WorkLease(s.replica_id, s.work_lease_s)
         app.state.evals = await offload(EvalService, s, db, app.state.store, dataset, gw_metrics,
-                                        inference)
+                                        inference, lease)
         await app.state.evals.recover()
         app.state.promotions = PromotionService(s, db, trainer, inference, app.state.evals, gw_metrics)
         await app.state.promotions.start()
+        app.state.leases = leases = LeaseKeeper(lease)
+        leases.refresh += [app.state.evals.repo.heartbeat, app.state.promotions.repo.heartbeat]
+        leases.sweep += [lambda _: app.state.evals.recover(at_start=False),
+                         lambda _: app.state.promotions.recover(at_start=False)]
+        leases.start()
         app.state.captures = CaptureRecorder(s, db, gw_metrics)
         app.state.captures.start()
         app.state.curate = CurateService(s, db, app.state.captures, dataset, trainer)
@@ -90,6 +98,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             await app.state.canaries.aclose()
             await app.state.captures.aclose()
             await app.state.promotions.aclose()
+            await leases.aclose()
             await app.state.evals.aclose()
             for ups in app.state.upstreams.values():
                 await ups.aclose()

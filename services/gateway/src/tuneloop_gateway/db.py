@@ -50,6 +50,9 @@ class EvalRun(Base):
     created_at: Mapped[int] = mapped_column(Integer)
     finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
     duration_s: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # the process running it and when it last said so (leases.py)
+    owner: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    heartbeat_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Promotion(Base):
@@ -73,6 +76,9 @@ class Promotion(Base):
     note: Mapped[str | None] = mapped_column(Text, nullable=True)
     created_at: Mapped[int] = mapped_column(Integer)
     finished_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # the process running the gate and when it last said so (leases.py)
+    owner: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    heartbeat_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class Capture(Base):

@@ -38,6 +38,7 @@ from tuneloop.ids import is_valid_id, new_id
 from .db import Promotion
 from .evals.service import EvalService
 from .gate import GateConfig, apply_gate
+from .leases import WorkLease
 from .repository.promotions import PromotionRepository
 from .schemas import EvalCreate, PromoteRequest, RollbackRequest, TargetSpec
 from .settings import GatewaySettings
@@ -77,12 +78,16 @@ class PromotionService:
         self._tasks: list[asyncio.Task] = []
         self._lock = asyncio.Lock()  # one alias change at a time
         self._gating: set[str] = set()  # jobs whose gate runs in this process right now
+        # replicas share the database: a gate is claimed by one process (leases.py)
+        self.lease = evals.lease if evals is not None else WorkLease(
+            settings.replica_id, settings.work_lease_s)
 
     # -- background --------------------------------------------------------------------
-    async def recover(self) -> int:
-        """Gates cut off by a restart: job gates are re-run by the reconcile loop; gates of a
-        stored model version (no job) are marked failed (interrupted) - re-run them by hand."""
-        return await self.repo.recover()
+    async def recover(self, *, at_start: bool = True) -> int:
+        """Gates cut off by a restart or a dead replica: job gates are claimed and re-run by the
+        reconcile loop; gates of a stored model version (no job) are marked failed
+        (interrupted) - re-run them by hand. Gates another live replica runs go on."""
+        return await self.repo.recover(self.lease, at_start=at_start)
 
     async def start(self) -> None:
         await self.recover()
@@ -144,6 +149,9 @@ class PromotionService:
             return promotion_view(existing)
         if job_id in self._gating:  # a re-run in progress is not "undecided": never two at once
             return promotion_view(existing) if existing is not None else None
+        if existing is not None and existing.status == "evaluating" and existing.owner not in (
+                None, self.lease.owner) and (existing.heartbeat_at or 0) >= self.lease.stale_before():
+            return promotion_view(existing)  # another live replica runs this gate
         job = await self.trainer.get_job(job_id)
         if job.status != "succeeded" or not job.model_id:
             return None
@@ -169,9 +177,16 @@ class PromotionService:
             evidence["earlier_attempts"] = (existing.evidence or {}).get("earlier_attempts", []) + [
                 {"status": existing.status, "eval_id": existing.eval_id,
                  "reasons": (existing.reasons or [])[:3], "finished_at": existing.finished_at}]
-        await self.repo.upsert(Promotion(
+        claimed = await self.repo.claim(Promotion(
             id=pid, kind="gate", status="evaluating", job_id=job["id"], model_id=job["model_id"],
-            alias=alias, reasons=[], evidence=evidence, created_at=int(time.time())))
+            alias=alias, reasons=[], evidence=evidence, created_at=int(time.time())), self.lease)
+        if claimed is None:  # another replica claimed this job's gate first: it decides
+            held = await self.repo.by_job(job["id"])
+            if held is None:
+                raise Conflict(f"the gate of job {job['id']} is being claimed by another gateway "
+                               "replica; try again", code="gate_in_progress")
+            return promotion_view(held)
+        pid = claimed.id
         try:
             return await self._evaluate_and_decide(pid, job, alias, evidence)
         except Exception as exc:  # the decision must be stored, whatever broke

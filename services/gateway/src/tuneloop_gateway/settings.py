@@ -8,6 +8,7 @@ read from ``INFERENCE_ADMIN_KEY`` (the same variable the inference service reads
 from __future__ import annotations
 
 import json
+import socket
 from typing import Annotated
 
 from pydantic import AliasChoices, Field, field_validator, model_validator
@@ -179,6 +180,17 @@ class GatewaySettings(ServiceSettings):
         "interval.")
     reconcile_interval_s: float = Field(
         30.0, description="How often finished trainer jobs are listed (0 disables the loop).")
+    replica_id: str = Field(
+        default_factory=socket.gethostname, min_length=1, max_length=120,
+        description="This gateway replica's name (default: the host name, the pod name on "
+        "Kubernetes). Evaluations and gates it runs are marked with it and a per-process id, "
+        "so another replica neither runs the same gate twice nor fails work that is alive.")
+    work_lease_s: float = Field(
+        60.0, ge=10, le=3600, description="An evaluation or gate running on a replica counts "
+        "as alive while that replica refreshes it (every quarter of this). Work not refreshed "
+        "for this long (its replica died) is failed as interrupted by any replica; a job's gate "
+        "is then run again by the reconcile loop. At start-up, work of this replica's previous "
+        "process is failed at once.")
 
     @model_validator(mode="after")
     def _inference_key_defaults_to_service_token(self) -> "GatewaySettings":

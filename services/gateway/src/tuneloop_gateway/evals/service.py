@@ -29,6 +29,7 @@ from tuneloop.offload import offload
 from tuneloop.storage import ArtifactStore
 
 from ..db import EvalRun
+from ..leases import WorkLease
 from ..repository.evals import EvalRepository
 from ..schemas import EvalCreate
 from ..settings import GatewaySettings
@@ -62,9 +63,12 @@ def run_view(row: EvalRun, *, full: bool = True, progress: dict | None = None) -
 
 class EvalService:
     def __init__(self, settings: GatewaySettings, db: Database, store: ArtifactStore,
-                 dataset: DatasetClient, metrics: Any, inference: InferenceClient | None = None) -> None:
+                 dataset: DatasetClient, metrics: Any, inference: InferenceClient | None = None,
+                 lease: WorkLease | None = None) -> None:
         self.settings = settings
         self.repo = EvalRepository(db)
+        # which process runs a run (replicas share the database; leases.py)
+        self.lease = lease or WorkLease(settings.replica_id, settings.work_lease_s)
         self.store = store
         self.dataset = dataset
         self.inference = inference
@@ -80,9 +84,11 @@ class EvalService:
             give_up_after=settings.eval_give_up_after, give_up_after_s=settings.eval_give_up_after_s)
 
     # -- lifecycle ---------------------------------------------------------------------
-    async def recover(self) -> int:
-        """Mark runs left 'running' by a previous process as failed (interrupted)."""
-        return await self.repo.recover()
+    async def recover(self, *, at_start: bool = True) -> int:
+        """Fail (interrupted) the runs left 'running' by a process that stopped: this replica's
+        previous process (``at_start``) or any replica whose lease ran out; runs another live
+        replica holds go on."""
+        return await self.repo.recover(self.lease, at_start=at_start)
 
     async def aclose(self) -> None:
         for t in list(self._tasks.values()):
@@ -205,7 +211,8 @@ class EvalService:
         }
         run_id = new_id("eval")
         row = EvalRun(id=run_id, status="running", name=spec.name, config=config,
-                      created_at=int(time.time()))
+                      created_at=int(time.time()), owner=self.lease.owner,
+                      heartbeat_at=self.lease.now())
         await self.repo.add(row)
         task_ = asyncio.create_task(self._execute(run_id, spec, targets, examples, task, config),
                                     name=run_id)

@@ -6,13 +6,15 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from tuneloop.db import Database
 from tuneloop.errors import NotFound
 from tuneloop.offload import offloaded
 
 from ..db import EvalRun
+from ..leases import WorkLease
+from .leases import no_live_owner
 
 
 class EvalRepository:
@@ -20,16 +22,27 @@ class EvalRepository:
         self.db = db
 
     @offloaded
-    def recover(self) -> int:
-        """Mark runs left ``running`` by a stopped process as failed (interrupted); returns how
-        many."""
+    def recover(self, lease: WorkLease, *, at_start: bool = False) -> int:
+        """Fail (interrupted) the runs left ``running`` by a process that stopped: their
+        heartbeat is older than the lease or, ``at_start``, this replica's previous process ran
+        them. Runs of live processes (other replicas) are left alone. Returns how many."""
         with self.db.session() as s:
-            rows = list(s.scalars(select(EvalRun).where(EvalRun.status == "running")))
+            rows = list(s.scalars(select(EvalRun).where(
+                EvalRun.status == "running", no_live_owner(EvalRun, lease, at_start))))
             for r in rows:
                 r.status = "failed"
-                r.error = {"code": "interrupted", "message": "the gateway stopped during the run"}
+                r.error = {"code": "interrupted",
+                           "message": "the gateway process running it stopped during the run"}
                 r.finished_at = int(time.time())
         return len(rows)
+
+    @offloaded
+    def heartbeat(self, lease: WorkLease) -> int:
+        """Renew this process's running runs; returns how many."""
+        with self.db.session() as s:
+            return s.execute(update(EvalRun).where(
+                EvalRun.status == "running", EvalRun.owner == lease.owner).values(
+                heartbeat_at=lease.now())).rowcount  # type: ignore[attr-defined]
 
     @offloaded
     def add(self, row: EvalRun) -> None:

@@ -8,7 +8,8 @@ import time
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from tuneloop.db import Database
@@ -16,23 +17,71 @@ from tuneloop.errors import NotFound
 from tuneloop.offload import offloaded
 
 from ..db import Promotion
+from ..leases import WorkLease
+from .leases import no_live_owner
+
 
 class PromotionRepository:
     def __init__(self, db: Database) -> None:
         self.db = db
 
     @offloaded
-    def recover(self) -> int:
-        """Gates of a stored model version (no job) left ``evaluating`` by a stopped process
-        are marked failed (interrupted); returns how many."""
+    def recover(self, lease: WorkLease, *, at_start: bool = False) -> int:
+        """Gates of a stored model version (no job) left ``evaluating`` by a process that
+        stopped (heartbeat older than the lease or, ``at_start``, this replica's previous
+        process) are marked failed (interrupted); returns how many. A job's gate is claimed
+        again by the reconcile loop instead (:meth:`claim`)."""
         with self.db.session() as s:
             rows = list(s.scalars(select(Promotion).where(
-                Promotion.status == "evaluating", Promotion.job_id.is_(None))))
+                Promotion.status == "evaluating", Promotion.job_id.is_(None),
+                no_live_owner(Promotion, lease, at_start))))
             for r in rows:
                 r.status, r.finished_at = "failed", int(time.time())
-                r.error = {"code": "interrupted", "message": "the gateway stopped during the gate"}
-                r.reasons = ["gate could not run: the gateway stopped during the gate"]
+                r.error = {"code": "interrupted",
+                           "message": "the gateway process running it stopped during the gate"}
+                r.reasons = ["gate could not run: the gateway process running it stopped"]
         return len(rows)
+
+    @offloaded
+    def heartbeat(self, lease: WorkLease) -> int:
+        """Renew this process's gates in progress; returns how many."""
+        with self.db.session() as s:
+            return s.execute(update(Promotion).where(
+                Promotion.status == "evaluating", Promotion.owner == lease.owner).values(
+                heartbeat_at=lease.now())).rowcount  # type: ignore[attr-defined]
+
+    async def claim(self, row: Promotion, lease: WorkLease) -> Promotion | None:
+        """Store ``row`` as a gate in progress owned by this process, unless another live
+        process holds the gate of the same job (then None). One conditional write: two
+        replicas claiming at once get one winner (the unique ``job_id`` for a first gate, the
+        owner condition for a re-run), on SQLite and PostgreSQL alike."""
+        row.status, row.owner, row.heartbeat_at = "evaluating", lease.owner, lease.now()
+        row.error, row.finished_at = None, None
+        try:
+            return await self._claim(row, lease)
+        except IntegrityError:  # another replica inserted this job's gate first
+            return None
+
+    @offloaded
+    def _claim(self, row: Promotion, lease: WorkLease) -> Promotion | None:
+        with self.db.session() as s:
+            held = (s.scalar(select(Promotion).where(Promotion.job_id == row.job_id))
+                    if row.job_id is not None else s.get(Promotion, row.id))
+            if held is None:
+                s.add(row)
+                s.flush()
+                return row
+            row.id = held.id
+            values = {c: getattr(row, c) for c in (
+                "kind", "status", "model_id", "alias", "reasons", "evidence", "error",
+                "created_at", "finished_at", "owner", "heartbeat_at")}
+            taken = s.execute(update(Promotion).where(
+                Promotion.id == held.id,
+                or_(Promotion.status != "evaluating", Promotion.owner == lease.owner,
+                    no_live_owner(Promotion, lease, at_start=False))).values(**values))
+            if taken.rowcount == 0:  # type: ignore[attr-defined]
+                return None
+            return s.get(Promotion, held.id, populate_existing=True)
 
     @offloaded
     def jobs_in(self, statuses: Collection[str]) -> set[str]:
