@@ -125,10 +125,10 @@ class InferenceSettings(ServiceSettings):
     vllm_cpu_threads_bind: str = Field(
         "auto", description="cpu: VLLM_CPU_OMP_THREADS_BIND of every engine. auto: the "
         "controller splits the cores in two sets (blue and green of a swap; on 2 cores one core "
-        "each) and binds each new engine to the set with fewer engines. Binding matters: on 2 "
-        "cores one bound core gave 13.5 tok/s single-stream vs 3.5 with `0-1` or `nobind` "
-        "(oversubscribed); vLLM's own auto puts every engine on the same cores, where a green "
-        "engine starting beside a busy blue one starved. Or a vLLM value: `nobind`, `0-3`.")
+        "each) and binds each new engine to the set with fewer engines: vLLM's own auto puts every "
+        "engine on the same cores, where a green engine starting beside a busy blue one "
+        "starved. A lone engine loses nothing by it (both cores: 1.02x at 16 clients on 2 "
+        "cores, bench/results/cpu_thread_binding.json). Or a vLLM value: `nobind`, `0-3`.")
     gpu_memory_utilization: float = Field(
         0.40, description="--gpu-memory-utilization per vLLM engine: two engines (blue + green) "
         "must fit on one GPU during a swap, so keep it <= ~0.45.")
