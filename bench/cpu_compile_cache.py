@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from inference_cpu import round_tps  # noqa: E402  (the same load as the CPU engine bench)
+from inference_cpu import process_env, round_tps  # noqa: E402  (the same load as the CPU engine bench)
 
 
 async def start_engine(base: Path, data: Path, eager: bool, env: dict[str, str], log: str):
@@ -44,20 +44,12 @@ async def start_engine(base: Path, data: Path, eager: bool, env: dict[str, str],
                                  vllm_cpu_threads_bind="0")
     engine = make_engine("vllm", name="merged", model_dir=str(base), settings=settings,
                          log_path=data / f"{log}.log")
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the engine's environment starts from this process's
-    try:
+    with process_env(env):
         t0 = time.monotonic()
         await engine.start()
         await engine.wait_ready()
         await engine.smoke()
         seconds = time.monotonic() - t0
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return engine, seconds
 
 

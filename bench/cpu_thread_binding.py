@@ -35,25 +35,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))
 
-from inference_cpu import round_tps, start  # noqa: E402  (the CPU engine bench's load and start)
+from inference_cpu import process_env, round_tps, start  # noqa: E402  (the CPU engine bench's load and start)
 
 PLACEMENTS = [("one_core", "0", {}), ("both_cores", "0-1", {}),
               ("both_cores_passive", "0-1", {"OMP_WAIT_POLICY": "PASSIVE"})]
-
-
-async def start_engine(base: Path, bind: str, env: dict[str, str], label: str):  # noqa: ANN201
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)  # the engine's environment starts from this process's
-    try:
-        work = Path(tempfile.mkdtemp(prefix=f"bench-binding-{label}-"))
-        return await start("vllm", label, base, work,
-                           {"vllm_cpu_threads_bind": bind, "vllm_enable_lora": False})
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 async def run(rounds: int) -> dict:
@@ -64,7 +49,10 @@ async def run(rounds: int) -> dict:
     engines, runs = {}, {}
     try:
         for label, bind, env in PLACEMENTS:  # all up at once (idle engines cost ~nothing)
-            engines[label], up = await start_engine(base, bind, env, label)
+            work = Path(tempfile.mkdtemp(prefix=f"bench-binding-{label}-"))
+            with process_env(env):
+                engines[label], up = await start("vllm", label, base, work, {
+                    "vllm_cpu_threads_bind": bind, "vllm_enable_lora": False})
             runs[label] = {"bind": bind, "env": env, "start_s": round(up, 1),
                            "tok_s_16_clients": [], "tok_s_1_client": []}
         for _ in range(rounds):  # alternating rounds: the shared machine's drift hits all alike
@@ -78,17 +66,15 @@ async def run(rounds: int) -> dict:
     finally:
         for engine in engines.values():
             await engine.stop()
-    med = {k: statistics.median(v["tok_s_16_clients"]) for k, v in runs.items()}
-    med1 = {k: statistics.median(v["tok_s_1_client"]) for k, v in runs.items()}
-    baseline, baseline1 = med["one_core"], med1["one_core"]
     results = []
     for label, _, _ in PLACEMENTS[1:]:
-        results.append({"metric": f"throughput_16_clients_{label}", "value": round(med[label], 1),
-                        "unit": "tokens/s", "baseline": round(baseline, 1),
-                        "ratio": round(med[label] / baseline, 2)})
-        results.append({"metric": f"throughput_1_client_{label}", "value": round(med1[label], 1),
-                        "unit": "tokens/s", "baseline": round(baseline1, 1),
-                        "ratio": round(med1[label] / baseline1, 2)})
+        for metric, key in (("throughput_16_clients", "tok_s_16_clients"),
+                            ("throughput_1_client", "tok_s_1_client")):
+            value = statistics.median(runs[label][key])
+            baseline = statistics.median(runs["one_core"][key])
+            results.append({"metric": f"{metric}_{label}", "value": round(value, 1),
+                            "unit": "tokens/s", "baseline": round(baseline, 1),
+                            "ratio": round(value / baseline, 2)})
     return {
         "bench": "cpu_thread_binding",
         "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

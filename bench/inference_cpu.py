@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -28,7 +29,9 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -101,7 +104,23 @@ def make_adapter(base: Path, out: Path) -> Path:
     return out
 
 
-async def start(kind: str, name: str, base: Path, work: Path, env: dict[str, str]):  # noqa: ANN201
+@contextlib.contextmanager
+def process_env(env: dict[str, str]) -> Iterator[None]:
+    """``env`` set in this process for the block: an engine's environment starts from this
+    process's (``Engine.env``), so variables the settings do not cover go this way."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+async def start(kind: str, name: str, base: Path, work: Path, env: dict[str, Any]):  # noqa: ANN201
     from tuneloop_inference.engines import make_engine
     from tuneloop_inference.settings import InferenceSettings
 
