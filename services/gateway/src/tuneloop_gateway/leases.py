@@ -44,6 +44,11 @@ class WorkLease:
         """Work whose heartbeat is older than this has no live owner."""
         return self.now() - int(self.lease_s)
 
+    def held_elsewhere(self, owner: str | None, heartbeat_at: int | None) -> bool:
+        """Whether another live process holds work stored with ``owner``/``heartbeat_at`` (the
+        negation, in SQL and for any owner, is ``repository.leases.no_live_owner``)."""
+        return owner not in (None, self.owner) and (heartbeat_at or 0) >= self.stale_before()
+
     def previous_boot_prefix(self) -> str:
         """Owner ids of this replica (any boot): ``LIKE`` prefix, escaped by the caller's query."""
         return f"{self.replica}:"

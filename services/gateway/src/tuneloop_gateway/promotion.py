@@ -149,8 +149,8 @@ class PromotionService:
             return promotion_view(existing)
         if job_id in self._gating:  # a re-run in progress is not "undecided": never two at once
             return promotion_view(existing) if existing is not None else None
-        if existing is not None and existing.status == "evaluating" and existing.owner not in (
-                None, self.lease.owner) and (existing.heartbeat_at or 0) >= self.lease.stale_before():
+        if existing is not None and existing.status == "evaluating" and \
+                self.lease.held_elsewhere(existing.owner, existing.heartbeat_at):
             return promotion_view(existing)  # another live replica runs this gate
         job = await self.trainer.get_job(job_id)
         if job.status != "succeeded" or not job.model_id:

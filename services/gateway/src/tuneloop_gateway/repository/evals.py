@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from tuneloop.db import Database
 from tuneloop.errors import NotFound
@@ -14,7 +14,7 @@ from tuneloop.offload import offloaded
 
 from ..db import EvalRun
 from ..leases import WorkLease
-from .leases import no_live_owner
+from .leases import no_live_owner, renew
 
 
 class EvalRepository:
@@ -40,9 +40,7 @@ class EvalRepository:
     def heartbeat(self, lease: WorkLease) -> int:
         """Renew this process's running runs; returns how many."""
         with self.db.session() as s:
-            return s.execute(update(EvalRun).where(
-                EvalRun.status == "running", EvalRun.owner == lease.owner).values(
-                heartbeat_at=lease.now())).rowcount  # type: ignore[attr-defined]
+            return renew(s, EvalRun, "running", lease)
 
     @offloaded
     def add(self, row: EvalRun) -> None:

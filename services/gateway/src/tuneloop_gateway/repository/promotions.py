@@ -18,7 +18,7 @@ from tuneloop.offload import offloaded
 
 from ..db import Promotion
 from ..leases import WorkLease
-from .leases import no_live_owner
+from .leases import no_live_owner, renew
 
 
 class PromotionRepository:
@@ -46,9 +46,7 @@ class PromotionRepository:
     def heartbeat(self, lease: WorkLease) -> int:
         """Renew this process's gates in progress; returns how many."""
         with self.db.session() as s:
-            return s.execute(update(Promotion).where(
-                Promotion.status == "evaluating", Promotion.owner == lease.owner).values(
-                heartbeat_at=lease.now())).rowcount  # type: ignore[attr-defined]
+            return renew(s, Promotion, "evaluating", lease)
 
     async def claim(self, row: Promotion, lease: WorkLease) -> Promotion | None:
         """Store ``row`` as a gate in progress owned by this process, unless another live
