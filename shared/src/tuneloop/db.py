@@ -71,12 +71,16 @@ class Database:
         """Upgrade this database to ``revision`` (head) with the service's Alembic scripts.
 
         On PostgreSQL several replicas may start at once: a transaction-level advisory lock
-        (keyed by the version table) makes them migrate one after the other."""
+        (keyed by the version table) makes them migrate one after the other; on SQLite the
+        worker processes of one service do, through a lock file in their run directory."""
         from alembic import command
+
+        from .workers import host_lock
 
         cfg = self.alembic_config(migrations_dir, version_table)
         if self.engine.dialect.name != "postgresql":
-            command.upgrade(cfg, revision)
+            with host_lock(f"migrate-{version_table}"):  # the workers of one service, at once
+                command.upgrade(cfg, revision)
             return
         with self.engine.begin() as conn:
             conn.exec_driver_sql("SELECT pg_advisory_xact_lock(hashtext(%(k)s))",

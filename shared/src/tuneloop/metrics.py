@@ -6,6 +6,8 @@ template, never the raw path).
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -39,4 +41,13 @@ class ServiceMetrics:
         return f"{self.prefix}_{what}"
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        """This process's metrics; under a supervisor (``PROMETHEUS_MULTIPROC_DIR``: several
+        workers behind one port) the sum over every worker, whichever one is scraped."""
+        path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not path:
+            return generate_latest(self.registry)
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=path)
+        return generate_latest(registry)

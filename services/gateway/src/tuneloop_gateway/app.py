@@ -21,6 +21,7 @@ from tuneloop.settings import open_service_state
 from tuneloop.errors import RateLimited
 from tuneloop.metrics import ServiceMetrics
 from tuneloop.offload import offload
+from tuneloop.workers import run_dir, worker_index
 
 from .api import canaries, captures, evals, keys, passthrough, promotions, proxy, replay
 from .auth import KeyStore, RateLimiter, bootstrap_admin_key
@@ -28,6 +29,7 @@ from .canary import CanaryService
 from .evals.service import EvalService
 from .flywheel.capture import CaptureRecorder
 from .flywheel.curate import CurateService
+from .hostshare import HostShare
 from .leases import LeaseKeeper, WorkLease
 from .metrics import GatewayMetrics
 from .promotion import PromotionService
@@ -51,8 +53,11 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         s = settings
         db, app.state.store = await offload(open_service_state, s, MIGRATIONS)
         app.state.db = db
-        app.state.keys = KeyStore(db, ttl=s.key_cache_ttl_s, size=s.key_cache_size)
-        app.state.limiter = RateLimiter()
+        # several workers on this host share rate limits and key invalidations (hostshare.py)
+        share_dir = run_dir()
+        share = HostShare(share_dir / "gateway-share") if share_dir is not None else None
+        app.state.keys = KeyStore(db, ttl=s.key_cache_ttl_s, size=s.key_cache_size, shared=share)
+        app.state.limiter = share or RateLimiter()
         app.state.bootstrap_key = await bootstrap_admin_key(app.state.keys, s)
         c, t = s.connect_timeout_s, s.http_timeout_s
         token = s.outgoing_service_token()  # internal calls are authenticated
@@ -75,7 +80,10 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
         app.state.inference = inference
         # reads the general suite's file: built off the event loop
         # replicas share the database: work is owned by a process and kept alive by it
-        lease = WorkLease(s.replica_id, s.work_lease_s)
+        # (each worker process is a replica of its own: its slot, kept when it is restarted)
+        worker = worker_index()
+        lease = WorkLease(s.replica_id if worker is None else f"{s.replica_id}/{worker}",
+                          s.work_lease_s)
         app.state.evals = await offload(EvalService, s, db, app.state.store, dataset, gw_metrics,
                                         inference, lease)
         await app.state.evals.recover()
@@ -105,6 +113,8 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
             for peer in (dataset, trainer, inference):
                 await peer.aclose()
             await offload(db.dispose)
+            if share is not None:
+                share.close()
 
     async def ready(app: FastAPI) -> dict:
         """Ready when the database answers and inference is ready (serves its default model):

@@ -25,8 +25,10 @@ from tuneloop.db import Database
 from tuneloop.errors import Forbidden, InvalidRequest, RateLimited, Unauthorized
 from tuneloop.ids import new_id
 from tuneloop.offload import offload
+from tuneloop.workers import host_lock
 
 from .db import ApiKey
+from .hostshare import HostShare
 from .repository.keys import KeyRepository
 from .settings import GatewaySettings
 
@@ -78,11 +80,15 @@ class KeyStore:
     apart, in a small LRU of their own (``miss_size``), so a flood of made-up keys cycles
     through that one and cannot push a single valid key out of the other; creating a key
     forgets its miss, revoking one forgets its entry (not the whole cache). The caches live on
-    the event loop (only the database look-up leaves it), so they need no lock."""
+    the event loop (only the database look-up leaves it), so they need no lock. With several
+    worker processes (``shared``), a key created, revoked or changed on one bumps the host's key
+    epoch and every worker empties its caches at its next look-up."""
 
     def __init__(self, db: Database, ttl: float = 30.0, size: int = 10_000,
-                 miss_size: int = 1024) -> None:
+                 miss_size: int = 1024, shared: HostShare | None = None) -> None:
         self.repo = KeyRepository(db)
+        self.shared = shared
+        self._epoch = shared.epoch() if shared is not None else 0
         self.ttl = ttl
         self.size = max(1, size)
         self.miss_size = max(0, miss_size)
@@ -110,6 +116,7 @@ class KeyStore:
             revoked_at=None, capture=capture,
             models=sorted(set(models)) if models is not None else None))
         self._misses.pop(row.key_hash, None)
+        self._changed()
         return key, key_view(row)
 
     async def list(self, include_revoked: bool = False) -> list[dict]:
@@ -118,6 +125,7 @@ class KeyStore:
     async def revoke(self, key_id: str) -> dict:
         row = await self.repo.revoke(key_id)
         self._cache.pop(row.key_hash, None)
+        self._changed()
         return key_view(row)
 
     async def set_capture(self, key_id: str, capture: bool | None = None,
@@ -126,13 +134,22 @@ class KeyStore:
         any model again); its cached entry is forgotten."""
         row = await self.repo.update(key_id, capture, models, unbind)
         self._cache.pop(row.key_hash, None)
+        self._changed()
         return key_view(row)
+
+    def _changed(self) -> None:
+        if self.shared is not None:
+            self.shared.bump()
 
     async def count(self) -> int:
         return await self.repo.count()
 
     def cached(self, key: str) -> tuple[bool, Principal | None]:
         """``(hit, principal)`` from the caches only (no I/O: safe on the event loop)."""
+        if self.shared is not None and (epoch := self.shared.epoch()) != self._epoch:
+            self._epoch = epoch  # a key changed on another worker of this host
+            self._cache.clear()
+            self._misses.clear()
         digest = hash_key(key)
         now = time.monotonic()
         hit = self._cache.get(digest)
@@ -187,7 +204,8 @@ class KeyStore:
 
 
 class RateLimiter:
-    """Token bucket per key: capacity = rpm, refilled at rpm/60 per second (per process)."""
+    """Token bucket per key: capacity = rpm, refilled at rpm/60 per second (per process; the
+    workers of one gateway share theirs through :class:`.hostshare.HostShare`)."""
 
     def __init__(self) -> None:
         self._buckets: dict[str, tuple[float, float]] = {}
@@ -213,6 +231,11 @@ async def bootstrap_admin_key(keys: KeyStore, settings: GatewaySettings) -> str 
     Uses ``GATEWAY_BOOTSTRAP_ADMIN_KEY`` when set; otherwise generates one, prints it once and
     writes it (mode 0600) to ``admin_key_file``. Returns the generated key, if any.
     """
+    with host_lock("bootstrap-admin-key"):  # several workers start at once: one installs it
+        return await _bootstrap_admin_key(keys, settings)
+
+
+async def _bootstrap_admin_key(keys: KeyStore, settings: GatewaySettings) -> str | None:
     if await keys.count() > 0:
         return None
     if settings.bootstrap_admin_key:

@@ -185,6 +185,13 @@ class GatewaySettings(ServiceSettings):
         description="This gateway replica's name (default: the host name, the pod name on "
         "Kubernetes). Evaluations and gates it runs are marked with it and a per-process id, "
         "so another replica neither runs the same gate twice nor fails work that is alive.")
+    workers: int = Field(
+        0, ge=0, le=64, description="Gateway processes behind the one port (0: auto, one up to "
+        "4 CPUs, then one per 4 CPUs, at most 4; CPUs counted from the affinity and the cgroup "
+        "quota). Each serves every route; they share rate limits, key revocations and "
+        "/metrics. A proxy spends ~1 ms of a core per request: at hundreds of concurrent "
+        "generations one process is the bottleneck (bench/serve_load.py). On Kubernetes the "
+        "manifests set 1 and scale with replicas.")
     work_lease_s: float = Field(
         60.0, ge=10, le=3600, description="An evaluation or gate running on a replica counts "
         "as alive while that replica refreshes it (every quarter of this). Work not refreshed "
