@@ -19,8 +19,13 @@ Requests started after the flip must come from v2; the round counts its failures
 other, and a separate row reports them.
 
 Each round also records the CPU seconds every process spent in it (/proc: the bench's
-client, the engine, the inference service, the gateway), so the JSON says what a proxied
-request costs each hop, not only how long a round took.
+client, the engine, the inference service, the gateway with its worker processes), so the JSON
+says what a proxied request costs each hop, not only how long a round took.
+
+The gateway runs as it does by default (``GATEWAY_WORKERS`` auto: 4 worker processes on the
+H200 host's 16 CPUs, 1 on a small machine). When that is more than one, a second gateway with
+one process (the default before) is a fourth path in the same rounds, and the gateway rows say
+what it did (``one_worker_*``): the baseline the workers have to beat, in the same run.
 
 Modes:
   ``--cpu``  small run on this machine (``make bench``): tiny local models, the CPU engine
@@ -326,8 +331,9 @@ runpy.run_module(os.environ["SERVE_LOAD_PROFILE_MODULE"], run_name="__main__", a
 
 
 def start_services(work: Path, mode: str, engine: str, max_num_seqs: int, vllm_args: str,
-                   latency_s: float, profile: bool):  # noqa: ANN201
+                   latency_s: float, profile: bool, workers: int):  # noqa: ANN201
     from tuneloop.testing.process import ServiceProcess
+    from tuneloop.workers import resolve_workers
 
     paths = [str(ROOT / "shared/src"), str(ROOT / "services/inference/src"),
              str(ROOT / "services/gateway/src")]
@@ -363,29 +369,48 @@ def start_services(work: Path, mode: str, engine: str, max_num_seqs: int, vllm_a
         "INFERENCE_ENGINE_MAX_NUM_SEQS": str(max_num_seqs),
         "INFERENCE_VLLM_EXTRA_ARGS": vllm_args if engine == "vllm" else "",
         "INFERENCE_REPLICA_ID": "serve-load"}, 180).start()
-    gateway = service("tuneloop_gateway", "gateway", {
+    gw_env = {
         **common, "GATEWAY_BOOTSTRAP_ADMIN_KEY": ADMIN, "INFERENCE_ADMIN_KEY": INF_ADMIN,
         "TUNELOOP_INFERENCE_URL": inference.url, "GATEWAY_RECONCILE_INTERVAL_S": "0",
         # dataset and trainer are not part of this bench: nothing listens there
-        "TUNELOOP_DATASET_URL": "http://127.0.0.1:9", "TUNELOOP_TRAINER_URL": "http://127.0.0.1:9"},
-        120)
+        "TUNELOOP_DATASET_URL": "http://127.0.0.1:9", "TUNELOOP_TRAINER_URL": "http://127.0.0.1:9"}
+    gateway = service("tuneloop_gateway", "gateway", {
+        **gw_env, "GATEWAY_WORKERS": str(workers), "GATEWAY_REPLICA_ID": "serve-load"}, 120)
+    # the baseline: one gateway process (one database, its own replica id)
+    single = service("tuneloop_gateway", "gateway-1w", {
+        **gw_env, "GATEWAY_WORKERS": "1", "GATEWAY_REPLICA_ID": "serve-load-1w"}, 120)
+    started = [inference]
     try:
-        gateway.start()
+        for proc in (gateway, single) if resolve_workers(workers) > 1 else (gateway,):
+            proc.start()
+            started.append(proc)
     except Exception:
-        inference.stop(timeout=60)
+        for proc in reversed(started):
+            proc.stop(timeout=60)
         raise
-    return inference, gateway
+    return inference, started[1], (started[2] if len(started) > 2 else None)
 
 
-def cpu_seconds(pid: int | None) -> float | None:
-    """User + system CPU seconds of a process (all its threads) so far, from /proc."""
+def cpu_seconds(pid: int | None, children: bool = False) -> float | None:
+    """User + system CPU seconds of a process (all its threads) so far, from /proc; with
+    ``children``, plus its live child processes' (the gateway's workers)."""
     if not pid:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+    if not children:
+        return own
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            f = stat.read_text().rsplit(")", 1)[1].split()
+            if int(f[1]) == pid:
+                own += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            continue
+    return own
 
 
 def _median(values: list[float]) -> float | None:
@@ -399,6 +424,7 @@ def summarise(sizes: list[int], n_rounds: int) -> None:
         by_path = {p: [r for r in RESULT["rounds"] if r["path"] == p and r["C"] == c]
                    for p in ("engine", "service", "gateway")}
         direct = statistics.median([r["tokens_per_s"] for r in by_path["engine"]] or [0.0])
+        single = [r for r in RESULT["rounds"] if r["path"] == "gateway_1w" and r["C"] == c]
         for p, rs in by_path.items():
             if not rs:
                 continue
@@ -415,6 +441,19 @@ def summarise(sizes: list[int], n_rounds: int) -> None:
                      **{k: v for k, v in cpu.items() if v is not None}}
             if p != "engine":
                 extra["baseline_is"] = "engine_direct, same C, same run"
+            if p == "gateway":
+                extra["workers"] = RESULT["config"].get("gateway_workers")
+            if p == "gateway" and single:  # the one-process gateway, same rounds
+                one = statistics.median([r["tokens_per_s"] for r in single])
+                extra.update(
+                    one_worker_tokens_per_s=round(one, 1),
+                    one_worker_ratio=round(one / direct, 3) if direct else None,
+                    one_worker_failed_requests=sum(r["failed"] for r in single),
+                    one_worker_rounds=len(single),
+                    one_worker_median_round_s=_median([r["seconds"] for r in single]),
+                    one_worker_gateway_cpu_ms_per_request=_median(
+                        [r["cpu_s"]["gateway_1w"] * 1000 / max(1, r["ok"] + r["failed"])
+                         for r in single if (r.get("cpu_s") or {}).get("gateway_1w") is not None]))
             metric(f"{label}_output_tokens_per_s (C={c}, median of {len(rs)} rounds)",
                    statistics.median([r["tokens_per_s"] for r in rs]), "tokens/s",
                    baseline=None if p == "engine" else direct, **extra)
@@ -469,6 +508,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--profile", action="store_true",
                     help="run the inference service and the gateway under cProfile")
     ap.add_argument("--label", default="", help="--fake-engine: name of this run in the file")
+    ap.add_argument("--gateway-workers", type=int, default=0,
+                    help="GATEWAY_WORKERS of the gateway (default 0: its own default, auto)")
     ap.add_argument("--keep", action="store_true",
                     help="leave the stack up if the budget cuts the rounds short (for --resume)")
     ap.add_argument("--resume", action="store_true",
@@ -480,6 +521,7 @@ def main() -> int:  # noqa: PLR0915
     global OUT_FILE, STATE_FILE
     args = parse_args()
     from tuneloop.serve import raise_open_files_limit
+    from tuneloop.workers import resolve_workers
 
     open_files = raise_open_files_limit()  # 1,024 clients per path: more than the default 1,024
     mode = ("fake" if args.fake_engine else
@@ -502,7 +544,7 @@ def main() -> int:  # noqa: PLR0915
         STATE_FILE = work / "state.json"
         cfg = RESULT["config"]
         HISTORY[:] = state.get("history", [])
-        inference = gateway = None
+        inference = gateway = single = None
     else:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
@@ -520,17 +562,21 @@ def main() -> int:  # noqa: PLR0915
             "max_tokens": args.max_tokens or defaults[2], "ignore_eos": engine == "vllm",
             "engine_max_num_seqs": max(sizes), "vllm_args": args.vllm_args, "budget_s": budget,
             "open_files_limit": open_files, "profile": args.profile,
+            "gateway_workers": resolve_workers(args.gateway_workers),
             **({"engine_latency_s": args.latency_s} if mode == "fake" else {})}
         RESULT["label"], RESULT["commit"] = args.label, git_commit()
         t = time.monotonic()
         params = build_models(work / "var/artifacts", mode)
         step("models_built", params=params, seconds=round(time.monotonic() - t, 1))
-        inference, gateway = start_services(work, mode, engine, max(sizes), args.vllm_args,
-                                            args.latency_s, args.profile)
+        inference, gateway, single = start_services(work, mode, engine, max(sizes),
+                                                    args.vllm_args, args.latency_s, args.profile,
+                                                    args.gateway_workers)
         stack = STACK
         stack.update({"inference": {"url": inference.url, "pid": inference.proc.pid},
                       "gateway": {"url": gateway.url, "pid": gateway.proc.pid},
                       "swapped": False})
+        if single is not None:
+            stack["gateway_1w"] = {"url": single.url, "pid": single.proc.pid}
     admin = httpx.Client(base_url=stack["inference"]["url"], timeout=900,
                          headers={"Authorization": f"Bearer {INF_ADMIN}"})
     rc, finished = 1, False
@@ -556,14 +602,15 @@ def main() -> int:  # noqa: PLR0915
         admin.close()
         keep = not finished and (args.keep or args.resume)
         RESULT["log_tails"] = {p.name: p.read_text(errors="replace")[-2000:]
-                               for p in (work / "inference.log", work / "gateway.log")
+                               for p in (work / "inference.log", work / "gateway.log",
+                                         work / "gateway-1w.log")
                                if p.exists()}
         if keep:
             RESULT["notes"].append(
                 f"call {RESULT.get('calls', 1)}: budget reached, services left up for --resume")
         save()
         if not keep:
-            teardown(stack, inference, gateway)
+            teardown(stack, inference, gateway, single)
     failed = sum(r["failed"] for r in RESULT["rounds"])
     if finished:
         RESULT["notes"].append(mode_note(mode, failed))
@@ -595,20 +642,25 @@ def machine_info() -> dict:
     return info
 
 
-def teardown(stack: dict, inference, gateway) -> None:  # noqa: ANN001
-    """Stop the gateway, then the inference service (which stops its engines)."""
+def teardown(stack: dict, inference, gateway, single) -> None:  # noqa: ANN001
+    """Stop the gateways, then the inference service (which stops its engines)."""
     if gateway is not None:
+        if single is not None:
+            single.stop(timeout=30)
         gateway.stop(timeout=30)
         inference.stop(timeout=90)
         return
+    if "gateway_1w" in stack:
+        stop_pid(stack["gateway_1w"]["pid"], 30)
     stop_pid(stack["gateway"]["pid"], 30)
     stop_pid(stack["inference"]["pid"], 90)
 
 
 def mode_note(mode: str, failed: int) -> str:
     text = (f"{mode} run: {len(RESULT['rounds'])} rounds, {failed} failed requests in all; paths "
-            "interleaved round by round (engine, service, gateway), each path one long-lived "
-            "client with keep-alive 2 s; throughput = median round; the swap row counts the "
+            "interleaved round by round (engine, service, gateway, and gateway_1w: a one-process "
+            "gateway when the default runs several), each path one long-lived client with "
+            "keep-alive 2 s; throughput = median round; the swap row counts the "
             "failures of the round the alias flipped in; cpu_ms_per_request = CPU seconds of "
             "that process during the path's rounds per request (median round).")
     if mode in ("cpu", "dry-run"):
@@ -656,11 +708,16 @@ async def load(stack: dict, admin: httpx.Client, cfg: dict, budget: float) -> tu
                               {"Authorization": f"Bearer {SERVICE_TOKEN}"}),
              "gateway": Path_("gateway", stack["gateway"]["url"], "bot",
                               {"Authorization": f"Bearer {stack['key']}"})}
+    if "gateway_1w" in stack:  # one database: the same key works there
+        paths["gateway_1w"] = Path_("gateway_1w", stack["gateway_1w"]["url"], "bot",
+                                    {"Authorization": f"Bearer {stack['key']}"})
     paths["engine"], engine_pid = await asyncio.to_thread(engine_path)
     for p in paths.values():
         p.client = session(p.url)
     pids = {"bench": os.getpid(), "service": stack["inference"]["pid"],
             "gateway": stack["gateway"]["pid"]}
+    if "gateway_1w" in stack:
+        pids["gateway_1w"] = stack["gateway_1w"]["pid"]
     swap = Swap(admin)
     v2_ready = (RESULT["steps"].get("v2_deployed") or {}).get("state") == "ready"
     rc = 0 if v2_ready else 1
@@ -671,11 +728,12 @@ async def load(stack: dict, admin: httpx.Client, cfg: dict, budget: float) -> tu
             if warm.failed:
                 step("warm_up_failed", path=p.name, errors=warm.errors)
                 return 1, False
+        paths_order = [p for p in ("engine", "service", "gateway", "gateway_1w") if p in paths]
         largest = max(sizes)
         swap_round = min(1, n_rounds - 1)  # early in the largest run: inside it even if cut short
         for c in sizes:
             for i in range(n_rounds):
-                for name in ("engine", "service", "gateway"):
+                for name in paths_order:
                     if (name, c, i) in done:
                         continue
                     est = max([r["seconds"] for r in RESULT["rounds"]  # a round like the last
@@ -689,10 +747,12 @@ async def load(stack: dict, admin: httpx.Client, cfg: dict, budget: float) -> tu
                     do_swap = (c == largest and name == "gateway" and i >= swap_round
                                and not stack["swapped"] and v2_ready)
                     p = paths[name]
-                    before = {k: cpu_seconds(pid) for k, pid in {**pids, "engine": engine_pid}.items()}
+                    before = {k: cpu_seconds(pid, k.startswith("gateway"))
+                              for k, pid in {**pids, "engine": engine_pid}.items()}
                     rnd = await run_round(p, c, i, max_tokens, ignore_eos,
                                           swap if do_swap else None)
-                    after = {k: cpu_seconds(pid) for k, pid in {**pids, "engine": engine_pid}.items()}
+                    after = {k: cpu_seconds(pid, k.startswith("gateway"))
+                             for k, pid in {**pids, "engine": engine_pid}.items()}
                     record_round(name, c, i, rnd, before, after)
                     if rnd.swap:
                         stack["swapped"] = True
