@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -151,3 +153,29 @@ def test_database_session_rolls_back(tmp_path: Path) -> None:
         raise RuntimeError
     with db.session() as s:
         assert s.connection().exec_driver_sql("SELECT count(*) FROM t").scalar() == 0
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_start_up_objects_leave_later_full_collections(freeze: bool) -> None:
+    """A full collection walked the ~130,000 objects of the imports and start-up on every
+    burst (65-75 ms each, several per 256 requests: bench/serve_load.py); once a service has
+    started they are frozen, so it walks only what requests allocated (TUNELOOP_GC_FREEZE)."""
+    import gc
+
+    gc.unfreeze()
+    started = []
+
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        started.append(gc.get_freeze_count())
+        yield
+
+    app = build_service_app(ServiceSettings(service_name="demo", gc_freeze=freeze), title="t",
+                            lifespan=asynccontextmanager(lifespan))
+    try:
+        with TestClient(app) as client:
+            assert client.get("/health").status_code == 200
+            frozen = gc.get_freeze_count()
+        assert started == [0]  # the service's own start-up ran first
+        assert (frozen > 10_000) is freeze, frozen
+    finally:
+        gc.unfreeze()
