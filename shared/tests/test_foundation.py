@@ -169,8 +169,9 @@ def test_start_up_objects_leave_later_full_collections(freeze: bool) -> None:
         started.append(gc.get_freeze_count())
         yield
 
-    app = build_service_app(ServiceSettings(service_name="demo", gc_freeze=freeze), title="t",
-                            lifespan=asynccontextmanager(lifespan))
+    settings = ServiceSettings(service_name="demo", gc_freeze=freeze)
+    app = build_service_app(settings, title="t", lifespan=asynccontextmanager(lifespan))
+    app.state.freeze_heap_after_start = settings.gc_freeze  # what tuneloop.serve.main does
     try:
         with TestClient(app) as client:
             assert client.get("/health").status_code == 200

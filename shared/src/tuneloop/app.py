@@ -172,20 +172,20 @@ def _no_native_telemetry() -> dict[str, Any]:
 
 def _frozen_after_start(
     lifespan: Callable[[FastAPI], AbstractAsyncContextManager[None]] | None,
-    settings: ServiceSettings,
-) -> Callable[[FastAPI], AbstractAsyncContextManager[None]] | None:
-    """The service's lifespan, then (``gc_freeze``) one collection and ``gc.freeze()``: what
-    the imports and the start-up made stays out of every later full collection."""
-    if not settings.gc_freeze:
-        return lifespan
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """The service's lifespan, then, in a served process (``tuneloop.serve`` sets
+    ``app.state.freeze_heap_after_start`` from ``gc_freeze``), one collection and
+    ``gc.freeze()``: what the imports and the start-up made stays out of every later full
+    collection. Apps built inside a test process are not frozen (the test's heap would be)."""
 
     @contextlib.asynccontextmanager
     async def frozen(app: FastAPI) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             if lifespan is not None:
                 await stack.enter_async_context(lifespan(app))
-            gc.collect()
-            gc.freeze()
+            if getattr(app.state, "freeze_heap_after_start", False):
+                gc.collect()
+                gc.freeze()
             yield
 
     return frozen
@@ -207,7 +207,7 @@ def build_service_app(
     configure_logging(settings.service_name, settings.log_level, settings.log_json)
     check_configured(settings)
     metrics = metrics or ServiceMetrics(settings.service_name)
-    app = FastAPI(title=title, version=version, lifespan=_frozen_after_start(lifespan, settings),
+    app = FastAPI(title=title, version=version, lifespan=_frozen_after_start(lifespan),
                   **_no_native_telemetry())
     app.state.settings = settings
     app.state.metrics = metrics

@@ -56,6 +56,7 @@ def main(create_app: Callable[[Any], Any], settings_cls: type[ServiceSettings],
         raise SystemExit(Supervisor(module, settings.host, settings.port, workers,
                                     settings.shutdown_timeout_s).run())
     app = create_app(settings)
+    app.state.freeze_heap_after_start = settings.gc_freeze  # a served process: see app.py
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
                             access_log=False,
                             timeout_graceful_shutdown=math.ceil(settings.shutdown_timeout_s),

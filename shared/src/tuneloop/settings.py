@@ -67,7 +67,8 @@ class ServiceSettings(BaseSettings):
         "terminationGracePeriodSeconds minus its preStop (k8s: 125 s of 180 s for inference and "
         "gateway).")
     gc_freeze: bool = Field(
-        True, description="Once started, move every object alive to Python's permanent "
+        True, description="Once a served process has started, move every object alive to "
+        "Python's permanent "
         "generation (gc.freeze), so a full garbage collection walks only what requests "
         "allocated since, not the ~130,000 objects of the imports and start-up (a 65-75 ms "
         "pause each, several per burst of a few hundred requests; bench/serve_load.py).")
