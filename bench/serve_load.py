@@ -332,9 +332,9 @@ runpy.run_module(os.environ["SERVE_LOAD_PROFILE_MODULE"], run_name="__main__", a
 
 
 def start_services(work: Path, mode: str, engine: str, max_num_seqs: int, vllm_args: str,
-                   latency_s: float, profile: bool, workers: int):  # noqa: ANN201
+                   latency_s: float, profile: bool, workers: int,
+                   one_process_baseline: bool):  # noqa: ANN201
     from tuneloop.testing.process import ServiceProcess
-    from tuneloop.workers import resolve_workers
 
     paths = [str(ROOT / "shared/src"), str(ROOT / "services/inference/src"),
              str(ROOT / "services/gateway/src")]
@@ -377,45 +377,49 @@ def start_services(work: Path, mode: str, engine: str, max_num_seqs: int, vllm_a
         "TUNELOOP_DATASET_URL": "http://127.0.0.1:9", "TUNELOOP_TRAINER_URL": "http://127.0.0.1:9"}
     gateway = service("tuneloop_gateway", "gateway", {
         **gw_env, "GATEWAY_WORKERS": str(workers), "GATEWAY_REPLICA_ID": "serve-load"}, 120)
-    # the baseline: one gateway process (one database, its own replica id)
+    # the baseline when the default runs several: one gateway process (one database, its own
+    # replica id)
     single = service("tuneloop_gateway", "gateway-1w", {
-        **gw_env, "GATEWAY_WORKERS": "1", "GATEWAY_REPLICA_ID": "serve-load-1w"}, 120)
-    started = [inference]
+        **gw_env, "GATEWAY_WORKERS": "1", "GATEWAY_REPLICA_ID": "serve-load-1w"},
+        120) if one_process_baseline else None
     try:
-        for proc in (gateway, single) if resolve_workers(workers) > 1 else (gateway,):
-            proc.start()
-            started.append(proc)
+        gateway.start()
+        if single is not None:
+            single.start()
     except Exception:
-        for proc in reversed(started):
-            proc.stop(timeout=60)
+        gateway.stop(timeout=60)  # stopping a process that is not running does nothing
+        inference.stop(timeout=60)
         raise
-    return inference, started[1], (started[2] if len(started) > 2 else None)
+    return inference, gateway, single
+
+
+def _stat(path: Path) -> tuple[int, float] | None:
+    """(parent pid, user + system CPU seconds of all its threads) of one /proc/<pid>/stat."""
+    try:
+        fields = path.read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def cpu_seconds(pid: int | None, children: bool = False) -> float | None:
-    """User + system CPU seconds of a process (all its threads) so far, from /proc; with
-    ``children``, plus its live child processes' (the gateway's workers)."""
-    if not pid:
+    """CPU seconds of a process so far, from /proc; with ``children``, plus its live child
+    processes' (the gateway's workers)."""
+    own = _stat(Path(f"/proc/{pid}/stat")) if pid else None
+    if own is None:
         return None
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-    if not children:
-        return own
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            f = stat.read_text().rsplit(")", 1)[1].split()
-            if int(f[1]) == pid:
-                own += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            continue
-    return own
+    kids = (_stat(p) for p in Path("/proc").glob("[0-9]*/stat")) if children else ()
+    return own[1] + sum(k[1] for k in kids if k is not None and k[0] == pid)
 
 
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 3) if values else None
+
+
+def _ms_per_request(rounds: list[dict], proc: str) -> float | None:
+    """Median over ``rounds`` of ``proc``'s CPU milliseconds per request."""
+    return _median([r["cpu_s"][proc] * 1000 / max(1, r["ok"] + r["failed"]) for r in rounds
+                    if (r.get("cpu_s") or {}).get(proc) is not None])
 
 
 def summarise(sizes: list[int], n_rounds: int) -> None:
@@ -434,10 +438,8 @@ def summarise(sizes: list[int], n_rounds: int) -> None:
                    sum(r["failed"] for r in rs), "requests",
                    requests=sum(r["ok"] + r["failed"] for r in rs),
                    rounds_with_failures=sum(1 for r in rs if r["failed"]))
-            cpu = {f"{proc}_cpu_ms_per_request": _median(
-                [r["cpu_s"][proc] * 1000 / max(1, r["ok"] + r["failed"]) for r in rs
-                 if (r.get("cpu_s") or {}).get(proc) is not None])
-                for proc in ("bench", "engine", "service", "gateway")}
+            cpu = {f"{proc}_cpu_ms_per_request": _ms_per_request(rs, proc)
+                   for proc in ("bench", "engine", "service", "gateway")}
             extra = {"median_round_s": _median([r["seconds"] for r in rs]),
                      **{k: v for k, v in cpu.items() if v is not None}}
             if p != "engine":
@@ -452,9 +454,7 @@ def summarise(sizes: list[int], n_rounds: int) -> None:
                     one_worker_failed_requests=sum(r["failed"] for r in single),
                     one_worker_rounds=len(single),
                     one_worker_median_round_s=_median([r["seconds"] for r in single]),
-                    one_worker_gateway_cpu_ms_per_request=_median(
-                        [r["cpu_s"]["gateway_1w"] * 1000 / max(1, r["ok"] + r["failed"])
-                         for r in single if (r.get("cpu_s") or {}).get("gateway_1w") is not None]))
+                    one_worker_gateway_cpu_ms_per_request=_ms_per_request(single, "gateway_1w"))
             metric(f"{label}_output_tokens_per_s (C={c}, median of {len(rs)} rounds)",
                    statistics.median([r["tokens_per_s"] for r in rs]), "tokens/s",
                    baseline=None if p == "engine" else direct, **extra)
@@ -571,7 +571,8 @@ def main() -> int:  # noqa: PLR0915
         step("models_built", params=params, seconds=round(time.monotonic() - t, 1))
         inference, gateway, single = start_services(work, mode, engine, max(sizes),
                                                     args.vllm_args, args.latency_s, args.profile,
-                                                    args.gateway_workers)
+                                                    args.gateway_workers,
+                                                    cfg["gateway_workers"] > 1)
         stack = STACK
         stack.update({"inference": {"url": inference.url, "pid": inference.proc.pid},
                       "gateway": {"url": gateway.url, "pid": gateway.proc.pid},

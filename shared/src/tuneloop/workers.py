@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("tuneloop.workers")
@@ -103,9 +103,8 @@ class _Slot:
     index: int
     proc: subprocess.Popen | None = None
     started: float = 0.0
-    backoff_s: float = 0.0
     restart_at: float = 0.0
-    quick_exits: int = 0  # in a row
+    quick_exits: int = 0  # in a row; the pause before a restart doubles with each (1 s .. 30 s)
 
 
 @dataclass
@@ -117,7 +116,6 @@ class Supervisor:
     port: int
     workers: int
     shutdown_timeout_s: float = 30.0
-    argv: list[str] = field(default_factory=list)
     #: a worker that dies sooner than this after starting is restarted after a growing pause;
     #: one that does so ``give_up_after`` times in a row (a bad setting, a database that is not
     #: there) stops the service with an error, as a single process would have exited
@@ -168,7 +166,7 @@ class Supervisor:
     def _spawn(self, slot: _Slot, sock: socket.socket, env: dict[str, str]) -> None:
         fd = sock.fileno()
         slot.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module, "--fd", str(fd), *self.argv],
+            [sys.executable, "-m", self.module, "--fd", str(fd)],
             env={**env, WORKER_ENV: str(slot.index)}, pass_fds=(fd,),
             preexec_fn=_die_with_parent)  # safe here: the supervisor has one thread
         slot.started = time.monotonic()
@@ -186,26 +184,15 @@ class Supervisor:
                         "worker": slot.index, "returncode": proc.returncode,
                         "exits": slot.quick_exits})
                     return True
-                slot.backoff_s = min(30.0, max(1.0, slot.backoff_s * 2)) if quick else 0.0
-                slot.restart_at = now + slot.backoff_s
+                pause = min(30.0, 2.0 ** (slot.quick_exits - 1)) if slot.quick_exits else 0.0
+                slot.restart_at = now + pause
                 log.error("worker exited; restarting it", extra={
                     "worker": slot.index, "pid": proc.pid, "returncode": proc.returncode,
-                    "restart_in_s": slot.backoff_s})
-                _forget_metrics(env[METRICS_ENV], proc.pid)
+                    "restart_in_s": pause})
                 slot.proc = None
             if slot.proc is None and now >= slot.restart_at:
                 self._spawn(slot, sock, env)
         return False
-
-
-def _forget_metrics(path: str, pid: int) -> None:
-    """A dead worker's live gauges leave the sum (its counters stay: totals never go back)."""
-    try:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid, path)
-    except (ImportError, OSError):
-        pass
 
 
 @contextlib.contextmanager

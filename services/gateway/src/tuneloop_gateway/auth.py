@@ -28,7 +28,7 @@ from tuneloop.offload import offload
 from tuneloop.workers import host_lock
 
 from .db import ApiKey
-from .hostshare import HostShare
+from .hostshare import HostShare, take_token
 from .repository.keys import KeyRepository
 from .settings import GatewaySettings
 
@@ -214,15 +214,11 @@ class RateLimiter:
     def check(self, key_id: str, rpm: int) -> float:
         """Take one token; return 0 if allowed, else seconds until one is available."""
         now = time.monotonic()
-        rate = rpm / 60.0
         with self._lock:
             tokens, last = self._buckets.get(key_id, (float(rpm), now))
-            tokens = min(float(rpm), tokens + (now - last) * rate)
-            if tokens >= 1.0:
-                self._buckets[key_id] = (tokens - 1.0, now)
-                return 0.0
+            tokens, wait = take_token(tokens, last, now, rpm)
             self._buckets[key_id] = (tokens, now)
-            return (1.0 - tokens) / rate
+            return wait
 
 
 async def bootstrap_admin_key(keys: KeyStore, settings: GatewaySettings) -> str | None:

@@ -40,6 +40,17 @@ def _digest(key_id: str) -> int:
     return value or 1
 
 
+def take_token(tokens: float, last: float, now: float, rpm: int) -> tuple[float, float]:
+    """One step of a token bucket (capacity ``rpm``, refilled at rpm/60 per second) that held
+    ``tokens`` at ``last``: ``(tokens left now, wait)``, wait 0 when a token was taken, else
+    the seconds until one is available."""
+    rate = rpm / 60.0
+    tokens = min(float(rpm), tokens + max(0.0, now - last) * rate)
+    if tokens >= 1.0:
+        return tokens - 1.0, 0.0
+    return tokens, (1.0 - tokens) / rate
+
+
 class HostShare:
     """Rate-limit buckets and the key epoch shared by the workers of one gateway."""
 
@@ -67,19 +78,13 @@ class HostShare:
         second); 0 when allowed, else the seconds until a token is available. The same contract
         as :class:`.auth.RateLimiter`, across processes."""
         now = time.monotonic()  # CLOCK_MONOTONIC: one clock for every process on the host
-        rate = rpm / 60.0
         digest = _digest(key_id)
         with self._locked():
             offset = self._slot(digest, now)
             found, tokens, last = _SLOT.unpack_from(self._map, offset)
             if found != digest:
                 tokens, last = float(rpm), now
-            tokens = min(float(rpm), tokens + max(0.0, now - last) * rate)
-            wait = 0.0
-            if tokens >= 1.0:
-                tokens -= 1.0
-            else:
-                wait = (1.0 - tokens) / rate
+            tokens, wait = take_token(tokens, last, now, rpm)
             _SLOT.pack_into(self._map, offset, digest, tokens, now)
             return wait
 
